@@ -1,0 +1,301 @@
+//! The run config: one TOML file per run, named model presets, and `--set key=value` overrides.
+//! The resolved config is saved into the run directory (`config.toml`) and into every checkpoint.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub train: TrainSection,
+    pub eval: EvalSection,
+    pub checkpoint: CheckpointSection,
+}
+
+/// The model: a preset, optionally reshaped, or a model directory to start from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// One of `model::config::PRESETS`.
+    pub preset: String,
+    /// Start from the weights of this HF model directory instead of a fresh initialisation.
+    pub init_from: String,
+    /// Shape overrides (0 = the preset's).
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub n_embd: usize,
+    pub intermediate: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// A directory written by `chatforge data prepare` (or llm.c-style shards).
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSection {
+    /// Tokens per sequence.
+    pub context: usize,
+    /// Sequences per micro-batch (what fits in memory at once).
+    pub batch_size: usize,
+    /// Tokens per optimizer step; a multiple of batch_size * context reached by gradient
+    /// accumulation. 0 means one micro-batch per step.
+    pub batch_tokens: usize,
+    /// Optimizer steps; ignored when `total_tokens` is set.
+    pub max_steps: usize,
+    /// Train on this many tokens (steps = total_tokens / batch_tokens). 0 = use max_steps.
+    pub total_tokens: usize,
+    pub lr: f64,
+    /// The schedule ends at lr * min_lr_ratio.
+    pub min_lr_ratio: f64,
+    /// "cosine" (warmup then cosine decay), "wsd" (warmup, stable, linear decay) or "constant".
+    pub schedule: String,
+    pub warmup_steps: usize,
+    /// For "wsd": the fraction of steps spent decaying at the end.
+    pub decay_fraction: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Clip the global gradient norm to this (0 = no clipping).
+    pub grad_clip: f64,
+    pub seed: u64,
+    /// cpu, cuda, cuda:N or auto.
+    pub device: String,
+    /// Print a progress line every this many steps when not on a terminal.
+    pub log_every: usize,
+    /// Peak FLOP/s of the device for MFU (0 = an estimate for the device).
+    pub peak_flops: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalSection {
+    /// Validation loss every this many steps (and at the end); 0 = only at the end.
+    pub every: usize,
+    /// Validation tokens per evaluation.
+    pub tokens: usize,
+    /// A text sample every this many steps (and at the end); 0 = only at the end.
+    pub sample_every: usize,
+    pub sample_tokens: usize,
+    pub sample_prompt: String,
+    pub sample_temperature: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Save a checkpoint every this many steps (and at the end); 0 = only at the end.
+    pub every: usize,
+    /// Keep this many most recent checkpoints.
+    pub keep: usize,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            preset: "tiny".into(),
+            init_from: String::new(),
+            n_layer: 0,
+            n_head: 0,
+            n_kv_head: 0,
+            n_embd: 0,
+            intermediate: 0,
+        }
+    }
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection { dir: PathBuf::from("data") }
+    }
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            context: 256,
+            batch_size: 16,
+            batch_tokens: 0,
+            max_steps: 1000,
+            total_tokens: 0,
+            lr: 1e-3,
+            min_lr_ratio: 0.1,
+            schedule: "cosine".into(),
+            warmup_steps: 50,
+            decay_fraction: 0.2,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            seed: 1337,
+            device: "cpu".into(),
+            log_every: 10,
+            peak_flops: 0.0,
+        }
+    }
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        EvalSection {
+            every: 100,
+            tokens: 65_536,
+            sample_every: 500,
+            sample_tokens: 96,
+            sample_prompt: String::new(),
+            sample_temperature: 0.8,
+        }
+    }
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        CheckpointSection { every: 500, keep: 2 }
+    }
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            model: ModelSection::default(),
+            data: DataSection::default(),
+            train: TrainSection::default(),
+            eval: EvalSection::default(),
+            checkpoint: CheckpointSection::default(),
+        }
+    }
+}
+
+/// Parses `--set` values: TOML literals (numbers, booleans, quoted strings); anything else is a string.
+fn parse_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("parsed key"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+impl RunConfig {
+    /// Reads a TOML file (or the defaults when `path` is None) and applies `KEY=VALUE` overrides,
+    /// where KEY is `section.key` (e.g. `train.lr=3e-4`).
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table = match path {
+            Some(p) => {
+                let text = crate::fsutil::read_to_string(p)?;
+                toml::from_str(&text).map_err(|e| Error::bad_file(p, format!("invalid TOML: {e}")))?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults = match toml::Value::try_from(RunConfig::default()).expect("defaults serialize") {
+            toml::Value::Table(t) => t,
+            _ => unreachable!("a struct serializes to a table"),
+        };
+        for o in overrides {
+            let (key, raw) = o
+                .split_once('=')
+                .ok_or_else(|| Error::Config(format!("--set '{o}': expected KEY=VALUE, e.g. train.lr=3e-4")))?;
+            let (section, field) = key.trim().split_once('.').ok_or_else(|| {
+                Error::Config(format!(
+                    "--set '{o}': keys are section.key; sections: {}",
+                    defaults.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            let Some(toml::Value::Table(known)) = defaults.get(section) else {
+                return Err(Error::Config(format!(
+                    "unknown config section '{section}' in --set {o}; sections: {}",
+                    defaults.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            };
+            if !known.contains_key(field) {
+                return Err(Error::Config(format!(
+                    "unknown config key '{section}.{field}'; valid keys in [{section}]: {}",
+                    known.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            let mut value = parse_value(raw.trim());
+            // Keep the type of the default: `--set data.dir=123` is a path, `train.lr=1` a float.
+            value = match (&known[field], value) {
+                (toml::Value::String(_), v) if !v.is_str() => toml::Value::String(raw.trim().to_string()),
+                (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
+                (_, v) => v,
+            };
+            table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| Error::Config(format!("'{section}' must be a table")))?
+                .insert(field.to_string(), value);
+        }
+        let where_ = path.map(|p| p.display().to_string()).unwrap_or_else(|| "--set".into());
+        let cfg: RunConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(format!("{where_}: {}", e.message())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.train;
+        let err = |m: String| Err(Error::Config(m));
+        if t.context == 0 || t.batch_size == 0 {
+            return err("train.context and train.batch_size must be positive".into());
+        }
+        if t.batch_tokens % (t.batch_size * t.context) != 0 {
+            return err(format!(
+                "train.batch_tokens ({}) must be a multiple of batch_size * context ({})",
+                t.batch_tokens,
+                t.batch_size * t.context
+            ));
+        }
+        if t.max_steps == 0 && t.total_tokens == 0 {
+            return err("set train.max_steps or train.total_tokens".into());
+        }
+        if !matches!(t.schedule.as_str(), "cosine" | "wsd" | "constant") {
+            return err(format!("train.schedule '{}': expected cosine, wsd or constant", t.schedule));
+        }
+        if !(t.lr > 0.0) || !(0.0..=1.0).contains(&t.min_lr_ratio) {
+            return err("train.lr must be positive and train.min_lr_ratio in [0, 1]".into());
+        }
+        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
+            return err("train.beta1 and train.beta2 must be in [0, 1)".into());
+        }
+        if self.checkpoint.keep == 0 {
+            return err("checkpoint.keep must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Tokens per optimizer step.
+    pub fn step_tokens(&self) -> usize {
+        if self.train.batch_tokens == 0 {
+            self.train.batch_size * self.train.context
+        } else {
+            self.train.batch_tokens
+        }
+    }
+
+    /// Micro-batches per optimizer step.
+    pub fn accumulation(&self) -> usize {
+        self.step_tokens() / (self.train.batch_size * self.train.context)
+    }
+
+    pub fn total_steps(&self) -> usize {
+        if self.train.total_tokens > 0 {
+            (self.train.total_tokens / self.step_tokens()).max(1)
+        } else {
+            self.train.max_steps
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}

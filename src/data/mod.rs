@@ -1,0 +1,11 @@
+//! Corpora to token shards, and batches from shards.
+
+pub mod loader;
+pub mod parquet;
+pub mod prepare;
+pub mod shard;
+pub mod sources;
+
+pub use loader::{load_meta, Batch, BatchLoader, ShardSet};
+pub use prepare::{prepare, DataMeta, PrepareOptions};
+pub use shard::{TokenShard, TokenWidth};

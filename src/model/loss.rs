@@ -1,0 +1,34 @@
+//! Mean next-token cross-entropy with an ignore index, as `torch.nn.functional.cross_entropy`.
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Tensor, D};
+
+/// Targets equal to this are left out of the mean (masked prompt tokens, padding).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// Per-position negative log-likelihood. logits: (N, V), targets: (N,) i64 -> (N,) f32; ignored
+/// positions give 0.
+pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let keep = targets.ge(0i64)?; // (N,) u8
+    let safe = keep.where_cond(targets, &targets.zeros_like()?)?.to_dtype(DType::U32)?;
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = logp.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let mask = keep.to_dtype(DType::F32)?;
+    Ok(((picked.neg()? * &mask)?, mask))
+}
+
+/// Mean cross-entropy over the positions whose target is not [`IGNORE_INDEX`].
+/// logits: (B, T, V) or (N, V); targets: (B, T) or (N,) as i64.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let v = logits.dim(D::Minus1)?;
+    let logits = logits.reshape(((), v))?;
+    let targets = targets.flatten_all()?.to_dtype(DType::I64)?;
+    let (nll, mask) = token_nll(&logits, &targets)?;
+    let count = mask.sum_all()?.to_scalar::<f32>()?;
+    if count == 0.0 {
+        return Err(Error::Mismatch(
+            "every target is ignored: nothing to compute a loss on".into(),
+        ));
+    }
+    Ok((nll.sum_all()? / count as f64)?)
+}

@@ -1,0 +1,83 @@
+//! The Transformer, its parameters, and model directories on disk.
+
+pub mod config;
+pub mod hf;
+pub mod hf_config;
+pub mod kv_cache;
+pub mod loss;
+pub mod params;
+pub mod transformer;
+
+pub use config::{Family, MlpKind, ModelConfig, NormKind, Positions};
+pub use kv_cache::KvCache;
+pub use loss::{cross_entropy, IGNORE_INDEX};
+pub use transformer::Transformer;
+
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
+use candle_core::{Device, Tensor};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A model directory loaded into memory: config, weights (internal names) and tokenizer.
+pub struct LoadedModel {
+    pub cfg: ModelConfig,
+    pub weights: BTreeMap<String, Tensor>,
+    pub tokenizer: Option<Tokenizer>,
+}
+
+impl LoadedModel {
+    /// Loads an HF model directory. The tokenizer is optional (some directories hold weights only),
+    /// but when present its vocabulary must fit the model's embedding.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+        }
+        let (cfg, weights) = hf::load_model_dir(path, device)?;
+        let has_tok = path.join("tokenizer.json").exists() || path.join("vocab.json").exists();
+        let tokenizer = if has_tok { Some(Tokenizer::load(path)?) } else { None };
+        if let Some(t) = &tokenizer {
+            check_vocab(&cfg, t, path)?;
+        }
+        Ok(LoadedModel { cfg, weights, tokenizer })
+    }
+
+    pub fn transformer(&self) -> Result<Transformer> {
+        Transformer::new(&self.cfg, &self.weights)
+    }
+
+    pub fn tokenizer(&self, path: &Path) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            Error::bad_file(path, "this model directory has no tokenizer (tokenizer.json or vocab.json + merges.txt)")
+        })
+    }
+}
+
+/// The tokenizer may not produce ids the model has no embedding for.
+pub fn check_vocab(cfg: &ModelConfig, tok: &Tokenizer, path: &Path) -> Result<()> {
+    if tok.vocab_size() > cfg.vocab_size {
+        return Err(Error::Mismatch(format!(
+            "{}: the tokenizer has {} tokens but the model's vocab_size is {}; use the tokenizer the model was trained with",
+            path.display(),
+            tok.vocab_size(),
+            cfg.vocab_size
+        )));
+    }
+    Ok(())
+}
+
+/// Writes a complete HF model directory (config, weights, tokenizer files) atomically.
+pub fn save_model_dir(
+    dir: &Path,
+    cfg: &ModelConfig,
+    weights: &BTreeMap<String, Tensor>,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<()> {
+    crate::fsutil::write_dir_atomic(dir, |tmp| {
+        hf::write_model_files(tmp, cfg, weights)?;
+        if let Some(t) = tokenizer {
+            t.save_to_dir(tmp, cfg.context)?;
+        }
+        Ok(())
+    })
+}

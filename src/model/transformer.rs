@@ -1,0 +1,321 @@
+//! The decoder-only Transformer shared by both families, read top-down: norm, rotary embedding,
+//! attention, MLP, block, then the model. B = batch, T = time (new tokens), S = time attended to
+//! (cached + new), C = channels, H = query heads, K = key/value heads, D = head dim, V = vocab.
+//!
+//! Only composed candle ops are used: candle's fused norm/softmax/rotary/sdpa kernels have no
+//! backward pass and would silently cut gradients (see DESIGN.md).
+
+use super::config::{MlpKind, ModelConfig, NormKind, Positions};
+use super::kv_cache::KvCache;
+use super::params::check_weights;
+use crate::error::Result;
+use candle_core::{DType, Device, Tensor, D};
+use std::collections::BTreeMap;
+
+/// y = x @ w^T (+ b). x: (B, T, in), w: (out, in) -> (B, T, out).
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (bsz, t, cin) = x.dims3()?;
+    let y = x.reshape((bsz * t, cin))?.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    Ok(y.reshape((bsz, t, ()))?)
+}
+
+pub struct Norm {
+    kind: NormKind,
+    weight: Tensor,
+    bias: Option<Tensor>,
+    eps: f64,
+}
+
+impl Norm {
+    fn new(w: &BTreeMap<String, Tensor>, name: &str, cfg: &ModelConfig) -> Self {
+        Norm {
+            kind: cfg.norm,
+            weight: w[&format!("{name}.weight")].clone(),
+            bias: w.get(&format!("{name}.bias")).cloned(),
+            eps: cfg.norm_eps,
+        }
+    }
+
+    /// x: (B, T, C) -> (B, T, C), normalised over C.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let xn = match self.kind {
+            NormKind::LayerNorm => {
+                let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+                let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+                xc.broadcast_div(&(var + self.eps)?.sqrt()?)?
+            }
+            NormKind::RmsNorm => {
+                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+                x.broadcast_div(&(ms + self.eps)?.sqrt()?)?
+            }
+        };
+        let y = xn.broadcast_mul(&self.weight)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// Rotary position embedding in the Hugging Face layout ("rotate half": the first D/2 channels pair
+/// with the last D/2).
+pub struct Rope {
+    cos: Tensor, // (context, D)
+    sin: Tensor, // (context, D)
+}
+
+impl Rope {
+    fn new(cfg: &ModelConfig, device: &Device) -> Result<Self> {
+        let d = cfg.head_dim;
+        let inv: Vec<f32> = (0..d / 2)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / d as f64) as f32)
+            .collect();
+        let mut cos = Vec::with_capacity(cfg.context * d);
+        let mut sin = Vec::with_capacity(cfg.context * d);
+        for p in 0..cfg.context {
+            for half in 0..2 {
+                let _ = half;
+                for f in &inv {
+                    let a = p as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, (cfg.context, d), device)?,
+            sin: Tensor::from_vec(sin, (cfg.context, d), device)?,
+        })
+    }
+
+    /// x: (B, heads, T, D) at positions start..start+T -> same shape.
+    fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+        let (_, _, t, d) = x.dims4()?;
+        let cos = self.cos.narrow(0, start, t)?;
+        let sin = self.sin.narrow(0, start, t)?;
+        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+    }
+}
+
+pub struct CausalSelfAttention {
+    qkv_w: Tensor,
+    qkv_b: Option<Tensor>,
+    proj_w: Tensor,
+    proj_b: Option<Tensor>,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+}
+
+impl CausalSelfAttention {
+    fn new(w: &BTreeMap<String, Tensor>, p: &str, cfg: &ModelConfig) -> Self {
+        CausalSelfAttention {
+            qkv_w: w[&format!("{p}.qkv.weight")].clone(),
+            qkv_b: w.get(&format!("{p}.qkv.bias")).cloned(),
+            proj_w: w[&format!("{p}.proj.weight")].clone(),
+            proj_b: w.get(&format!("{p}.proj.bias")).cloned(),
+            n_head: cfg.n_head,
+            n_kv_head: cfg.n_kv_head,
+            head_dim: cfg.head_dim,
+        }
+    }
+
+    /// x: (B, T, C) -> (B, T, C). With a cache, attends to the cached keys/values too and appends the
+    /// new ones; `start` is the position of x's first token.
+    fn forward(&self, x: &Tensor, rope: Option<&Rope>, start: usize, cache: Option<&mut (Tensor, Tensor)>)
+        -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        let qkv = linear(x, &self.qkv_w, self.qkv_b.as_ref())?.reshape((b, t, h + 2 * k, d))?;
+        // (B, T, heads, D) -> (B, heads, T, D)
+        let q = qkv.narrow(2, 0, h)?.transpose(1, 2)?.contiguous()?;
+        let kk = qkv.narrow(2, h, k)?.transpose(1, 2)?.contiguous()?;
+        let v = qkv.narrow(2, h + k, k)?.transpose(1, 2)?.contiguous()?;
+        let (q, kk) = match rope {
+            Some(r) => (r.apply(&q, start)?, r.apply(&kk, start)?),
+            None => (q, kk),
+        };
+        let (kk, v) = match cache {
+            Some(c) => {
+                let kk = if c.0.dim(2)? == 0 { kk } else { Tensor::cat(&[&c.0, &kk], 2)? };
+                let v = if c.1.dim(2)? == 0 { v } else { Tensor::cat(&[&c.1, &v], 2)? };
+                *c = (kk.clone(), v.clone());
+                (kk, v)
+            }
+            None => (kk, v),
+        };
+        let s = kk.dim(2)?;
+        // Grouped-query attention without copying keys: the H/K query heads that share a key head
+        // are stacked along time. q: (B, K, H/K * T, D), kk^T: (B, K, D, S) -> (B, K, H/K * T, S).
+        let rep = h / k;
+        let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, k, rep * t, d))?;
+        let att = q.matmul(&kk.t()?)?;
+        let att = if t > 1 {
+            let mask = causal_mask(t, s, x.device())?; // (T, S)
+            att.reshape((b, k, rep, t, s))?.broadcast_add(&mask)?.reshape((b, k, rep * t, s))?
+        } else {
+            att
+        };
+        let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+        // (B, K, H/K * T, S) @ (B, K, S, D) -> (B, H, T, D) -> (B, T, H * D)
+        let y = att.matmul(&v)?.reshape((b, h, t, d))?;
+        let y = y.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))?;
+        linear(&y, &self.proj_w, self.proj_b.as_ref())
+    }
+}
+
+/// 0 where query i (at position S - T + i) may see key j, -inf where j is in its future. (T, S).
+fn causal_mask(t: usize, s: usize, device: &Device) -> Result<Tensor> {
+    let past = s - t;
+    let m: Vec<f32> = (0..t)
+        .flat_map(|i| (0..s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(m, (t, s), device)?)
+}
+
+pub struct Mlp {
+    kind: MlpKind,
+    fc_w: Tensor,
+    fc_b: Option<Tensor>,
+    proj_w: Tensor,
+    proj_b: Option<Tensor>,
+    intermediate: usize,
+}
+
+impl Mlp {
+    fn new(w: &BTreeMap<String, Tensor>, p: &str, cfg: &ModelConfig) -> Self {
+        Mlp {
+            kind: cfg.mlp,
+            fc_w: w[&format!("{p}.fc.weight")].clone(),
+            fc_b: w.get(&format!("{p}.fc.bias")).cloned(),
+            proj_w: w[&format!("{p}.proj.weight")].clone(),
+            proj_b: w.get(&format!("{p}.proj.bias")).cloned(),
+            intermediate: cfg.intermediate,
+        }
+    }
+
+    /// x: (B, T, C) -> (B, T, C) through (B, T, I).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let hdn = linear(x, &self.fc_w, self.fc_b.as_ref())?;
+        let act = match self.kind {
+            MlpKind::Gelu => hdn.gelu()?, // tanh approximation, GPT-2's "gelu_new"
+            MlpKind::SwiGlu => {
+                let i = self.intermediate;
+                let gate = hdn.narrow(D::Minus1, 0, i)?;
+                let up = hdn.narrow(D::Minus1, i, i)?;
+                (candle_nn::ops::silu(&gate)? * up)?
+            }
+        };
+        linear(&act, &self.proj_w, self.proj_b.as_ref())
+    }
+}
+
+pub struct Block {
+    ln_1: Norm,
+    attn: CausalSelfAttention,
+    ln_2: Norm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor, rope: Option<&Rope>, start: usize, cache: Option<&mut (Tensor, Tensor)>)
+        -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, rope, start, cache)?)?;
+        Ok((&x + self.mlp.forward(&self.ln_2.forward(&x)?)?)?)
+    }
+}
+
+pub struct Transformer {
+    pub cfg: ModelConfig,
+    wte: Tensor,
+    wpe: Option<Tensor>,
+    rope: Option<Rope>,
+    blocks: Vec<Block>,
+    ln_f: Norm,
+    lm_head: Tensor,
+}
+
+impl Transformer {
+    /// Builds the model over `weights` (internal names, see `params.rs`). The tensors are shared, not
+    /// copied: updating a `Var` behind them updates the model.
+    pub fn new(cfg: &ModelConfig, weights: &BTreeMap<String, Tensor>) -> Result<Self> {
+        cfg.validate()?;
+        check_weights(cfg, weights, "model weights")?;
+        let device = weights["wte.weight"].device().clone();
+        let blocks = (0..cfg.n_layer)
+            .map(|i| Block {
+                ln_1: Norm::new(weights, &format!("h.{i}.ln_1"), cfg),
+                attn: CausalSelfAttention::new(weights, &format!("h.{i}.attn"), cfg),
+                ln_2: Norm::new(weights, &format!("h.{i}.ln_2"), cfg),
+                mlp: Mlp::new(weights, &format!("h.{i}.mlp"), cfg),
+            })
+            .collect();
+        let wte = weights["wte.weight"].clone();
+        let lm_head = if cfg.tie_embeddings { wte.clone() } else { weights["lm_head.weight"].clone() };
+        Ok(Transformer {
+            cfg: cfg.clone(),
+            wpe: weights.get("wpe.weight").cloned(),
+            rope: match cfg.positions {
+                Positions::Rope => Some(Rope::new(cfg, &device)?),
+                Positions::Learned => None,
+            },
+            blocks,
+            ln_f: Norm::new(weights, "ln_f", cfg),
+            lm_head,
+            wte,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.wte.device()
+    }
+
+    /// Final hidden states. idx: (B, T) u32 token ids at positions start..start+T -> (B, T, C).
+    pub fn forward_hidden(&self, idx: &Tensor, start: usize, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t) = idx.dims2()?;
+        if start + t > self.cfg.context {
+            return Err(crate::error::Error::Mismatch(format!(
+                "sequence of {} tokens is longer than the model's context of {}",
+                start + t,
+                self.cfg.context
+            )));
+        }
+        let mut x = self.wte.index_select(&idx.flatten_all()?, 0)?.reshape((b, t, ()))?;
+        if let Some(wpe) = &self.wpe {
+            x = x.broadcast_add(&wpe.narrow(0, start, t)?)?;
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| c.layer_mut(i));
+            x = block.forward(&x, self.rope.as_ref(), start, layer_cache)?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        self.ln_f.forward(&x)
+    }
+
+    /// Next-token logits. idx: (B, T) u32 -> (B, T, V).
+    pub fn forward(&self, idx: &Tensor, start: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let h = self.forward_hidden(idx, start, cache)?;
+        linear(&h, &self.lm_head, None)
+    }
+
+    /// Logits for the last position only, (B, V): what generation needs, without the (B, T, V) tensor.
+    pub fn forward_last(&self, idx: &Tensor, start: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let h = self.forward_hidden(idx, start, cache)?;
+        let t = h.dim(1)?;
+        let last = h.narrow(1, t - 1, 1)?;
+        Ok(linear(&last, &self.lm_head, None)?.squeeze(1)?)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.wte.dtype()
+    }
+}

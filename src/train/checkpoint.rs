@@ -1,0 +1,159 @@
+//! Training checkpoints: an HF model directory plus `optimizer.safetensors` (AdamW moments) and
+//! `trainer_state.json` (step, loader position, seed, configs) — enough to resume bit-exactly.
+//! Each is written to a temporary directory and renamed into place, so a crash at any instant leaves
+//! the previous checkpoint whole.
+
+use super::optim::AdamW;
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::model::hf::{save_safetensors, write_model_files, SafetensorsFiles};
+use crate::model::ModelConfig;
+use crate::tokenizer::Tokenizer;
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const STATE_FILE: &str = "trainer_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const STATE_FORMAT: &str = "chatforge-trainer-state-v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub format: String,
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Batches the loader has handed out (its whole state, with the seed).
+    pub loader_position: u64,
+    /// Seeds the loader and the text samples; initialisation used it too.
+    pub seed: u64,
+    pub tokens_seen: u64,
+    pub optimizer_t: u64,
+    pub elapsed_seconds: f64,
+    pub last_val_loss: Option<f64>,
+    pub config: RunConfig,
+    pub model: ModelConfig,
+}
+
+impl TrainerState {
+    pub fn new(config: RunConfig, model: ModelConfig) -> Self {
+        TrainerState {
+            format: STATE_FORMAT.into(),
+            step: 0,
+            loader_position: 0,
+            seed: config.train.seed,
+            tokens_seen: 0,
+            optimizer_t: 0,
+            elapsed_seconds: 0.0,
+            last_val_loss: None,
+            config,
+            model,
+        }
+    }
+}
+
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+/// Writes `run_dir/checkpoints/step_NNNNNN` and keeps only the `keep` most recent checkpoints.
+pub fn save_checkpoint(
+    run_dir: &Path,
+    state: &TrainerState,
+    weights: &BTreeMap<String, Tensor>,
+    tokenizer: Option<&Tokenizer>,
+    opt: &AdamW,
+    keep: usize,
+) -> Result<PathBuf> {
+    let dir = checkpoints_dir(run_dir).join(format!("step_{:06}", state.step));
+    crate::fsutil::write_dir_atomic(&dir, |tmp| {
+        write_model_files(tmp, &state.model, weights)?;
+        if let Some(t) = tokenizer {
+            t.save_to_dir(tmp, state.model.context)?;
+        }
+        // Lets a test kill the process in the middle of a checkpoint write.
+        if let Some(ms) = std::env::var("CHATFORGE_TEST_CHECKPOINT_PAUSE_MS").ok().and_then(|v| v.parse().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        let mut moments: Vec<(String, Tensor)> = Vec::new();
+        for (k, m) in &opt.m {
+            moments.push((format!("m.{k}"), m.contiguous()?));
+            moments.push((format!("v.{k}"), opt.v[k].contiguous()?));
+        }
+        save_safetensors(&tmp.join(OPTIMIZER_FILE), &moments)?;
+        let json = serde_json::to_string_pretty(state).expect("state serializes");
+        crate::fsutil::write_atomic(&tmp.join(STATE_FILE), json.as_bytes())
+    })?;
+    prune(run_dir, keep)?;
+    Ok(dir)
+}
+
+/// Completed checkpoints of a run, oldest first.
+pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let dir = checkpoints_dir(run_dir);
+    if !dir.exists() {
+        return Ok(vec![]);
+    }
+    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step_")) && p.join(STATE_FILE).exists()
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn prune(run_dir: &Path, keep: usize) -> Result<()> {
+    let all = list_checkpoints(run_dir)?;
+    for old in &all[..all.len().saturating_sub(keep)] {
+        std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+    }
+    Ok(())
+}
+
+/// A checkpoint directory, or the newest checkpoint of a run directory.
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+    if path.join(STATE_FILE).exists() {
+        return Ok(path.to_path_buf());
+    }
+    if !path.exists() {
+        return Err(Error::bad_file(path, "--resume: no such directory"));
+    }
+    list_checkpoints(path)?.pop().ok_or_else(|| {
+        Error::bad_file(
+            path,
+            format!("--resume: not a checkpoint (no {STATE_FILE}) and not a run directory with checkpoints/step_*"),
+        )
+    })
+}
+
+pub struct LoadedCheckpoint {
+    pub state: TrainerState,
+    pub weights: BTreeMap<String, Tensor>,
+    pub m: BTreeMap<String, Tensor>,
+    pub v: BTreeMap<String, Tensor>,
+}
+
+pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<LoadedCheckpoint> {
+    let sp = dir.join(STATE_FILE);
+    let text = crate::fsutil::read_to_string(&sp)?;
+    let state: TrainerState =
+        serde_json::from_str(&text).map_err(|e| Error::bad_file(&sp, format!("malformed trainer state: {e}")))?;
+    if state.format != STATE_FORMAT {
+        return Err(Error::bad_file(&sp, format!("unknown trainer state format '{}'", state.format)));
+    }
+    let (cfg, weights) = crate::model::hf::load_model_dir(dir, device)?;
+    if cfg != state.model {
+        return Err(Error::bad_file(dir, "config.json disagrees with trainer_state.json's model config"));
+    }
+    let files = SafetensorsFiles::open(&[dir.join(OPTIMIZER_FILE)])?;
+    let mut m = BTreeMap::new();
+    let mut v = BTreeMap::new();
+    for (k, w) in &weights {
+        m.insert(k.clone(), files.load(&format!("m.{k}"), Some(w.dims()), device)?);
+        v.insert(k.clone(), files.load(&format!("v.{k}"), Some(w.dims()), device)?);
+    }
+    Ok(LoadedCheckpoint { state, weights, m, v })
+}

@@ -1,0 +1,10 @@
+//! Training: the loop, AdamW, LR schedules, checkpoints, metrics and the loss plot.
+
+pub mod checkpoint;
+pub mod metrics;
+pub mod optim;
+pub mod plot;
+pub mod schedule;
+pub mod trainer;
+
+pub use trainer::{pretrain, resume, RunSummary};

@@ -1,0 +1,132 @@
+//! The Transformer against transformers (fixtures from tools/make_fixtures.py): logits, loss and
+//! gradients of every parameter, for a GPT-2 and a Llama (GQA, untied) model; and save/load round trips.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use chatforge::model::hf::weights_to_hf;
+use chatforge::model::params::Params;
+use chatforge::model::{cross_entropy, save_model_dir, LoadedModel, Transformer};
+use common::*;
+
+fn check_against_reference(name: &str) {
+    let dir = fixtures().join(name);
+    let m = LoadedModel::load(&dir, &Device::Cpu).unwrap();
+    let exp = load_expected(name);
+    let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
+    let targets = &exp["targets"];
+
+    // Logits and loss.
+    let params = Params::from_tensors(&m.weights).unwrap();
+    let model = Transformer::new(&m.cfg, &params.tensors()).unwrap();
+    let logits = model.forward(&ids, 0, None).unwrap();
+    let d = max_abs_diff(&logits, &exp["logits"]);
+    eprintln!("{name}: max |logits - transformers| = {d:.3e}");
+    assert!(d < 1e-4, "{name}: logits differ by {d}");
+    let loss = cross_entropy(&logits, targets).unwrap();
+    let dl = (loss.to_scalar::<f32>().unwrap() - exp["loss"].to_vec1::<f32>().unwrap()[0]).abs();
+    eprintln!("{name}: |loss - transformers| = {dl:.3e}");
+    assert!(dl < 1e-5, "{name}: loss differs by {dl}");
+
+    // Gradients of every parameter, compared in HF names and layouts.
+    let grads = loss.backward().unwrap();
+    let ours: std::collections::BTreeMap<String, Tensor> = params
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {k}: cut?")).clone()))
+        .collect();
+    let ours = weights_to_hf(&m.cfg, &ours).unwrap();
+    let expected_grads = exp.keys().filter(|k| k.starts_with("grad.")).count();
+    assert_eq!(ours.len(), expected_grads, "every parameter of the reference has a gradient here");
+    let mut worst = 0f32;
+    for (hf_name, g) in &ours {
+        let r = &exp[&format!("grad.{hf_name}")];
+        let rel = max_abs_diff(g, r) / max_abs(r).max(1e-8);
+        worst = worst.max(rel);
+        assert!(rel < 1e-4, "{name}: gradient of {hf_name} differs (relative {rel})");
+    }
+    eprintln!("{name}: worst relative gradient difference {worst:.3e}");
+}
+
+#[test]
+fn gpt2_matches_transformers() {
+    check_against_reference("gpt2-tiny");
+}
+
+#[test]
+fn llama_gqa_untied_matches_transformers() {
+    check_against_reference("llama-tiny");
+}
+
+#[test]
+fn incremental_decoding_with_kv_cache_equals_full_forward() {
+    for name in ["gpt2-tiny", "llama-tiny"] {
+        let m = LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
+        let model = m.transformer().unwrap();
+        let ids = load_expected(name)["input_ids"].to_dtype(DType::U32).unwrap().narrow(0, 0, 1).unwrap();
+        let full = model.forward(&ids, 0, None).unwrap();
+        let cfg = &m.cfg;
+        let mut cache = chatforge::model::KvCache::new(cfg.n_layer, 1, cfg.n_kv_head, cfg.head_dim, &Device::Cpu).unwrap();
+        // A 5-token prefill, then one token at a time.
+        let mut rows = vec![model.forward(&ids.narrow(1, 0, 5).unwrap(), 0, Some(&mut cache)).unwrap()];
+        for t in 5..ids.dim(1).unwrap() {
+            rows.push(model.forward(&ids.narrow(1, t, 1).unwrap(), t, Some(&mut cache)).unwrap());
+        }
+        let inc = Tensor::cat(&rows, 1).unwrap();
+        let d = max_abs_diff(&full, &inc);
+        assert!(d < 1e-5, "{name}: cached decoding differs by {d}");
+    }
+}
+
+#[test]
+fn save_then_load_is_bit_exact() {
+    for name in ["gpt2-tiny", "llama-tiny"] {
+        let m = LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("saved");
+        save_model_dir(&out, &m.cfg, &m.weights, None).unwrap();
+        let back = LoadedModel::load(&out, &Device::Cpu).unwrap();
+        assert_eq!(back.cfg, m.cfg);
+        assert_eq!(back.weights.len(), m.weights.len());
+        for (k, w) in &m.weights {
+            let a: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = back.weights[k].flatten_all().unwrap().to_vec1().unwrap();
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name}: {k} changed");
+        }
+        // The saved file uses the HF names of the original, tensor for tensor.
+        let orig = candle_core::safetensors::load(fixtures().join(name).join("model.safetensors"), &Device::Cpu).unwrap();
+        let saved = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+        let mut a: Vec<_> = orig.keys().collect();
+        let mut b: Vec<_> = saved.keys().collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{name}: tensor names differ from transformers' own save");
+    }
+}
+
+#[test]
+fn sharded_checkpoints_load() {
+    let src = fixtures().join("llama-tiny");
+    let m = LoadedModel::load(&src, &Device::Cpu).unwrap();
+    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
+    // Split the tensors over two shard files with an index, as save_pretrained does for big models.
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut map = serde_json::Map::new();
+    for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
+        let sub: std::collections::HashMap<String, Tensor> = part.iter().map(|n| ((*n).clone(), tensors[*n].clone())).collect();
+        candle_core::safetensors::save(&sub, tmp.path().join(file)).unwrap();
+        for n in part {
+            map.insert((*n).clone(), serde_json::json!(file));
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let back = LoadedModel::load(tmp.path(), &Device::Cpu).unwrap();
+    for (k, w) in &m.weights {
+        assert_eq!(max_abs_diff(w, &back.weights[k]), 0.0, "{k}");
+    }
+}

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Writes the golden fixtures in tests/fixtures/ with the reference implementation (transformers +
+torch), and checks that transformers loads what chatforge saves.
+
+    python3 -m venv .venv && .venv/bin/pip install torch transformers safetensors
+    .venv/bin/python tools/make_fixtures.py                       # regenerate fixtures
+    .venv/bin/python tools/make_fixtures.py --check-chatforge target/release/chatforge
+
+Fixtures (all small):
+  gpt2-tiny/, llama-tiny/        random-weight HF model directories (llama: GQA, untied embeddings)
+  *-expected.safetensors         input_ids, targets (-100 = ignored), logits, loss, grad.<hf name>
+  gpt2_tokenizer_ids.json        GPT-2 token ids of awkward texts
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+FIX = os.path.join(ROOT, "tests", "fixtures")
+DATA = os.path.join(ROOT, "..", "shared", "data")
+
+VOCAB, T, B = 128, 12, 2
+
+TEXTS = [
+    "Hello, world! The quick brown fox jumps over the lazy dog.",
+    "Grüße aus München – naïve café, 東京タワー, Москва, مرحبا بالعالم, नमस्ते",
+    "emoji 🎉🚀👩‍👩‍👧‍👦 flags 🇫🇷🇯🇵 and skin tones 👍🏽",
+    "   leading spaces\n\n\n\ttabs\t\tand   runs     of spaces   \r\n trailing   ",
+    "def f(x):\n    return x**2  # comment\n\nif __name__ == '__main__':\n\tprint(f(3))",
+    "numbers 1234567890 3.14159 1e-10 0x1F and contractions: don't, I'll, we've, she's",
+    "<|endoftext|>special token inside text<|endoftext|>",
+    "",
+]
+
+
+def randomize(model, seed):
+    """Weights far from init so that a swapped or transposed tensor changes the logits a lot."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * 0.1
+            p.copy_(1.0 + noise if ("ln_" in name or "norm" in name) else noise * 2.0)
+
+
+def expected(model, path, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (B, T), generator=g)
+    targets = torch.randint(0, VOCAB, (B, T), generator=g)
+    targets[0, :3] = -100  # ignored positions, as a prompt mask would make them
+    targets[1, 5] = -100
+    model.zero_grad()
+    logits = model(input_ids=ids).logits
+    loss = F.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1), ignore_index=-100)
+    loss.backward()
+    out = {
+        "input_ids": ids,
+        "targets": targets,
+        "logits": logits.detach().contiguous(),
+        "loss": loss.detach().reshape(1),
+    }
+    for name, p in model.named_parameters():
+        out["grad." + name] = p.grad.detach().contiguous()
+    save_file(out, path)
+    print(f"{path}: loss {loss.item():.6f}")
+
+
+def make_models():
+    torch.manual_seed(0)
+    gcfg = GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    gpt2 = GPT2LMHeadModel(gcfg).eval()
+    randomize(gpt2, 1)
+    gpt2.save_pretrained(os.path.join(FIX, "gpt2-tiny"), safe_serialization=True)
+    expected(gpt2, os.path.join(FIX, "gpt2-tiny-expected.safetensors"), 2)
+
+    lcfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                       rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+                       bos_token_id=0, eos_token_id=1)
+    llama = LlamaForCausalLM(lcfg).eval()
+    randomize(llama, 3)
+    llama.save_pretrained(os.path.join(FIX, "llama-tiny"), safe_serialization=True)
+    expected(llama, os.path.join(FIX, "llama-tiny-expected.safetensors"), 4)
+
+
+def gpt2_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE.from_file(os.path.join(DATA, "gpt2_encoder.json"),
+                                        os.path.join(DATA, "gpt2_vocab.bpe")))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>")
+    hf.add_special_tokens({"additional_special_tokens": []})
+    cases = [{"text": t, "ids": hf.encode(t, add_special_tokens=False)} for t in TEXTS]
+    try:  # a second, independent implementation where it is installed
+        import tiktoken
+        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+        ranks = data_gym_to_mergeable_bpe_ranks(os.path.join(DATA, "gpt2_vocab.bpe"),
+                                                os.path.join(DATA, "gpt2_encoder.json"))
+        enc = tiktoken.Encoding("gpt2", pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+                                mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+        for c in cases:
+            assert enc.encode(c["text"], allowed_special="all") == c["ids"], c["text"]
+        print("tiktoken agrees on every GPT-2 tokenizer case")
+    except ImportError:
+        pass
+    with open(os.path.join(FIX, "gpt2_tokenizer_ids.json"), "w", encoding="utf-8") as f:
+        json.dump(cases, f, ensure_ascii=False, indent=1)
+
+
+def check_chatforge(binary):
+    """transformers must load what chatforge saves, unchanged, and compute the same logits."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    for name in ["gpt2-tiny", "llama-tiny"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, name)
+            subprocess.run([binary, "convert", "--input", os.path.join(FIX, name), "--output", out], check=True)
+            model = AutoModelForCausalLM.from_pretrained(out).eval()
+            exp = load_file(os.path.join(FIX, f"{name}-expected.safetensors"))
+            with torch.no_grad():
+                logits = model(input_ids=exp["input_ids"]).logits
+            diff = (logits - exp["logits"]).abs().max().item()
+            print(f"transformers loaded chatforge's {name}: max |logit diff| {diff:.2e}")
+            assert diff < 1e-5, diff
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check-chatforge", metavar="BIN", help="chatforge binary whose saved models transformers must load")
+    args = ap.parse_args()
+    if args.check_chatforge:
+        check_chatforge(args.check_chatforge)
+        return
+    os.makedirs(FIX, exist_ok=True)
+    make_models()
+    gpt2_tokenizer()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
