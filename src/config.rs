@@ -73,6 +73,9 @@ pub struct TrainSection {
     pub log_every: usize,
     /// Peak FLOP/s of the device for MFU (0 = an estimate for the device).
     pub peak_flops: f64,
+    /// End this invocation after this step with a checkpoint, to continue later with --resume
+    /// (for time-limited jobs); 0 = run to the end.
+    pub stop_at_step: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +143,7 @@ impl Default for TrainSection {
             device: "cpu".into(),
             log_every: 10,
             peak_flops: 0.0,
+            stop_at_step: 0,
         }
     }
 }

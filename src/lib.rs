@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod infer;
 pub mod model;
 pub mod progress;
+pub mod speedrun;
 pub mod tokenizer;
 pub mod train;
 

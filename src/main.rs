@@ -1,6 +1,11 @@
 //! The `chatforge` command line: parse, then call the library.
 
 use anyhow::{bail, Context, Result};
+
+// candle allocates a fresh buffer for every op; glibc hands large ones back to the kernel each time
+// (page faults on every step), mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use chatforge::model::{save_model_dir, LoadedModel};
 use chatforge::tokenizer::Tokenizer;
 use clap::{Args, Parser, Subcommand};
@@ -22,6 +27,73 @@ enum Command {
     Eval(EvalArgs),
     /// Re-write a model as a Hugging Face model directory.
     Convert(ConvertArgs),
+    /// Turn corpora into token shards.
+    #[command(subcommand)]
+    Data(DataCmd),
+    /// Pre-train a model from a run config (or continue one with --resume).
+    Pretrain(PretrainArgs),
+    /// The whole pipeline on a small corpus: tokenizer, shards, pre-training, report.
+    Speedrun(SpeedrunArgs),
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Tokenize text / JSONL / Parquet files or folders into train and validation shards.
+    Prepare {
+        /// Tokenizer directory or tokenizer.json.
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// Input files or folders (.txt, .jsonl, .parquet).
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Output directory (must be new or empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// JSONL field / Parquet column holding the text.
+        #[arg(long, default_value = "text")]
+        field: String,
+        /// Tokens per shard file.
+        #[arg(long, default_value_t = 100_000_000)]
+        shard_tokens: usize,
+        /// Validation tokens (the start of the token stream).
+        #[arg(long, conflicts_with = "val_fraction")]
+        val_tokens: Option<usize>,
+        /// Fraction of the corpus for validation (at most 10M tokens).
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+    },
+}
+
+#[derive(Args)]
+struct PretrainArgs {
+    /// Run config (TOML). Without it the defaults are used (tiny preset).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. --set train.lr=3e-4 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Run directory (config.toml, metrics.jsonl, checkpoints/, model/, loss.png).
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue from a checkpoint directory or a run directory's newest checkpoint.
+    #[arg(long, conflicts_with_all = ["config", "out"])]
+    resume: Option<PathBuf>,
+    /// Shorthand for --set train.device=...
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(Args)]
+struct SpeedrunArgs {
+    /// Text corpus (default: tiny Shakespeare, downloaded once into the cache).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Run directory.
+    #[arg(long, default_value = "runs/speedrun")]
+    out: PathBuf,
+    /// Override a config key of the pre-training run (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -95,7 +167,20 @@ struct ConvertArgs {
     output: PathBuf,
 }
 
+// mimalloc's C API (bundled v2 header, `mi_option_e`): never return freed memory to the OS, so
+// the same buffers are reused step after step instead of being faulted in afresh.
+extern "C" {
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
 fn main() {
+    // SAFETY: plain setters of mimalloc options, called before any threads exist.
+    unsafe {
+        mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 1);
+    }
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
@@ -107,6 +192,52 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Tokenizer(cmd) => tokenizer_cmd(cmd),
         Command::Eval(a) => eval_cmd(a),
+        Command::Data(DataCmd::Prepare { tokenizer, input, out, field, shard_tokens, val_tokens, val_fraction }) => {
+            let tok = Tokenizer::load(&tokenizer)?;
+            let opts = chatforge::data::PrepareOptions { field, shard_tokens, val_tokens, val_fraction, ..Default::default() };
+            let t0 = std::time::Instant::now();
+            let meta = chatforge::data::prepare(&tok, &input, &out, &opts)?;
+            let secs = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "wrote {}: {} train tokens in {} shard(s), {} validation tokens ({:?} ids) | {:.1} MB/s",
+                out.display(),
+                meta.train_tokens,
+                meta.train_shards.len(),
+                meta.val_tokens,
+                meta.token_width,
+                meta.input_bytes as f64 / 1e6 / secs.max(1e-9)
+            );
+            Ok(())
+        }
+        Command::Pretrain(a) => {
+            let mut set = a.set;
+            if let Some(d) = a.device {
+                set.push(format!("train.device={d}"));
+            }
+            let summary = match a.resume {
+                Some(r) => chatforge::train::resume(&r, &set)?,
+                None => {
+                    let cfg = chatforge::config::RunConfig::load(a.config.as_deref(), &set)?;
+                    chatforge::train::pretrain(cfg, a.out.as_deref().expect("clap requires --out"))?
+                }
+            };
+            eprintln!(
+                "done: {} steps, {} tokens in {} | {:.0} tok/s | final loss {:.4}{} | model in {}",
+                summary.steps,
+                summary.tokens_seen,
+                chatforge::progress::duration(summary.seconds),
+                summary.tokens_per_sec,
+                summary.final_loss,
+                summary.val_loss.map(|v| format!(" | val loss {v:.4}")).unwrap_or_default(),
+                summary.model_dir.display()
+            );
+            Ok(())
+        }
+        Command::Speedrun(a) => {
+            let report = chatforge::speedrun::speedrun(a.corpus.as_deref(), &a.out, &a.set)?;
+            println!("report: {}", report.display());
+            Ok(())
+        }
         Command::Convert(a) => {
             let m = LoadedModel::load(&a.input, &candle_core::Device::Cpu)?;
             save_model_dir(&a.output, &m.cfg, &m.weights, m.tokenizer.as_ref())?;

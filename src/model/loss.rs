@@ -9,12 +9,8 @@ pub const IGNORE_INDEX: i64 = -100;
 /// Per-position negative log-likelihood. logits: (N, V), targets: (N,) i64 -> (N,) f32; ignored
 /// positions give 0.
 pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
-    let keep = targets.ge(0i64)?; // (N,) u8
-    let safe = keep.where_cond(targets, &targets.zeros_like()?)?.to_dtype(DType::U32)?;
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let picked = logp.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
-    let mask = keep.to_dtype(DType::F32)?;
-    Ok(((picked.neg()? * &mask)?, mask))
+    let mask = targets.ge(0i64)?.to_dtype(DType::F32)?;
+    Ok((super::ops::token_nll(logits, targets)?, mask))
 }
 
 /// Mean cross-entropy over the positions whose target is not [`IGNORE_INDEX`].

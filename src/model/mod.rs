@@ -5,6 +5,7 @@ pub mod hf;
 pub mod hf_config;
 pub mod kv_cache;
 pub mod loss;
+pub mod ops;
 pub mod params;
 pub mod transformer;
 

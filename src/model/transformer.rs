@@ -2,8 +2,8 @@
 //! attention, MLP, block, then the model. B = batch, T = time (new tokens), S = time attended to
 //! (cached + new), C = channels, H = query heads, K = key/value heads, D = head dim, V = vocab.
 //!
-//! Only composed candle ops are used: candle's fused norm/softmax/rotary/sdpa kernels have no
-//! backward pass and would silently cut gradients (see DESIGN.md).
+//! candle's fused norm/softmax/rotary/sdpa kernels have no backward pass and would silently cut
+//! gradients (see DESIGN.md): only composed ops and our own `ops.rs` (forward + backward) are used.
 
 use super::config::{MlpKind, ModelConfig, NormKind, Positions};
 use super::kv_cache::KvCache;
@@ -151,33 +151,17 @@ impl CausalSelfAttention {
             }
             None => (kk, v),
         };
-        let s = kk.dim(2)?;
         // Grouped-query attention without copying keys: the H/K query heads that share a key head
         // are stacked along time. q: (B, K, H/K * T, D), kk^T: (B, K, D, S) -> (B, K, H/K * T, S).
         let rep = h / k;
         let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, k, rep * t, d))?;
         let att = q.matmul(&kk.t()?)?;
-        let att = if t > 1 {
-            let mask = causal_mask(t, s, x.device())?; // (T, S)
-            att.reshape((b, k, rep, t, s))?.broadcast_add(&mask)?.reshape((b, k, rep * t, s))?
-        } else {
-            att
-        };
-        let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+        let att = super::ops::causal_softmax(&att, t)?;
         // (B, K, H/K * T, S) @ (B, K, S, D) -> (B, H, T, D) -> (B, T, H * D)
         let y = att.matmul(&v)?.reshape((b, h, t, d))?;
         let y = y.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))?;
         linear(&y, &self.proj_w, self.proj_b.as_ref())
     }
-}
-
-/// 0 where query i (at position S - T + i) may see key j, -inf where j is in its future. (T, S).
-fn causal_mask(t: usize, s: usize, device: &Device) -> Result<Tensor> {
-    let past = s - t;
-    let m: Vec<f32> = (0..t)
-        .flat_map(|i| (0..s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Ok(Tensor::from_vec(m, (t, s), device)?)
 }
 
 pub struct Mlp {
@@ -205,7 +189,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let hdn = linear(x, &self.fc_w, self.fc_b.as_ref())?;
         let act = match self.kind {
-            MlpKind::Gelu => hdn.gelu()?, // tanh approximation, GPT-2's "gelu_new"
+            MlpKind::Gelu => super::ops::gelu(&hdn)?, // tanh approximation, GPT-2's "gelu_new"
             MlpKind::SwiGlu => {
                 let i = self.intermediate;
                 let gate = hdn.narrow(D::Minus1, 0, i)?;

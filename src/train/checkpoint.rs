@@ -71,9 +71,14 @@ pub fn save_checkpoint(
         if let Some(t) = tokenizer {
             t.save_to_dir(tmp, state.model.context)?;
         }
-        // Lets a test kill the process in the middle of a checkpoint write.
-        if let Some(ms) = std::env::var("CHATFORGE_TEST_CHECKPOINT_PAUSE_MS").ok().and_then(|v| v.parse().ok()) {
-            std::thread::sleep(std::time::Duration::from_millis(ms));
+        // Lets a test kill the process in the middle of a checkpoint write: "STEP:MS" pauses the
+        // write of that step's checkpoint halfway for MS milliseconds.
+        if let Ok(v) = std::env::var("CHATFORGE_TEST_CHECKPOINT_PAUSE") {
+            if let Some((s, ms)) = v.split_once(':') {
+                if s.parse() == Ok(state.step) {
+                    std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+                }
+            }
         }
         let mut moments: Vec<(String, Tensor)> = Vec::new();
         for (k, m) in &opt.m {
@@ -109,6 +114,21 @@ fn prune(run_dir: &Path, keep: usize) -> Result<()> {
     let all = list_checkpoints(run_dir)?;
     for old in &all[..all.len().saturating_sub(keep)] {
         std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+    }
+    Ok(())
+}
+
+/// Removes the temporary directories of checkpoint writes that a crash interrupted.
+pub fn remove_partial_checkpoints(run_dir: &Path) -> Result<()> {
+    let dir = checkpoints_dir(run_dir);
+    if !dir.exists() {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".step_") && (name.contains(".tmp-") || name.contains(".old-")) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ pub mod metrics;
 pub mod optim;
 pub mod plot;
 pub mod schedule;
+mod setup;
 pub mod trainer;
 
 pub use trainer::{pretrain, resume, RunSummary};

@@ -1,16 +1,16 @@
 //! The training loop shared by pre-training (and, later, fine-tuning): gradient accumulation,
 //! clipping, AdamW, the LR schedule, periodic validation / samples / checkpoints, progress, metrics.
 
-use super::checkpoint::{load_checkpoint, resolve_checkpoint, save_checkpoint, TrainerState};
+use super::checkpoint::{save_checkpoint, TrainerState};
 use super::metrics::MetricsLog;
-use super::optim::{grad_norm, AdamW, AdamWConfig};
+use super::optim::{grad_norm, AdamW};
 use super::schedule::LrSchedule;
 use crate::config::RunConfig;
-use crate::data::{load_meta, BatchLoader, DataMeta, ShardSet};
+use crate::data::{BatchLoader, ShardSet};
 use crate::error::{Error, Result};
 use crate::eval::score_windows;
-use crate::model::params::{init_weights, Params};
-use crate::model::{cross_entropy, LoadedModel, ModelConfig, Transformer};
+use crate::model::params::Params;
+use crate::model::{cross_entropy, Transformer};
 use crate::progress::{duration, human};
 use crate::tokenizer::Tokenizer;
 use candle_core::{Device, Tensor};
@@ -39,190 +39,44 @@ pub struct RunSummary {
     pub samples: Vec<String>,
 }
 
-struct Run {
-    cfg: RunConfig,
-    run_dir: PathBuf,
-    device: Device,
-    params: Params,
-    model: Transformer,
-    opt: AdamW,
-    loader: BatchLoader,
-    val: Option<ShardSet>,
-    tokenizer: Option<Tokenizer>,
-    token_bytes: Vec<u32>,
-    state: TrainerState,
-    metrics: MetricsLog,
+/// Running totals of one invocation of the loop.
+struct Tally {
+    started: Instant,
+    /// Training time of earlier invocations (before a resume).
+    elapsed_before: f64,
+    train_secs: f64,
+    train_tokens: u64,
+    first_loss: f64,
+    last_loss: f64,
+    val: Option<(f64, f64)>,
+    samples: Vec<String>,
+    flops_per_token: f64,
+    peak: f64,
+    params: usize,
 }
 
-fn device_peak_flops(cfg: &RunConfig, device: &Device) -> f64 {
-    if cfg.train.peak_flops > 0.0 {
-        return cfg.train.peak_flops;
-    }
-    match device {
-        // Zen 4 / Ice Lake class core: 2 x 512-bit FMA per cycle at ~3 GHz = ~96 GFLOP/s fp32.
-        Device::Cpu => rayon::current_num_threads() as f64 * 96e9,
-        // H100/H200 dense bf16.
-        _ => 989e12,
+impl Tally {
+    fn elapsed(&self) -> f64 {
+        self.elapsed_before + self.started.elapsed().as_secs_f64()
     }
 }
 
-fn open_data(cfg: &RunConfig, model_cfg: &ModelConfig) -> Result<(DataMeta, ShardSet, Option<ShardSet>, Option<Tokenizer>)> {
-    let dir = &cfg.data.dir;
-    let meta = load_meta(dir)?;
-    if meta.vocab_size > model_cfg.vocab_size {
-        return Err(Error::Mismatch(format!(
-            "{}: the data was tokenized with a vocabulary of {} tokens but the model's vocab_size is {}; \
-             prepare the data with the model's tokenizer",
-            dir.display(),
-            meta.vocab_size,
-            model_cfg.vocab_size
-        )));
-    }
-    let train = ShardSet::open(dir, &meta.train_shards, cfg.train.context)?;
-    let val = if meta.val_shards.is_empty() {
-        None
-    } else {
-        Some(ShardSet::open(dir, &meta.val_shards, cfg.train.context)?)
-    };
-    let tokenizer = if dir.join("tokenizer.json").exists() { Some(Tokenizer::load(dir)?) } else { None };
-    if let Some(t) = &tokenizer {
-        if t.vocab_size() != meta.vocab_size {
-            return Err(Error::bad_file(dir, "tokenizer.json and meta.json disagree on the vocabulary size"));
-        }
-    }
-    Ok((meta, train, val, tokenizer))
+pub(super) struct Run {
+    pub(super) cfg: RunConfig,
+    pub(super) run_dir: PathBuf,
+    pub(super) device: Device,
+    pub(super) params: Params,
+    pub(super) model: Transformer,
+    pub(super) opt: AdamW,
+    pub(super) loader: BatchLoader,
+    pub(super) val: Option<ShardSet>,
+    pub(super) tokenizer: Option<Tokenizer>,
+    pub(super) token_bytes: Vec<u32>,
+    pub(super) state: TrainerState,
+    pub(super) metrics: MetricsLog,
 }
 
-/// The model config of a fresh run: a preset (with the data's vocabulary, padded to a multiple of 64
-/// for faster matmuls, and the run's context) plus any shape overrides.
-pub fn model_config_for(cfg: &RunConfig, data_vocab: usize) -> Result<ModelConfig> {
-    let m = &cfg.model;
-    let vocab = data_vocab.div_ceil(64) * 64;
-    let mut mc = ModelConfig::preset(&m.preset, Some(vocab), Some(cfg.train.context))?;
-    if m.n_layer > 0 {
-        mc.n_layer = m.n_layer;
-    }
-    if m.n_embd > 0 || m.n_head > 0 {
-        if m.n_embd > 0 {
-            mc.n_embd = m.n_embd;
-            mc.intermediate = if mc.mlp == crate::model::MlpKind::Gelu { 4 * m.n_embd } else { (8 * m.n_embd / 3).div_ceil(64) * 64 };
-        }
-        if m.n_head > 0 {
-            mc.n_head = m.n_head;
-            mc.n_kv_head = if mc.family == crate::model::Family::Gpt2 { m.n_head } else { mc.n_kv_head.min(m.n_head) };
-        }
-        mc.head_dim = mc.n_embd / mc.n_head;
-    }
-    if m.n_kv_head > 0 {
-        mc.n_kv_head = m.n_kv_head;
-    }
-    if m.intermediate > 0 {
-        mc.intermediate = m.intermediate;
-    }
-    mc.validate()?;
-    Ok(mc)
-}
-
-impl Run {
-    fn new_fresh(cfg: RunConfig, run_dir: &Path) -> Result<Run> {
-        if run_dir.join("config.toml").exists() || run_dir.join("checkpoints").exists() {
-            return Err(Error::bad_file(
-                run_dir,
-                "a run already exists here; continue it with --resume or choose a new --out (nothing was overwritten)",
-            ));
-        }
-        let device = crate::device(&cfg.train.device)?;
-        let meta = load_meta(&cfg.data.dir)?;
-        let (model_cfg, weights) = if cfg.model.init_from.is_empty() {
-            let mc = model_config_for(&cfg, meta.vocab_size)?;
-            let w = init_weights(&mc, cfg.train.seed, &device)?;
-            (mc, w)
-        } else {
-            let p = PathBuf::from(&cfg.model.init_from);
-            let lm = LoadedModel::load(&p, &device)?;
-            if cfg.train.context > lm.cfg.context {
-                return Err(Error::Config(format!(
-                    "train.context {} is longer than the context of {} ({})",
-                    cfg.train.context,
-                    p.display(),
-                    lm.cfg.context
-                )));
-            }
-            (lm.cfg, lm.weights)
-        };
-        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-        crate::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-        let state = TrainerState::new(cfg.clone(), model_cfg);
-        let opt_cfg = adam_config(&cfg);
-        let params = Params::from_tensors(&weights)?;
-        let opt = AdamW::new(opt_cfg, &params.vars)?;
-        Run::assemble(cfg, run_dir, device, params, opt, state, None)
-    }
-
-    fn new_resumed(path: &Path, overrides: &[String]) -> Result<Run> {
-        let ckpt = resolve_checkpoint(path)?;
-        let run_dir = ckpt
-            .parent()
-            .and_then(Path::parent)
-            .ok_or_else(|| Error::bad_file(&ckpt, "a checkpoint lives in RUN/checkpoints/step_N"))?
-            .to_path_buf();
-        let probe = load_checkpoint_state(&ckpt)?;
-        let mut cfg = probe.config.clone();
-        if !overrides.is_empty() {
-            // Re-apply overrides on top of the saved config (e.g. more steps).
-            let tmp = crate::fsutil::temp_sibling(&run_dir.join("resume.toml"));
-            crate::fsutil::write_atomic(&tmp, cfg.to_toml().as_bytes())?;
-            let r = RunConfig::load(Some(&tmp), overrides);
-            let _ = std::fs::remove_file(&tmp);
-            cfg = r?;
-        }
-        let device = crate::device(&cfg.train.device)?;
-        let loaded = load_checkpoint(&ckpt, &device)?;
-        let mut state = loaded.state;
-        state.config = cfg.clone();
-        let params = Params::from_tensors(&loaded.weights)?;
-        let mut opt = AdamW::new(adam_config(&cfg), &params.vars)?;
-        opt.m = loaded.m;
-        opt.v = loaded.v;
-        opt.t = state.optimizer_t;
-        eprintln!("resuming {} from step {}", run_dir.display(), state.step);
-        Run::assemble(cfg, &run_dir, device, params, opt, state, Some(()))
-    }
-
-    fn assemble(cfg: RunConfig, run_dir: &Path, device: Device, params: Params, opt: AdamW, state: TrainerState, resumed: Option<()>)
-        -> Result<Run> {
-        let (_, train, val, tokenizer) = open_data(&cfg, &state.model)?;
-        let model = Transformer::new(&state.model, &params.tensors())?;
-        let mut loader = BatchLoader::new(train, cfg.train.batch_size, state.seed, 0, 1)?;
-        loader.position = state.loader_position;
-        let token_bytes = tokenizer.as_ref().map(|t| t.token_bytes()).unwrap_or_default();
-        let metrics = MetricsLog::open(run_dir, resumed.map(|_| state.step))?;
-        Ok(Run {
-            cfg,
-            run_dir: run_dir.to_path_buf(),
-            device,
-            params,
-            model,
-            opt,
-            loader,
-            val,
-            tokenizer,
-            token_bytes,
-            state,
-            metrics,
-        })
-    }
-}
-
-fn load_checkpoint_state(dir: &Path) -> Result<TrainerState> {
-    let p = dir.join(super::checkpoint::STATE_FILE);
-    let text = crate::fsutil::read_to_string(&p)?;
-    serde_json::from_str(&text).map_err(|e| Error::bad_file(&p, format!("malformed trainer state: {e}")))
-}
-
-fn adam_config(cfg: &RunConfig) -> AdamWConfig {
-    AdamWConfig { beta1: cfg.train.beta1, beta2: cfg.train.beta2, eps: cfg.train.eps, weight_decay: cfg.train.weight_decay }
-}
+use super::setup::device_peak_flops;
 
 /// Starts a new run in `run_dir`.
 pub fn pretrain(cfg: RunConfig, run_dir: &Path) -> Result<RunSummary> {
@@ -320,12 +174,19 @@ impl Run {
         );
         let bar = crate::progress::steps_bar(total as u64);
         bar.set_position(self.state.step as u64);
-        let started = Instant::now();
-        let elapsed_before = self.state.elapsed_seconds;
-        let (mut train_secs, mut train_tokens) = (0f64, 0u64);
-        let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
-        let mut samples = Vec::new();
-        let mut val_result = None;
+        let mut tally = Tally {
+            started: Instant::now(),
+            elapsed_before: self.state.elapsed_seconds,
+            train_secs: 0.0,
+            train_tokens: 0,
+            first_loss: f64::NAN,
+            last_loss: f64::NAN,
+            val: None,
+            samples: Vec::new(),
+            flops_per_token,
+            peak,
+            params: n_params,
+        };
         let mut last_ckpt: Option<PathBuf> = None;
         let say = |bar: &indicatif::ProgressBar, s: String| {
             if bar.is_hidden() {
@@ -359,21 +220,21 @@ impl Run {
             self.state.loader_position = self.loader.position;
             self.state.tokens_seen += step_tokens;
             let dt = t0.elapsed().as_secs_f64();
-            train_secs += dt;
-            train_tokens += step_tokens;
-            if first_loss.is_nan() {
-                first_loss = loss;
+            tally.train_secs += dt;
+            tally.train_tokens += step_tokens;
+            if tally.first_loss.is_nan() {
+                tally.first_loss = loss;
             }
-            last_loss = loss;
+            tally.last_loss = loss;
             let tps = step_tokens as f64 / dt;
             let mfu = tps * flops_per_token / peak;
             let step = self.state.step;
             self.metrics.append(json!({
                 "kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": norm,
                 "tokens_per_sec": tps, "mfu": mfu, "tokens": self.state.tokens_seen,
-                "elapsed": elapsed_before + started.elapsed().as_secs_f64(),
+                "elapsed": tally.elapsed(),
             }))?;
-            let avg_tps = train_tokens as f64 / train_secs;
+            let avg_tps = tally.train_tokens as f64 / tally.train_secs;
             let eta = (total - step) as f64 * step_tokens as f64 / avg_tps;
             let msg = format!(
                 "loss {loss:.4} | lr {lr:.2e} | {} tok/s | MFU {:.1}% | norm {norm:.2}",
@@ -389,7 +250,7 @@ impl Run {
             if (self.cfg.eval.every > 0 && step % self.cfg.eval.every == 0) || last {
                 if let Some((vl, bpb)) = self.validate()? {
                     self.state.last_val_loss = Some(vl);
-                    val_result = Some((vl, bpb));
+                    tally.val = Some((vl, bpb));
                     self.metrics.append(json!({"kind": "val", "step": step, "val_loss": vl, "val_bpb": bpb}))?;
                     say(&bar, format!("step {step}: val loss {vl:.4} | {bpb:.4} bits/byte"));
                     self.plot()?;
@@ -399,35 +260,48 @@ impl Run {
                 if let Some(s) = self.sample()? {
                     self.metrics.append(json!({"kind": "sample", "step": step, "text": s}))?;
                     say(&bar, format!("step {step} sample: {}", s.replace('\n', "\n    ")));
-                    samples.push(s);
+                    tally.samples.push(s);
                 }
             }
-            if (self.cfg.checkpoint.every > 0 && step % self.cfg.checkpoint.every == 0) || last {
-                self.state.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
+            let pause = self.cfg.train.stop_at_step == step && !last;
+            if (self.cfg.checkpoint.every > 0 && step % self.cfg.checkpoint.every == 0) || last || pause {
+                self.state.elapsed_seconds = tally.elapsed();
                 last_ckpt = Some(self.checkpoint()?);
+            }
+            if pause {
+                bar.finish_and_clear();
+                eprintln!("stopped at step {step} as asked (train.stop_at_step); continue with --resume {}", self.run_dir.display());
+                break;
             }
         }
         bar.finish_and_clear();
+        if self.state.step < total {
+            let dir = self.run_dir.join("checkpoints");
+            return Ok(self.summary(tally, dir));
+        }
         let model_dir = self.run_dir.join("model");
         crate::model::save_model_dir(&model_dir, &self.state.model, &self.params.tensors(), self.tokenizer.as_ref())?;
         self.plot()?;
-        let tokens_per_sec = if train_secs > 0.0 { train_tokens as f64 / train_secs } else { 0.0 };
-        let summary = RunSummary {
+        Ok(self.summary(tally, model_dir))
+    }
+
+    fn summary(&self, t: Tally, model_dir: PathBuf) -> RunSummary {
+        let tokens_per_sec = if t.train_secs > 0.0 { t.train_tokens as f64 / t.train_secs } else { 0.0 };
+        RunSummary {
             run_dir: self.run_dir.clone(),
             model_dir,
             steps: self.state.step,
             tokens_seen: self.state.tokens_seen,
-            params: n_params,
-            seconds: elapsed_before + started.elapsed().as_secs_f64(),
+            params: t.params,
+            seconds: t.elapsed(),
             tokens_per_sec,
-            mfu: tokens_per_sec * flops_per_token / peak,
-            first_loss,
-            final_loss: last_loss,
-            val_loss: val_result.map(|v| v.0),
-            val_bpb: val_result.map(|v| v.1),
-            samples,
-        };
-        Ok(summary)
+            mfu: tokens_per_sec * t.flops_per_token / t.peak,
+            first_loss: t.first_loss,
+            final_loss: t.last_loss,
+            val_loss: t.val.map(|v| v.0),
+            val_bpb: t.val.map(|v| v.1),
+            samples: t.samples,
+        }
     }
 
     fn plot(&self) -> Result<()> {

@@ -1,0 +1,262 @@
+//! Fused CPU operations with forward *and* backward passes (candle `CustomOp`s), used where the
+//! composed candle ops would materialise several copies of a large tensor:
+//!
+//! - `token_nll`: log-softmax + gather of the target, on (N, V) logits; the gradient
+//!   `softmax - onehot` is computed directly in the backward pass.
+//! - `causal_softmax`: the causal mask and the softmax of attention scores in one pass.
+//!
+//! On other devices (or dtypes) they fall back to composed candle ops, which have backward passes
+//! too. Tests compare both paths, values and gradients.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, D};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+type CResult<T> = candle_core::Result<T>;
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> CResult<&'a [f32]> {
+    let (a, b) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: input must be contiguous")))?;
+    Ok(&storage.as_slice::<f32>()?[a..b])
+}
+
+/// Runs `f` on the f32 data of a CPU tensor (made contiguous first).
+fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
+    let t = t.contiguous()?;
+    let (st, layout) = t.storage_and_layout();
+    match &*st {
+        Storage::Cpu(cpu) => Ok(f(f32_slice(cpu, layout, op)?)),
+        _ => Err(candle_core::Error::Msg(format!("{op}: CPU tensor expected"))),
+    }
+}
+
+fn fused_ok(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// log(sum(exp(row))) computed stably.
+fn logsumexp(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+    max + sum.ln()
+}
+
+struct TokenNll {
+    targets: Arc<Vec<i64>>,
+}
+
+impl CustomOp1 for TokenNll {
+    fn name(&self) -> &'static str {
+        "token-nll"
+    }
+
+    /// logits (N, V) -> nll (N,), 0 where the target is negative (ignored).
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let (n, v) = layout.shape().dims2()?;
+        let x = f32_slice(storage, layout, self.name())?;
+        let out: Vec<f32> = (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let t = self.targets[i];
+                if t < 0 {
+                    return 0.0;
+                }
+                let row = &x[i * v..(i + 1) * v];
+                logsumexp(row) - row[t as usize]
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    /// d nll_i / d logits_ij = softmax_ij - [j == target_i], scaled by the incoming gradient.
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {
+        let (n, v) = arg.dims2()?;
+        let g = grad_res.to_vec1::<f32>()?;
+        let grad = with_f32(arg, self.name(), |x| {
+            let mut out = vec![0f32; n * v];
+            out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
+                let t = self.targets[i];
+                if t < 0 || g[i] == 0.0 {
+                    return;
+                }
+                let row = &x[i * v..(i + 1) * v];
+                let lse = logsumexp(row);
+                for (oj, &xj) in o.iter_mut().zip(row) {
+                    *oj = (xj - lse).exp() * g[i];
+                }
+                o[t as usize] -= g[i];
+            });
+            out
+        })?;
+        Ok(Some(Tensor::from_vec(grad, (n, v), arg.device())?))
+    }
+}
+
+/// Per-row negative log-likelihood of `targets` (i64, negative = ignored) under `logits` (N, V).
+pub fn token_nll(logits: &Tensor, targets: &Tensor) -> CResult<Tensor> {
+    let t: Vec<i64> = targets.to_vec1()?;
+    let v = logits.dim(1)?;
+    if let Some(bad) = t.iter().find(|&&x| x >= v as i64) {
+        candle_core::bail!("target id {bad} is outside the vocabulary of {v}")
+    }
+    if fused_ok(logits) {
+        return logits.contiguous()?.apply_op1(TokenNll { targets: Arc::new(t) });
+    }
+    reference::token_nll(logits, targets)
+}
+
+/// Row r of the scores sees keys 0..=past + (r mod t), with past = S - t.
+struct CausalSoftmax {
+    t: usize,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    /// scores (..., R, S) -> probabilities, zero on future keys.
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let s = layout.shape().dims()[layout.shape().rank() - 1];
+        let x = f32_slice(storage, layout, self.name())?;
+        let (t, past) = (self.t, s - self.t);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(s).zip(x.par_chunks(s)).enumerate().for_each(|(r, (o, row))| {
+            let visible = past + (r % t) + 1;
+            let row = &row[..visible];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (oj, &xj) in o.iter_mut().zip(row) {
+                *oj = (xj - max).exp();
+                sum += *oj;
+            }
+            let inv = 1.0 / sum;
+            o[..visible].iter_mut().for_each(|p| *p *= inv);
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(res.apply_op2(&grad_res.contiguous()?, SoftmaxBackward)?))
+    }
+}
+
+/// dx = y * (dy - sum_j(dy_j * y_j)) for y = softmax(x), row by row.
+struct SoftmaxBackward;
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "softmax-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let s = l1.shape().dims()[l1.shape().rank() - 1];
+        let y = f32_slice(s1, l1, self.name())?;
+        let dy = f32_slice(s2, l2, self.name())?;
+        let mut out = vec![0f32; y.len()];
+        out.par_chunks_mut(s).zip(y.par_chunks(s).zip(dy.par_chunks(s))).for_each(|(o, (y, dy))| {
+            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
+            for ((oj, &yj), &dyj) in o.iter_mut().zip(y).zip(dy) {
+                *oj = yj * (dyj - dot);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dim of attention scores (..., R, S) where row r is query time r mod t
+/// of t new tokens following S - t cached ones; future keys get probability 0.
+pub fn causal_softmax(scores: &Tensor, t: usize) -> CResult<Tensor> {
+    let s = scores.dim(D::Minus1)?;
+    let rows = scores.dim(D::Minus2)?;
+    if t == 0 || t > s || rows % t != 0 {
+        candle_core::bail!("causal_softmax: {rows} rows, {s} keys and {t} new tokens do not fit")
+    }
+    if fused_ok(scores) {
+        return scores.contiguous()?.apply_op1(CausalSoftmax { t });
+    }
+    reference::causal_softmax(scores, t)
+}
+
+const GELU_K: f32 = 0.797_884_6; // sqrt(2 / pi)
+const GELU_A: f32 = 0.044_715;
+
+/// GPT-2's tanh GELU, elementwise; the backward pass is one more elementwise kernel instead of the
+/// dozen composed ops candle's own `gelu` backward builds.
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32_slice(storage, layout, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, x)| {
+            for (oj, &v) in o.iter_mut().zip(x) {
+                *oj = 0.5 * v * (1.0 + (GELU_K * (v + GELU_A * v * v * v)).tanh());
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(arg.contiguous()?.apply_op2(&grad_res.contiguous()?, GeluBackward)?))
+    }
+}
+
+struct GeluBackward;
+
+impl CustomOp2 for GeluBackward {
+    fn name(&self) -> &'static str {
+        "gelu-tanh-backward"
+    }
+
+    /// dx = dy * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3 a x^2)), u = k (x + a x^3).
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let dy = f32_slice(s2, l2, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(4096).zip(x.par_chunks(4096).zip(dy.par_chunks(4096))).for_each(|(o, (x, dy))| {
+            for ((oj, &v), &g) in o.iter_mut().zip(x).zip(dy) {
+                let th = (GELU_K * (v + GELU_A * v * v * v)).tanh();
+                let d = 0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * GELU_K * (1.0 + 3.0 * GELU_A * v * v);
+                *oj = g * d;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// GPT-2's GELU (tanh approximation, "gelu_new").
+pub fn gelu(x: &Tensor) -> CResult<Tensor> {
+    if fused_ok(x) {
+        return x.contiguous()?.apply_op1(Gelu);
+    }
+    x.gelu()
+}
+
+/// The composed (unfused) versions, for tests that compare the two.
+pub mod reference {
+    use super::*;
+
+    pub fn token_nll(logits: &Tensor, targets: &Tensor) -> CResult<Tensor> {
+        let keep = targets.ge(0i64)?;
+        let safe = keep.where_cond(targets, &targets.zeros_like()?)?.to_dtype(DType::U32)?;
+        let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+        let picked = logp.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
+        picked.neg()? * keep.to_dtype(logits.dtype())?
+    }
+
+    pub fn causal_softmax(scores: &Tensor, t: usize) -> CResult<Tensor> {
+        let (s, rows) = (scores.dim(D::Minus1)?, scores.dim(D::Minus2)?);
+        let past = s - t;
+        let mask: Vec<f32> = (0..rows)
+            .flat_map(|r| (0..s).map(move |j| if j > past + r % t { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (rows, s), scores.device())?.to_dtype(scores.dtype())?;
+        candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)
+    }
+}
