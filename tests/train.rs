@@ -1,0 +1,274 @@
+//! The pre-training loop: schedules, AdamW, a short run that learns, exact resume, crash-safe
+//! checkpoints, and the errors a user can run into.
+
+mod common;
+
+use candle_core::{Device, Tensor, Var};
+use chatforge::config::{RunConfig, TrainSection};
+use chatforge::data::{prepare, PrepareOptions};
+use chatforge::tokenizer::Tokenizer;
+use chatforge::train::checkpoint::load_checkpoint;
+use chatforge::train::optim::{AdamW, AdamWConfig};
+use chatforge::train::schedule::LrSchedule;
+use common::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// A data directory of the first 300 kB of tiny Shakespeare with a 512-token BPE, made once.
+fn data_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-data-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let text = std::fs::read_to_string(shared_data().join("tinyshakespeare.txt")).unwrap();
+        let corpus = root.join("corpus.txt");
+        std::fs::write(&corpus, &text[..300_000]).unwrap();
+        let tok = Tokenizer::train(std::slice::from_ref(&corpus), 512).unwrap();
+        prepare(&tok, &[corpus], &root.join("data"), &PrepareOptions::default()).unwrap();
+        root.join("data")
+    })
+}
+
+/// A tiny model that trains in seconds.
+fn tiny_config(steps: usize) -> Vec<String> {
+    vec![
+        format!("data.dir={}", data_dir().display()),
+        "model.n_layer=2".into(),
+        "model.n_embd=64".into(),
+        "model.n_head=4".into(),
+        "train.context=64".into(),
+        "train.batch_size=8".into(),
+        format!("train.max_steps={steps}"),
+        "train.lr=3e-3".into(),
+        "train.warmup_steps=5".into(),
+        "eval.every=10".into(),
+        "eval.tokens=4096".into(),
+        "eval.sample_every=0".into(),
+        "eval.sample_tokens=16".into(),
+        "checkpoint.every=10".into(),
+        "checkpoint.keep=3".into(),
+    ]
+}
+
+fn chatforge_pretrain(out: &Path, set: &[String], extra_env: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("pretrain").arg("--out").arg(out);
+    for s in set {
+        cmd.arg("--set").arg(s);
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.stderr(std::process::Stdio::piped()).spawn().unwrap()
+}
+
+fn train_losses(run: &Path) -> Vec<(u64, f64)> {
+    chatforge::train::metrics::read_records(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r["kind"] == "train")
+        .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn schedules_give_known_values() {
+    let t = |schedule: &str| TrainSection { lr: 1.0, warmup_steps: 10, min_lr_ratio: 0.1, schedule: schedule.into(), decay_fraction: 0.2, ..Default::default() };
+    let cos = LrSchedule::from_config(&t("cosine"), 110);
+    assert!((cos.lr(0) - 0.1).abs() < 1e-12);
+    assert!((cos.lr(9) - 1.0).abs() < 1e-12);
+    assert!((cos.lr(10) - 1.0).abs() < 1e-12);
+    assert!((cos.lr(60) - 0.55).abs() < 1e-12, "{}", cos.lr(60));
+    assert!((cos.lr(110) - 0.1).abs() < 1e-12);
+    let wsd = LrSchedule::from_config(&t("wsd"), 110);
+    assert_eq!(wsd.lr(50), 1.0);
+    assert_eq!(wsd.lr(87), 1.0);
+    assert!((wsd.lr(88) - (1.0 - 0.9 / 22.0)).abs() < 1e-12, "{}", wsd.lr(88));
+    assert!((wsd.lr(109) - 0.1).abs() < 1e-12);
+    let c = LrSchedule::from_config(&t("constant"), 110);
+    assert!((c.lr(4) - 0.5).abs() < 1e-12);
+    assert_eq!(c.lr(100), 1.0);
+}
+
+#[test]
+fn adamw_step_matches_hand_computation() {
+    let (lr, b1, b2, eps, wd) = (0.1, 0.9, 0.999, 1e-8, 0.01);
+    let mut params = BTreeMap::new();
+    params.insert("h.0.attn.qkv.weight".to_string(), Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap());
+    params.insert("h.0.ln_1.weight".to_string(), Var::new(&[0.5f32, 3.0], &Device::Cpu).unwrap());
+    let mut opt = AdamW::new(AdamWConfig { beta1: b1, beta2: b2, eps, weight_decay: wd }, &params).unwrap();
+    let steps = [[0.5f64, -1.0], [0.1, 0.3]];
+    // Hand computation in f64, as torch.optim.AdamW.
+    let mut want: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    want.insert("h.0.attn.qkv.weight", vec![1.0, -2.0]);
+    want.insert("h.0.ln_1.weight", vec![0.5, 3.0]);
+    let mut m = vec![[0.0f64; 2]; 2];
+    let mut v = vec![[0.0f64; 2]; 2];
+    for (t, g) in steps.iter().enumerate() {
+        let grads: BTreeMap<String, Tensor> = params
+            .keys()
+            .map(|k| (k.clone(), Tensor::new(&[g[0] as f32, g[1] as f32], &Device::Cpu).unwrap()))
+            .collect();
+        opt.step(&params, &grads, lr, 1.0).unwrap();
+        for (pi, (name, p)) in want.iter_mut().enumerate() {
+            let decay = if name.contains("ln_") { 0.0 } else { wd };
+            for i in 0..2 {
+                p[i] *= 1.0 - lr * decay;
+                m[pi][i] = b1 * m[pi][i] + (1.0 - b1) * g[i];
+                v[pi][i] = b2 * v[pi][i] + (1.0 - b2) * g[i] * g[i];
+                let mhat = m[pi][i] / (1.0 - b1.powi(t as i32 + 1));
+                let vhat = v[pi][i] / (1.0 - b2.powi(t as i32 + 1));
+                p[i] -= lr * mhat / (vhat.sqrt() + eps);
+            }
+        }
+    }
+    for (name, w) in &want {
+        let got: Vec<f32> = params[*name].as_tensor().to_vec1().unwrap();
+        for (g, w) in got.iter().zip(w) {
+            assert!((*g as f64 - w).abs() < 1e-6, "{name}: {g} vs {w}");
+        }
+    }
+}
+
+#[test]
+fn a_short_run_learns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = RunConfig::load(None, &tiny_config(150)).unwrap();
+    let s = chatforge::train::pretrain(cfg, &tmp.path().join("run")).unwrap();
+    let init = (512f64).ln();
+    let val = s.val_loss.unwrap();
+    eprintln!("first loss {:.3}, final val loss {val:.3}, {:.0} tok/s", s.first_loss, s.tokens_per_sec);
+    assert!((s.first_loss - init).abs() < 0.3, "first loss {} should be near ln(512)", s.first_loss);
+    assert!(val < init - 1.5, "val loss {val} did not fall well below {init}");
+    let run = tmp.path().join("run");
+    for f in ["config.toml", "metrics.jsonl", "loss.png", "model/config.json", "model/model.safetensors", "model/tokenizer.json"] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    assert!(s.val_bpb.unwrap() > 0.0);
+}
+
+#[test]
+fn resume_continues_bit_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("straight"), tmp.path().join("resumed"));
+    let set = tiny_config(20);
+    let out = chatforge_pretrain(&a, &set, &[]).wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut first = set.clone();
+    first.push("train.stop_at_step=10".into());
+    let out = chatforge_pretrain(&b, &first, &[]).wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!b.join("model").exists(), "a paused run has no final model yet");
+    let (code, _, err) = run(&["pretrain", "--resume", b.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (la, lb) = (train_losses(&a), train_losses(&b));
+    assert_eq!(la.len(), 20);
+    assert_eq!(la, lb, "losses differ between the straight and the resumed run");
+    let wa = candle_core::safetensors::load(a.join("model/model.safetensors"), &Device::Cpu).unwrap();
+    let wb = candle_core::safetensors::load(b.join("model/model.safetensors"), &Device::Cpu).unwrap();
+    for (k, t) in &wa {
+        let x: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = wb[k].flatten_all().unwrap().to_vec1().unwrap();
+        assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{k} differs");
+    }
+}
+
+#[test]
+fn a_crash_during_a_checkpoint_write_leaves_the_previous_one_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let mut set = tiny_config(20);
+    set.push("checkpoint.every=5".into());
+    // Pause halfway through writing the step-10 checkpoint, then kill the process there.
+    let mut child = chatforge_pretrain(&run_dir, &set, &[("CHATFORGE_TEST_CHECKPOINT_PAUSE", "10:60000")]);
+    let ckpts = run_dir.join("checkpoints");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let partial = std::fs::read_dir(&ckpts).ok().into_iter().flatten().flatten().any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(".step_000010.tmp") && e.path().join("model.safetensors").exists()
+        });
+        if partial {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the step-10 checkpoint write never started");
+        assert!(child.try_wait().unwrap().is_none(), "training ended before the kill");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!ckpts.join("step_000010").exists());
+    let last = load_checkpoint(&ckpts.join("step_000005"), &Device::Cpu).unwrap();
+    assert_eq!(last.state.step, 5);
+    assert_eq!(last.state.loader_position, 5);
+    // And the run resumes from it.
+    let (code, _, err) = run(&["pretrain", "--resume", run_dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("from step 5"), "{err}");
+    assert!(ckpts.join("step_000020").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&ckpts).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+    assert!(leftovers.is_empty(), "partial checkpoint directories were not cleaned up");
+}
+
+#[test]
+fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let mut set = tiny_config(10);
+    set.extend(["train.lr=1e30".to_string(), "train.grad_clip=0".into(), "train.warmup_steps=0".into(), "checkpoint.every=1".into()]);
+    let out = chatforge_pretrain(&run_dir, &set, &[]).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("the loss is") && err.contains("last good checkpoint"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let ckpts = chatforge::train::checkpoint::list_checkpoints(&run_dir).unwrap();
+    let last = ckpts.last().expect("a checkpoint before the divergence");
+    load_checkpoint(last, &Device::Cpu).unwrap();
+}
+
+#[test]
+fn config_mistakes_are_named() {
+    let e = RunConfig::load(None, &["train.lrr=1".into()]).err().unwrap().to_string();
+    assert!(e.contains("train.lrr") && e.contains("lr") && e.contains("warmup_steps"), "{e}");
+    let e = RunConfig::load(None, &["optim.lr=1".into()]).err().unwrap().to_string();
+    assert!(e.contains("optim") && e.contains("train"), "{e}");
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = tmp.path().join("run.toml");
+    std::fs::write(&toml, "[train]\nlearning_rate = 0.1\n").unwrap();
+    let e = RunConfig::load(Some(&toml), &[]).err().unwrap().to_string();
+    assert!(e.contains("learning_rate") && e.contains("run.toml"), "{e}");
+    let e = RunConfig::load(None, &["train.schedule=linear".into()]).err().unwrap().to_string();
+    assert!(e.contains("cosine"), "{e}");
+    let cfg = RunConfig::load(None, &["train.lr=1".into(), "model.preset=gpt2".into()]).unwrap();
+    assert_eq!(cfg.train.lr, 1.0);
+    assert_eq!(cfg.model.preset, "gpt2");
+}
+
+#[test]
+fn cli_errors_for_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Data tokenized with 512 tokens cannot train a model with 128.
+    let mut set = tiny_config(2);
+    set.push(format!("model.init_from={}", fixtures().join("gpt2-tiny").display()));
+    set.push("train.context=16".into());
+    let out = chatforge_pretrain(&tmp.path().join("a"), &set, &[]).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("vocabulary of 512") && err.contains("128"), "{err}");
+    // --resume of something that is not a checkpoint.
+    let (code, _, err) = run(&["pretrain", "--resume", tmp.path().to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not a checkpoint"), "{err}");
+    // An existing run is not overwritten.
+    std::fs::create_dir_all(tmp.path().join("b")).unwrap();
+    std::fs::write(tmp.path().join("b/config.toml"), "precious").unwrap();
+    let out = chatforge_pretrain(&tmp.path().join("b"), &tiny_config(2), &[]).wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+    assert_eq!(std::fs::read_to_string(tmp.path().join("b/config.toml")).unwrap(), "precious");
+    // A data directory that does not exist.
+    let (code, _, err) = run(&["pretrain", "--out", tmp.path().join("c").to_str().unwrap(), "--set", "data.dir=/nonexistent/data"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/data") && err.contains("data prepare"), "{err}");
+}
