@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
     pub model: ModelSection,
@@ -117,7 +117,9 @@ impl Default for ModelSection {
 
 impl Default for DataSection {
     fn default() -> Self {
-        DataSection { dir: PathBuf::from("data") }
+        DataSection {
+            dir: PathBuf::from("data"),
+        }
     }
 }
 
@@ -163,18 +165,9 @@ impl Default for EvalSection {
 
 impl Default for CheckpointSection {
     fn default() -> Self {
-        CheckpointSection { every: 500, keep: 2 }
-    }
-}
-
-impl Default for RunConfig {
-    fn default() -> Self {
-        RunConfig {
-            model: ModelSection::default(),
-            data: DataSection::default(),
-            train: TrainSection::default(),
-            eval: EvalSection::default(),
-            checkpoint: CheckpointSection::default(),
+        CheckpointSection {
+            every: 500,
+            keep: 2,
         }
     }
 }
@@ -194,18 +187,22 @@ impl RunConfig {
         let mut table: toml::Table = match path {
             Some(p) => {
                 let text = crate::fsutil::read_to_string(p)?;
-                toml::from_str(&text).map_err(|e| Error::bad_file(p, format!("invalid TOML: {e}")))?
+                toml::from_str(&text)
+                    .map_err(|e| Error::bad_file(p, format!("invalid TOML: {e}")))?
             }
             None => toml::Table::new(),
         };
-        let defaults = match toml::Value::try_from(RunConfig::default()).expect("defaults serialize") {
-            toml::Value::Table(t) => t,
-            _ => unreachable!("a struct serializes to a table"),
-        };
+        let defaults =
+            match toml::Value::try_from(RunConfig::default()).expect("defaults serialize") {
+                toml::Value::Table(t) => t,
+                _ => unreachable!("a struct serializes to a table"),
+            };
         for o in overrides {
-            let (key, raw) = o
-                .split_once('=')
-                .ok_or_else(|| Error::Config(format!("--set '{o}': expected KEY=VALUE, e.g. train.lr=3e-4")))?;
+            let (key, raw) = o.split_once('=').ok_or_else(|| {
+                Error::Config(format!(
+                    "--set '{o}': expected KEY=VALUE, e.g. train.lr=3e-4"
+                ))
+            })?;
             let (section, field) = key.trim().split_once('.').ok_or_else(|| {
                 Error::Config(format!(
                     "--set '{o}': keys are section.key; sections: {}",
@@ -227,7 +224,9 @@ impl RunConfig {
             let mut value = parse_value(raw.trim());
             // Keep the type of the default: `--set data.dir=123` is a path, `train.lr=1` a float.
             value = match (&known[field], value) {
-                (toml::Value::String(_), v) if !v.is_str() => toml::Value::String(raw.trim().to_string()),
+                (toml::Value::String(_), v) if !v.is_str() => {
+                    toml::Value::String(raw.trim().to_string())
+                }
                 (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
                 (_, v) => v,
             };
@@ -238,7 +237,9 @@ impl RunConfig {
                 .ok_or_else(|| Error::Config(format!("'{section}' must be a table")))?
                 .insert(field.to_string(), value);
         }
-        let where_ = path.map(|p| p.display().to_string()).unwrap_or_else(|| "--set".into());
+        let where_ = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "--set".into());
         let cfg: RunConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| Error::Config(format!("{where_}: {}", e.message())))?;
@@ -252,7 +253,7 @@ impl RunConfig {
         if t.context == 0 || t.batch_size == 0 {
             return err("train.context and train.batch_size must be positive".into());
         }
-        if t.batch_tokens % (t.batch_size * t.context) != 0 {
+        if !t.batch_tokens.is_multiple_of(t.batch_size * t.context) {
             return err(format!(
                 "train.batch_tokens ({}) must be a multiple of batch_size * context ({})",
                 t.batch_tokens,
@@ -263,9 +264,12 @@ impl RunConfig {
             return err("set train.max_steps or train.total_tokens".into());
         }
         if !matches!(t.schedule.as_str(), "cosine" | "wsd" | "constant") {
-            return err(format!("train.schedule '{}': expected cosine, wsd or constant", t.schedule));
+            return err(format!(
+                "train.schedule '{}': expected cosine, wsd or constant",
+                t.schedule
+            ));
         }
-        if !(t.lr > 0.0) || !(0.0..=1.0).contains(&t.min_lr_ratio) {
+        if t.lr.is_nan() || t.lr <= 0.0 || !(0.0..=1.0).contains(&t.min_lr_ratio) {
             return err("train.lr must be positive and train.min_lr_ratio in [0, 1]".into());
         }
         if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {

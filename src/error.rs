@@ -31,7 +31,10 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();
         if source.kind() == std::io::ErrorKind::NotFound {
-            return Error::BadFile { path, msg: "no such file or directory".into() };
+            return Error::BadFile {
+                path,
+                msg: "no such file or directory".into(),
+            };
         }
         Error::Io { path, err: source }
     }

@@ -24,11 +24,15 @@ pub fn device(name: &str) -> Result<candle_core::Device> {
         "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
         "cuda" => Ok(Device::new_cuda(0)?),
         s if s.starts_with("cuda:") => {
-            let n: usize = s[5..]
-                .parse()
-                .map_err(|_| Error::Config(format!("--device '{s}': expected cuda:N with N a GPU index")))?;
+            let n: usize = s[5..].parse().map_err(|_| {
+                Error::Config(format!(
+                    "--device '{s}': expected cuda:N with N a GPU index"
+                ))
+            })?;
             Ok(Device::new_cuda(n)?)
         }
-        s => Err(Error::Config(format!("--device '{s}': expected cpu, cuda, cuda:N or auto"))),
+        s => Err(Error::Config(format!(
+            "--device '{s}': expected cpu, cuda, cuda:N or auto"
+        ))),
     }
 }

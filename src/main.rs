@@ -12,7 +12,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "chatforge", version, about = "Build your own ChatGPT: tokenizer, data, pre-training, evaluation")]
+#[command(
+    name = "chatforge",
+    version,
+    about = "Build your own ChatGPT: tokenizer, data, pre-training, evaluation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,7 +95,10 @@ struct SpeedrunArgs {
     /// Run directory.
     #[arg(long, default_value = "runs/speedrun")]
     out: PathBuf,
-    /// Override a config key of the pre-training run (repeatable).
+    /// Vocabulary of the tokenizer trained on the corpus.
+    #[arg(long, default_value_t = chatforge::speedrun::SPEEDRUN_VOCAB)]
+    vocab_size: usize,
+    /// Override a config key of the pre-training run (repeatable), e.g. --set train.max_steps=100.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
 }
@@ -192,9 +199,23 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Tokenizer(cmd) => tokenizer_cmd(cmd),
         Command::Eval(a) => eval_cmd(a),
-        Command::Data(DataCmd::Prepare { tokenizer, input, out, field, shard_tokens, val_tokens, val_fraction }) => {
+        Command::Data(DataCmd::Prepare {
+            tokenizer,
+            input,
+            out,
+            field,
+            shard_tokens,
+            val_tokens,
+            val_fraction,
+        }) => {
             let tok = Tokenizer::load(&tokenizer)?;
-            let opts = chatforge::data::PrepareOptions { field, shard_tokens, val_tokens, val_fraction, ..Default::default() };
+            let opts = chatforge::data::PrepareOptions {
+                field,
+                shard_tokens,
+                val_tokens,
+                val_fraction,
+                ..Default::default()
+            };
             let t0 = std::time::Instant::now();
             let meta = chatforge::data::prepare(&tok, &input, &out, &opts)?;
             let secs = t0.elapsed().as_secs_f64();
@@ -228,13 +249,16 @@ fn run(cli: Cli) -> Result<()> {
                 chatforge::progress::duration(summary.seconds),
                 summary.tokens_per_sec,
                 summary.final_loss,
-                summary.val_loss.map(|v| format!(" | val loss {v:.4}")).unwrap_or_default(),
+                summary
+                    .val_loss
+                    .map(|v| format!(" | val loss {v:.4}"))
+                    .unwrap_or_default(),
                 summary.model_dir.display()
             );
             Ok(())
         }
         Command::Speedrun(a) => {
-            let report = chatforge::speedrun::speedrun(a.corpus.as_deref(), &a.out, &a.set)?;
+            let report = chatforge::speedrun::speedrun(a.corpus.as_deref(), &a.out, a.vocab_size, &a.set)?;
             println!("report: {}", report.display());
             Ok(())
         }
@@ -249,7 +273,11 @@ fn run(cli: Cli) -> Result<()> {
 
 fn tokenizer_cmd(cmd: TokenizerCmd) -> Result<()> {
     match cmd {
-        TokenizerCmd::Train { input, vocab_size, out } => {
+        TokenizerCmd::Train {
+            input,
+            vocab_size,
+            out,
+        } => {
             let t0 = std::time::Instant::now();
             let tok = Tokenizer::train(&input, vocab_size)?;
             chatforge::fsutil::write_dir_atomic(&out, |d| tok.save_to_dir(d, 1024))?;
@@ -271,7 +299,8 @@ fn tokenizer_cmd(cmd: TokenizerCmd) -> Result<()> {
         }
         TokenizerCmd::Decode { tokenizer, ids } => {
             let tok = Tokenizer::load(&tokenizer)?;
-            let ids: Vec<u32> = serde_json::from_str(&ids).context("--ids must be a JSON array of token ids")?;
+            let ids: Vec<u32> =
+                serde_json::from_str(&ids).context("--ids must be a JSON array of token ids")?;
             println!("{}", tok.decode(&ids)?);
         }
     }

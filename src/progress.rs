@@ -18,9 +18,11 @@ fn hidden_unless_terminal(bar: ProgressBar) -> ProgressBar {
 pub fn bytes_bar(total: u64, prefix: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} | {msg} | ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} | {msg} | ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_prefix(prefix.to_string());
     hidden_unless_terminal(bar)

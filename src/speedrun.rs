@@ -14,10 +14,11 @@ use std::time::Instant;
 
 pub const TINY_SHAKESPEARE_URL: &str =
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt";
-pub const TINY_SHAKESPEARE_SHA256: &str = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed";
+pub const TINY_SHAKESPEARE_SHA256: &str =
+    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed";
 
 /// Vocabulary of the speedrun's tokenizer: small corpora learn faster with small vocabularies.
-pub const SPEEDRUN_VOCAB: usize = 4096;
+pub const SPEEDRUN_VOCAB: usize = 2048;
 
 /// The pre-training config of the speedrun (tiny preset), before `--set` overrides.
 pub const SPEEDRUN_CONFIG: &str = r#"
@@ -26,25 +27,25 @@ preset = "tiny"
 
 [train]
 context = 256
-batch_size = 16
-max_steps = 1200
+batch_size = 8
+max_steps = 500
 lr = 2e-3
 min_lr_ratio = 0.05
 schedule = "cosine"
-warmup_steps = 60
+warmup_steps = 40
 weight_decay = 0.1
 grad_clip = 1.0
-log_every = 50
+log_every = 25
 
 [eval]
-every = 200
-tokens = 65536
-sample_every = 600
+every = 100
+tokens = 32768
+sample_every = 250
 sample_tokens = 120
 sample_prompt = "ROMEO:"
 
 [checkpoint]
-every = 400
+every = 250
 keep = 1
 "#;
 
@@ -61,7 +62,10 @@ pub fn cache_dir() -> PathBuf {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Tiny Shakespeare from the cache, downloading and checking it on first use.
@@ -73,7 +77,9 @@ pub fn tiny_shakespeare() -> Result<PathBuf> {
             return Ok(path);
         }
     }
-    eprintln!("downloading tiny Shakespeare from {TINY_SHAKESPEARE_URL}");
+    // A mirror can stand in for the public URL.
+    let url = std::env::var("CHATFORGE_TINY_SHAKESPEARE_URL").unwrap_or_else(|_| TINY_SHAKESPEARE_URL.to_string());
+    eprintln!("downloading tiny Shakespeare from {url}");
     let fail = |why: String| {
         Error::Config(format!(
             "could not download the default corpus ({why}).\n  Pass a text file instead: chatforge speedrun --corpus FILE\n  \
@@ -81,32 +87,54 @@ pub fn tiny_shakespeare() -> Result<PathBuf> {
             path.display()
         ))
     };
-    let mut resp = ureq::get(TINY_SHAKESPEARE_URL).call().map_err(|e| fail(e.to_string()))?;
-    let bytes = resp.body_mut().with_config().limit(16 << 20).read_to_vec().map_err(|e| fail(e.to_string()))?;
+    let mut resp = ureq::get(TINY_SHAKESPEARE_URL)
+        .call()
+        .map_err(|e| fail(e.to_string()))?;
+    let bytes = resp
+        .body_mut()
+        .with_config()
+        .limit(16 << 20)
+        .read_to_vec()
+        .map_err(|e| fail(e.to_string()))?;
     let got = sha256_hex(&bytes);
     if got != TINY_SHAKESPEARE_SHA256 {
-        return Err(fail(format!("sha256 {got} is not the expected {TINY_SHAKESPEARE_SHA256}")));
+        return Err(fail(format!(
+            "sha256 {got} is not the expected {TINY_SHAKESPEARE_SHA256}"
+        )));
     }
     crate::fsutil::write_atomic(&path, &bytes)?;
     Ok(path)
 }
 
 /// Runs the pipeline into `out` and returns the path of `report.md`.
-pub fn speedrun(corpus: Option<&Path>, out: &Path, overrides: &[String]) -> Result<PathBuf> {
-    if out.exists() && std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_some() {
-        return Err(Error::bad_file(out, "exists and is not empty; choose a new --out (nothing was overwritten)"));
+pub fn speedrun(corpus: Option<&Path>, out: &Path, vocab_size: usize, overrides: &[String]) -> Result<PathBuf> {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::bad_file(
+            out,
+            "exists and is not empty; choose a new --out (nothing was overwritten)",
+        ));
     }
     let t_all = Instant::now();
     let corpus = match corpus {
         Some(c) => c.to_path_buf(),
         None => tiny_shakespeare()?,
     };
-    let corpus_bytes = std::fs::metadata(&corpus).map_err(|e| Error::io(&corpus, e))?.len();
+    let corpus_bytes = std::fs::metadata(&corpus)
+        .map_err(|e| Error::io(&corpus, e))?
+        .len();
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
-    eprintln!("[1/3] tokenizer: byte-level BPE, {SPEEDRUN_VOCAB} tokens, on {}", corpus.display());
+    eprintln!(
+        "[1/3] tokenizer: byte-level BPE, {SPEEDRUN_VOCAB} tokens, on {}",
+        corpus.display()
+    );
     let t0 = Instant::now();
-    let tok = Tokenizer::train(std::slice::from_ref(&corpus), SPEEDRUN_VOCAB)?;
+    let tok = Tokenizer::train(std::slice::from_ref(&corpus), vocab_size)?;
     let tok_dir = out.join("tokenizer");
     crate::fsutil::write_dir_atomic(&tok_dir, |d| tok.save_to_dir(d, 1024))?;
     let t_tok = t0.elapsed().as_secs_f64();
@@ -114,7 +142,12 @@ pub fn speedrun(corpus: Option<&Path>, out: &Path, overrides: &[String]) -> Resu
     eprintln!("[2/3] data: tokenizing into shards");
     let t0 = Instant::now();
     let data_dir = out.join("data");
-    let meta = prepare(&tok, std::slice::from_ref(&corpus), &data_dir, &PrepareOptions::default())?;
+    let meta = prepare(
+        &tok,
+        std::slice::from_ref(&corpus),
+        &data_dir,
+        &PrepareOptions::default(),
+    )?;
     let t_data = t0.elapsed().as_secs_f64();
 
     eprintln!("[3/3] pre-training");
@@ -160,10 +193,27 @@ fn render_report(r: &ReportInputs) -> String {
     let mut o = String::new();
     let opt = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "n/a".into());
     let _ = writeln!(o, "# chatforge speedrun report\n");
-    let _ = writeln!(o, "Corpus: `{}` ({:.2} MB). Total wall time: {}.\n", r.corpus.display(), r.corpus_bytes as f64 / 1e6, duration(r.total_secs));
+    let _ = writeln!(
+        o,
+        "Corpus: `{}` ({:.2} MB). Total wall time: {}.\n",
+        r.corpus.display(),
+        r.corpus_bytes as f64 / 1e6,
+        duration(r.total_secs)
+    );
     let _ = writeln!(o, "| stage | result | time |\n| --- | --- | --- |");
-    let _ = writeln!(o, "| tokenizer | byte-level BPE, {} tokens | {} |", r.vocab, duration(r.t_tok));
-    let _ = writeln!(o, "| data | {} train / {} validation tokens | {} |", human(r.train_tokens as f64), human(r.val_tokens as f64), duration(r.t_data));
+    let _ = writeln!(
+        o,
+        "| tokenizer | byte-level BPE, {} tokens | {} |",
+        r.vocab,
+        duration(r.t_tok)
+    );
+    let _ = writeln!(
+        o,
+        "| data | {} train / {} validation tokens | {} |",
+        human(r.train_tokens as f64),
+        human(r.val_tokens as f64),
+        duration(r.t_data)
+    );
     let _ = writeln!(
         o,
         "| pre-training | {} params, {} steps, {} tokens | {} |\n",
@@ -176,16 +226,33 @@ fn render_report(r: &ReportInputs) -> String {
     let _ = writeln!(o, "| metric | value |\n| --- | --- |");
     let _ = writeln!(o, "| validation loss (nats/token) | {} |", opt(s.val_loss));
     let _ = writeln!(o, "| validation bits per byte | {} |", opt(s.val_bpb));
-    let _ = writeln!(o, "| first / final train loss | {:.4} / {:.4} |", s.first_loss, s.final_loss);
-    let _ = writeln!(o, "| training throughput | {:.0} tokens/s |", s.tokens_per_sec);
+    let _ = writeln!(
+        o,
+        "| first / final train loss | {:.4} / {:.4} |",
+        s.first_loss, s.final_loss
+    );
+    let _ = writeln!(
+        o,
+        "| training throughput | {:.0} tokens/s |",
+        s.tokens_per_sec
+    );
     let _ = writeln!(o, "| model FLOPs utilisation | {:.1}% |\n", 100.0 * s.mfu);
     let _ = writeln!(o, "![loss curve](pretrain/loss.png)\n");
     let _ = writeln!(o, "## Samples\n");
     for (i, sample) in s.samples.iter().enumerate() {
-        let _ = writeln!(o, "Sample {}:\n\n```text\n{}\n```\n", i + 1, sample.trim_end());
+        let _ = writeln!(
+            o,
+            "Sample {}:\n\n```text\n{}\n```\n",
+            i + 1,
+            sample.trim_end()
+        );
     }
     let _ = writeln!(o, "## Config\n\n```toml\n{}```\n", r.cfg.to_toml());
     let _ = writeln!(o, "## Next\n");
-    let _ = writeln!(o, "```sh\nchatforge eval --model {} --task ppl --data FILE.txt\n```", s.model_dir.display());
+    let _ = writeln!(
+        o,
+        "```sh\nchatforge eval --model {} --task ppl --data FILE.txt\n```",
+        s.model_dir.display()
+    );
     o
 }

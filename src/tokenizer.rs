@@ -46,7 +46,10 @@ impl Tokenizer {
         for f in files {
             let meta = std::fs::metadata(f).map_err(|e| Error::io(f, e))?;
             if meta.len() == 0 {
-                return Err(Error::bad_file(f, "file is empty: nothing to train a tokenizer on"));
+                return Err(Error::bad_file(
+                    f,
+                    "file is empty: nothing to train a tokenizer on",
+                ));
             }
             // The trainer reads the files itself; make sure they are text first.
             fsutil::read_to_string(f)?;
@@ -55,28 +58,48 @@ impl Tokenizer {
             .show_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .vocab_size(vocab_size)
             .min_frequency(2)
-            .special_tokens(SPECIAL_TOKENS.iter().map(|s| AddedToken::from(*s, true)).collect())
+            .special_tokens(
+                SPECIAL_TOKENS
+                    .iter()
+                    .map(|s| AddedToken::from(*s, true))
+                    .collect(),
+            )
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build();
-        let mut tk = TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
-            .with_model(BPE::default())
-            .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false).into()))
-            .with_post_processor(Some(ByteLevel::default().trim_offsets(false).into()))
-            .with_decoder(Some(ByteLevel::default().into()))
-            .build()
-            .map_err(tk_err)?;
-        let names = files.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        let mut tk = TokenizerBuilder::<
+            BPE,
+            NormalizerWrapper,
+            PreTokenizerWrapper,
+            PostProcessorWrapper,
+            DecoderWrapper,
+        >::new()
+        .with_model(BPE::default())
+        .with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false).into()))
+        .with_post_processor(Some(ByteLevel::default().trim_offsets(false).into()))
+        .with_decoder(Some(ByteLevel::default().into()))
+        .build()
+        .map_err(tk_err)?;
+        let names = files
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
         tk.train_from_files(&mut trainer, names).map_err(tk_err)?;
         let json = tk.to_string(false).map_err(tk_err)?;
         let inner: tokenizers::Tokenizer = json.parse().map_err(tk_err)?;
-        Ok(Tokenizer { inner, chat_template: Some(CHATML_TEMPLATE.into()) })
+        Ok(Tokenizer {
+            inner,
+            chat_template: Some(CHATML_TEMPLATE.into()),
+        })
     }
 
     /// GPT-2's tokenizer from its `vocab.json` (a.k.a. `encoder.json`) and `merges.txt` (`vocab.bpe`).
     pub fn from_gpt2_files(vocab: &Path, merges: &Path) -> Result<Self> {
         for p in [vocab, merges] {
             if !p.exists() {
-                return Err(Error::io(p, std::io::Error::from(std::io::ErrorKind::NotFound)));
+                return Err(Error::io(
+                    p,
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ));
             }
         }
         let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
@@ -87,7 +110,10 @@ impl Tokenizer {
         inner.with_post_processor(Some(ByteLevel::default().trim_offsets(false)));
         inner.with_decoder(Some(ByteLevel::default()));
         inner.add_special_tokens(&[AddedToken::from(END_OF_TEXT, true)]);
-        Ok(Tokenizer { inner, chat_template: None })
+        Ok(Tokenizer {
+            inner,
+            chat_template: None,
+        })
     }
 
     /// Loads a tokenizer from a `tokenizer.json` file, or from a directory holding `tokenizer.json`
@@ -97,7 +123,10 @@ impl Tokenizer {
             return Self::from_tokenizer_json(path, None);
         }
         if !path.is_dir() {
-            return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+            return Err(Error::io(
+                path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
         }
         let tj = path.join("tokenizer.json");
         let cfg = path.join("tokenizer_config.json");
@@ -108,18 +137,28 @@ impl Tokenizer {
         if v.exists() && m.exists() {
             return Self::from_gpt2_files(&v, &m);
         }
-        Err(Error::bad_file(path, "no tokenizer here: expected tokenizer.json, or vocab.json + merges.txt"))
+        Err(Error::bad_file(
+            path,
+            "no tokenizer here: expected tokenizer.json, or vocab.json + merges.txt",
+        ))
     }
 
     fn from_tokenizer_json(path: &Path, config: Option<&Path>) -> Result<Self> {
         let text = fsutil::read_to_string(path)?;
-        let inner: tokenizers::Tokenizer =
-            text.parse().map_err(|e| Error::bad_file(path, format!("not a valid tokenizer.json: {e}")))?;
+        let inner: tokenizers::Tokenizer = text
+            .parse()
+            .map_err(|e| Error::bad_file(path, format!("not a valid tokenizer.json: {e}")))?;
         let chat_template = match config {
-            Some(c) => fsutil::read_json(c)?.get("chat_template").and_then(|t| t.as_str()).map(String::from),
+            Some(c) => fsutil::read_json(c)?
+                .get("chat_template")
+                .and_then(|t| t.as_str())
+                .map(String::from),
             None => None,
         };
-        Ok(Tokenizer { inner, chat_template })
+        Ok(Tokenizer {
+            inner,
+            chat_template,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -132,11 +171,18 @@ impl Tokenizer {
 
     /// The id that separates documents: `<|endoftext|>`, else the tokenizer's `</s>`/`<|im_end|>`.
     pub fn eot_id(&self) -> Option<u32> {
-        [END_OF_TEXT, "</s>", IM_END].iter().find_map(|t| self.token_id(t))
+        [END_OF_TEXT, "</s>", IM_END]
+            .iter()
+            .find_map(|t| self.token_id(t))
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode_fast(text, false).map_err(tk_err)?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode_fast(text, false)
+            .map_err(tk_err)?
+            .get_ids()
+            .to_vec())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
@@ -161,7 +207,16 @@ impl Tokenizer {
                     return 0;
                 }
                 match self.inner.id_to_token(id) {
-                    Some(tok) if byte_level => tok.chars().map(|c| if unmap.contains_key(&c) { 1 } else { c.len_utf8() as u32 }).sum(),
+                    Some(tok) if byte_level => tok
+                        .chars()
+                        .map(|c| {
+                            if unmap.contains_key(&c) {
+                                1
+                            } else {
+                                c.len_utf8() as u32
+                            }
+                        })
+                        .sum(),
                     Some(_) => self.decode(&[id]).map(|s| s.len() as u32).unwrap_or(0),
                     None => 0,
                 }
@@ -190,23 +245,33 @@ impl Tokenizer {
             cfg["pad_token"] = json!(END_OF_TEXT);
         }
         let template = self.chat_template.clone().or_else(|| {
-            (self.token_id(IM_START).is_some() && self.token_id(IM_END).is_some()).then(|| CHATML_TEMPLATE.to_string())
+            (self.token_id(IM_START).is_some() && self.token_id(IM_END).is_some())
+                .then(|| CHATML_TEMPLATE.to_string())
         });
         if let Some(t) = template {
             cfg["chat_template"] = json!(t);
         }
-        fsutil::write_atomic(&dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&cfg).expect("json").as_bytes())?;
+        fsutil::write_atomic(
+            &dir.join("tokenizer_config.json"),
+            serde_json::to_string_pretty(&cfg).expect("json").as_bytes(),
+        )?;
         let map = match eos {
             Some(e) => json!({"bos_token": e, "eos_token": e, "unk_token": e}),
             None => json!({}),
         };
-        fsutil::write_atomic(&dir.join("special_tokens_map.json"), serde_json::to_string_pretty(&map).expect("json").as_bytes())
+        fsutil::write_atomic(
+            &dir.join("special_tokens_map.json"),
+            serde_json::to_string_pretty(&map).expect("json").as_bytes(),
+        )
     }
 }
 
 /// GPT-2's byte-to-unicode table, inverted: the printable character that stands for each byte.
 fn byte_level_decoder_table() -> std::collections::HashMap<char, u8> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..=255u32 {

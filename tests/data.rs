@@ -25,7 +25,9 @@ fn shards_round_trip_in_both_widths() {
     assert_eq!((0..s.len()).map(|i| s.get(i)).collect::<Vec<_>>(), small);
     assert_eq!(std::fs::metadata(&p).unwrap().len(), 1024 + 2000);
 
-    let big: Vec<u32> = (0..1000).map(|i| 100_000 + i * 1_000_003 % 128_000).collect();
+    let big: Vec<u32> = (0..1000)
+        .map(|i| 100_000 + i * 1_000_003 % 128_000)
+        .collect();
     let p = tmp.path().join("b.bin");
     write_shard(&p, &big, TokenWidth::U32).unwrap();
     let s = TokenShard::open(&p).unwrap();
@@ -70,7 +72,10 @@ fn truncated_or_foreign_shards_are_errors() {
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
     let e = TokenShard::open(&p).err().unwrap().to_string();
-    assert!(e.contains("truncated") && e.contains("train_000000.bin"), "{e}");
+    assert!(
+        e.contains("truncated") && e.contains("train_000000.bin"),
+        "{e}"
+    );
     std::fs::write(&p, vec![7u8; 2048]).unwrap();
     let e = TokenShard::open(&p).err().unwrap().to_string();
     assert!(e.contains("not a token shard"), "{e}");
@@ -80,10 +85,24 @@ fn truncated_or_foreign_shards_are_errors() {
 fn loader_is_deterministic_and_resumable() {
     let tmp = tempfile::tempdir().unwrap();
     let tokens: Vec<u32> = (0..20_000).map(|i| (i % 5000) as u32).collect();
-    write_shard(&tmp.path().join("train_000000.bin"), &tokens[..12_000], TokenWidth::U16).unwrap();
-    write_shard(&tmp.path().join("train_000001.bin"), &tokens[12_000..], TokenWidth::U16).unwrap();
-    let names = vec!["train_000000.bin".to_string(), "train_000001.bin".to_string()];
-    let open = || BatchLoader::new(ShardSet::open(tmp.path(), &names, 64).unwrap(), 4, 42, 0, 1).unwrap();
+    write_shard(
+        &tmp.path().join("train_000000.bin"),
+        &tokens[..12_000],
+        TokenWidth::U16,
+    )
+    .unwrap();
+    write_shard(
+        &tmp.path().join("train_000001.bin"),
+        &tokens[12_000..],
+        TokenWidth::U16,
+    )
+    .unwrap();
+    let names = vec![
+        "train_000000.bin".to_string(),
+        "train_000001.bin".to_string(),
+    ];
+    let open =
+        || BatchLoader::new(ShardSet::open(tmp.path(), &names, 64).unwrap(), 4, 42, 0, 1).unwrap();
     let (mut a, mut b) = (open(), open());
     let batches_a: Vec<_> = (0..10).map(|_| a.next_batch().inputs).collect();
     let batches_b: Vec<_> = (0..10).map(|_| b.next_batch().inputs).collect();
@@ -103,26 +122,38 @@ fn loader_is_deterministic_and_resumable() {
     d.position = 7;
     assert_eq!(d.next_batch().inputs, batches_a[7]);
     // Another rank reads other windows.
-    let mut r1 = BatchLoader::new(ShardSet::open(tmp.path(), &names, 64).unwrap(), 4, 42, 1, 2).unwrap();
+    let mut r1 =
+        BatchLoader::new(ShardSet::open(tmp.path(), &names, 64).unwrap(), 4, 42, 1, 2).unwrap();
     assert_ne!(r1.next_batch().inputs, batches_a[0]);
 }
 
 #[test]
 fn prepare_reads_text_jsonl_and_parquet_alike() {
     let tmp = tempfile::tempdir().unwrap();
-    let docs = ["First document.\nIt has two lines.", "Second, shorter.", "Third: émigré café ☕"];
+    let docs = [
+        "First document.\nIt has two lines.",
+        "Second, shorter.",
+        "Third: émigré café ☕",
+    ];
     let txt_dir = tmp.path().join("txt");
     std::fs::create_dir_all(&txt_dir).unwrap();
     for (i, d) in docs.iter().enumerate() {
         std::fs::write(txt_dir.join(format!("{i}.txt")), d).unwrap();
     }
     let jsonl = tmp.path().join("docs.jsonl");
-    let lines: Vec<String> = docs.iter().map(|d| serde_json::json!({"body": d, "id": 1}).to_string()).collect();
+    let lines: Vec<String> = docs
+        .iter()
+        .map(|d| serde_json::json!({"body": d, "id": 1}).to_string())
+        .collect();
     std::fs::write(&jsonl, lines.join("\n") + "\n").unwrap();
     let parquet = tmp.path().join("docs.parquet");
     write_parquet(&parquet, "body", &docs);
 
-    let opts = PrepareOptions { field: "body".into(), val_tokens: Some(0), ..Default::default() };
+    let opts = PrepareOptions {
+        field: "body".into(),
+        val_tokens: Some(0),
+        ..Default::default()
+    };
     let mut streams = Vec::new();
     for (name, input) in [("t", txt_dir), ("j", jsonl), ("p", parquet)] {
         let out = tmp.path().join(format!("out-{name}"));
@@ -153,15 +184,24 @@ fn write_parquet(path: &Path, column: &str, values: &[&str]) {
     ))
     .unwrap();
     let file = std::fs::File::create(path).unwrap();
-    let mut w = SerializedFileWriter::new(file, std::sync::Arc::new(schema), std::sync::Arc::new(WriterProperties::builder().build())).unwrap();
+    let mut w = SerializedFileWriter::new(
+        file,
+        std::sync::Arc::new(schema),
+        std::sync::Arc::new(WriterProperties::builder().build()),
+    )
+    .unwrap();
     let mut rg = w.next_row_group().unwrap();
     let mut col = rg.next_column().unwrap().unwrap();
     let data: Vec<ByteArray> = values.iter().map(|v| ByteArray::from(*v)).collect();
-    col.typed::<ByteArrayType>().write_batch(&data, None, None).unwrap();
+    col.typed::<ByteArrayType>()
+        .write_batch(&data, None, None)
+        .unwrap();
     col.close().unwrap();
     let mut col = rg.next_column().unwrap().unwrap();
     let ids: Vec<i64> = (0..values.len() as i64).collect();
-    col.typed::<parquet::data_type::Int64Type>().write_batch(&ids, None, None).unwrap();
+    col.typed::<parquet::data_type::Int64Type>()
+        .write_batch(&ids, None, None)
+        .unwrap();
     col.close().unwrap();
     rg.close().unwrap();
     w.close().unwrap();
@@ -171,8 +211,18 @@ fn write_parquet(path: &Path, column: &str, values: &[&str]) {
 fn prepare_splits_validation_and_shards() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("data");
-    let opts = PrepareOptions { shard_tokens: 100_000, val_fraction: 0.1, ..Default::default() };
-    let meta = prepare(tok(), &[shared_data().join("tinyshakespeare.txt")], &out, &opts).unwrap();
+    let opts = PrepareOptions {
+        shard_tokens: 100_000,
+        val_fraction: 0.1,
+        ..Default::default()
+    };
+    let meta = prepare(
+        tok(),
+        &[shared_data().join("tinyshakespeare.txt")],
+        &out,
+        &opts,
+    )
+    .unwrap();
     let total = meta.train_tokens + meta.val_tokens;
     let frac = meta.val_tokens as f64 / total as f64;
     assert!((frac - 0.1).abs() < 0.01, "validation fraction {frac}");
@@ -180,7 +230,15 @@ fn prepare_splits_validation_and_shards() {
     let back = load_meta(&out).unwrap();
     assert_eq!(back.train_tokens, meta.train_tokens);
     // The directory is never overwritten.
-    let e = prepare(tok(), &[shared_data().join("tinyshakespeare.txt")], &out, &opts).err().unwrap().to_string();
+    let e = prepare(
+        tok(),
+        &[shared_data().join("tinyshakespeare.txt")],
+        &out,
+        &opts,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("not empty"), "{e}");
 }
 
@@ -190,27 +248,52 @@ fn prepare_rejects_bad_input_with_the_file_and_line() {
     let out = |n: &str| tmp.path().join(n);
     let opts = PrepareOptions::default();
     let jsonl = tmp.path().join("bad.jsonl");
-    std::fs::write(&jsonl, "{\"text\": \"ok\"}\n{\"text\": \"ok too\"}\n{\"text\": oops}\n").unwrap();
-    let e = prepare(tok(), &[jsonl.clone()], &out("a"), &opts).err().unwrap().to_string();
+    std::fs::write(
+        &jsonl,
+        "{\"text\": \"ok\"}\n{\"text\": \"ok too\"}\n{\"text\": oops}\n",
+    )
+    .unwrap();
+    let e = prepare(tok(), std::slice::from_ref(&jsonl), &out("a"), &opts)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("bad.jsonl") && e.contains("line 3"), "{e}");
     assert!(!out("a").exists(), "a failed prepare leaves no output");
 
     std::fs::write(&jsonl, "{\"content\": \"no text field\"}\n").unwrap();
-    let e = prepare(tok(), &[jsonl], &out("b"), &opts).err().unwrap().to_string();
-    assert!(e.contains("line 1") && e.contains("'text'") && e.contains("--field"), "{e}");
+    let e = prepare(tok(), &[jsonl], &out("b"), &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("line 1") && e.contains("'text'") && e.contains("--field"),
+        "{e}"
+    );
 
     let pq = tmp.path().join("c.parquet");
     write_parquet(&pq, "content", &["a", "b"]);
-    let e = prepare(tok(), &[pq], &out("c"), &opts).err().unwrap().to_string();
-    assert!(e.contains("no column 'text'") && e.contains("content"), "{e}");
+    let e = prepare(tok(), &[pq], &out("c"), &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("no column 'text'") && e.contains("content"),
+        "{e}"
+    );
 
     let empty = tmp.path().join("empty.txt");
     std::fs::write(&empty, "").unwrap();
-    let e = prepare(tok(), &[empty], &out("d"), &opts).err().unwrap().to_string();
+    let e = prepare(tok(), &[empty], &out("d"), &opts)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("empty.txt") && e.contains("empty"), "{e}");
 
     let latin1 = tmp.path().join("latin1.txt");
     std::fs::write(&latin1, b"caf\xe9 au lait").unwrap();
-    let e = prepare(tok(), &[latin1], &out("e"), &opts).err().unwrap().to_string();
+    let e = prepare(tok(), &[latin1], &out("e"), &opts)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("latin1.txt") && e.contains("UTF-8"), "{e}");
 }

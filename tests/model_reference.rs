@@ -33,17 +33,32 @@ fn check_against_reference(name: &str) {
     let ours: std::collections::BTreeMap<String, Tensor> = params
         .vars
         .iter()
-        .map(|(k, v)| (k.clone(), grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {k}: cut?")).clone()))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                grads
+                    .get(v.as_tensor())
+                    .unwrap_or_else(|| panic!("no gradient for {k}: cut?"))
+                    .clone(),
+            )
+        })
         .collect();
     let ours = weights_to_hf(&m.cfg, &ours).unwrap();
     let expected_grads = exp.keys().filter(|k| k.starts_with("grad.")).count();
-    assert_eq!(ours.len(), expected_grads, "every parameter of the reference has a gradient here");
+    assert_eq!(
+        ours.len(),
+        expected_grads,
+        "every parameter of the reference has a gradient here"
+    );
     let mut worst = 0f32;
     for (hf_name, g) in &ours {
         let r = &exp[&format!("grad.{hf_name}")];
         let rel = max_abs_diff(g, r) / max_abs(r).max(1e-8);
         worst = worst.max(rel);
-        assert!(rel < 1e-4, "{name}: gradient of {hf_name} differs (relative {rel})");
+        assert!(
+            rel < 1e-4,
+            "{name}: gradient of {hf_name} differs (relative {rel})"
+        );
     }
     eprintln!("{name}: worst relative gradient difference {worst:.3e}");
 }
@@ -63,14 +78,31 @@ fn incremental_decoding_with_kv_cache_equals_full_forward() {
     for name in ["gpt2-tiny", "llama-tiny"] {
         let m = LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
         let model = m.transformer().unwrap();
-        let ids = load_expected(name)["input_ids"].to_dtype(DType::U32).unwrap().narrow(0, 0, 1).unwrap();
+        let ids = load_expected(name)["input_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .narrow(0, 0, 1)
+            .unwrap();
         let full = model.forward(&ids, 0, None).unwrap();
         let cfg = &m.cfg;
-        let mut cache = chatforge::model::KvCache::new(cfg.n_layer, 1, cfg.n_kv_head, cfg.head_dim, &Device::Cpu).unwrap();
+        let mut cache = chatforge::model::KvCache::new(
+            cfg.n_layer,
+            1,
+            cfg.n_kv_head,
+            cfg.head_dim,
+            &Device::Cpu,
+        )
+        .unwrap();
         // A 5-token prefill, then one token at a time.
-        let mut rows = vec![model.forward(&ids.narrow(1, 0, 5).unwrap(), 0, Some(&mut cache)).unwrap()];
+        let mut rows = vec![model
+            .forward(&ids.narrow(1, 0, 5).unwrap(), 0, Some(&mut cache))
+            .unwrap()];
         for t in 5..ids.dim(1).unwrap() {
-            rows.push(model.forward(&ids.narrow(1, t, 1).unwrap(), t, Some(&mut cache)).unwrap());
+            rows.push(
+                model
+                    .forward(&ids.narrow(1, t, 1).unwrap(), t, Some(&mut cache))
+                    .unwrap(),
+            );
         }
         let inc = Tensor::cat(&rows, 1).unwrap();
         let d = max_abs_diff(&full, &inc);
@@ -91,16 +123,27 @@ fn save_then_load_is_bit_exact() {
         for (k, w) in &m.weights {
             let a: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
             let b: Vec<f32> = back.weights[k].flatten_all().unwrap().to_vec1().unwrap();
-            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name}: {k} changed");
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}: {k} changed"
+            );
         }
         // The saved file uses the HF names of the original, tensor for tensor.
-        let orig = candle_core::safetensors::load(fixtures().join(name).join("model.safetensors"), &Device::Cpu).unwrap();
-        let saved = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+        let orig = candle_core::safetensors::load(
+            fixtures().join(name).join("model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let saved =
+            candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
         let mut a: Vec<_> = orig.keys().collect();
         let mut b: Vec<_> = saved.keys().collect();
         a.sort();
         b.sort();
-        assert_eq!(a, b, "{name}: tensor names differ from transformers' own save");
+        assert_eq!(
+            a, b,
+            "{name}: tensor names differ from transformers' own save"
+        );
     }
 }
 
@@ -108,7 +151,8 @@ fn save_then_load_is_bit_exact() {
 fn sharded_checkpoints_load() {
     let src = fixtures().join("llama-tiny");
     let m = LoadedModel::load(&src, &Device::Cpu).unwrap();
-    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
     // Split the tensors over two shard files with an index, as save_pretrained does for big models.
@@ -116,15 +160,25 @@ fn sharded_checkpoints_load() {
     names.sort();
     let (first, second) = names.split_at(names.len() / 2);
     let mut map = serde_json::Map::new();
-    for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
-        let sub: std::collections::HashMap<String, Tensor> = part.iter().map(|n| ((*n).clone(), tensors[*n].clone())).collect();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let sub: std::collections::HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].clone()))
+            .collect();
         candle_core::safetensors::save(&sub, tmp.path().join(file)).unwrap();
         for n in part {
             map.insert((*n).clone(), serde_json::json!(file));
         }
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": map});
-    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
     let back = LoadedModel::load(tmp.path(), &Device::Cpu).unwrap();
     for (k, w) in &m.weights {
         assert_eq!(max_abs_diff(w, &back.weights[k]), 0.0, "{k}");

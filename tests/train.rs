@@ -19,14 +19,21 @@ use std::sync::OnceLock;
 fn data_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-data-{}", std::process::id()));
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("train-data-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let text = std::fs::read_to_string(shared_data().join("tinyshakespeare.txt")).unwrap();
         let corpus = root.join("corpus.txt");
         std::fs::write(&corpus, &text[..300_000]).unwrap();
         let tok = Tokenizer::train(std::slice::from_ref(&corpus), 512).unwrap();
-        prepare(&tok, &[corpus], &root.join("data"), &PrepareOptions::default()).unwrap();
+        prepare(
+            &tok,
+            &[corpus],
+            &root.join("data"),
+            &PrepareOptions::default(),
+        )
+        .unwrap();
         root.join("data")
     })
 }
@@ -52,7 +59,11 @@ fn tiny_config(steps: usize) -> Vec<String> {
     ]
 }
 
-fn chatforge_pretrain(out: &Path, set: &[String], extra_env: &[(&str, &str)]) -> std::process::Child {
+fn chatforge_pretrain(
+    out: &Path,
+    set: &[String],
+    extra_env: &[(&str, &str)],
+) -> std::process::Child {
     let mut cmd = std::process::Command::new(bin());
     cmd.arg("pretrain").arg("--out").arg(out);
     for s in set {
@@ -75,7 +86,14 @@ fn train_losses(run: &Path) -> Vec<(u64, f64)> {
 
 #[test]
 fn schedules_give_known_values() {
-    let t = |schedule: &str| TrainSection { lr: 1.0, warmup_steps: 10, min_lr_ratio: 0.1, schedule: schedule.into(), decay_fraction: 0.2, ..Default::default() };
+    let t = |schedule: &str| TrainSection {
+        lr: 1.0,
+        warmup_steps: 10,
+        min_lr_ratio: 0.1,
+        schedule: schedule.into(),
+        decay_fraction: 0.2,
+        ..Default::default()
+    };
     let cos = LrSchedule::from_config(&t("cosine"), 110);
     assert!((cos.lr(0) - 0.1).abs() < 1e-12);
     assert!((cos.lr(9) - 1.0).abs() < 1e-12);
@@ -85,7 +103,11 @@ fn schedules_give_known_values() {
     let wsd = LrSchedule::from_config(&t("wsd"), 110);
     assert_eq!(wsd.lr(50), 1.0);
     assert_eq!(wsd.lr(87), 1.0);
-    assert!((wsd.lr(88) - (1.0 - 0.9 / 22.0)).abs() < 1e-12, "{}", wsd.lr(88));
+    assert!(
+        (wsd.lr(88) - (1.0 - 0.9 / 22.0)).abs() < 1e-12,
+        "{}",
+        wsd.lr(88)
+    );
     assert!((wsd.lr(109) - 0.1).abs() < 1e-12);
     let c = LrSchedule::from_config(&t("constant"), 110);
     assert!((c.lr(4) - 0.5).abs() < 1e-12);
@@ -96,20 +118,40 @@ fn schedules_give_known_values() {
 fn adamw_step_matches_hand_computation() {
     let (lr, b1, b2, eps, wd) = (0.1, 0.9, 0.999, 1e-8, 0.01);
     let mut params = BTreeMap::new();
-    params.insert("h.0.attn.qkv.weight".to_string(), Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap());
-    params.insert("h.0.ln_1.weight".to_string(), Var::new(&[0.5f32, 3.0], &Device::Cpu).unwrap());
-    let mut opt = AdamW::new(AdamWConfig { beta1: b1, beta2: b2, eps, weight_decay: wd }, &params).unwrap();
+    params.insert(
+        "h.0.attn.qkv.weight".to_string(),
+        Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap(),
+    );
+    params.insert(
+        "h.0.ln_1.weight".to_string(),
+        Var::new(&[0.5f32, 3.0], &Device::Cpu).unwrap(),
+    );
+    let mut opt = AdamW::new(
+        AdamWConfig {
+            beta1: b1,
+            beta2: b2,
+            eps,
+            weight_decay: wd,
+        },
+        &params,
+    )
+    .unwrap();
     let steps = [[0.5f64, -1.0], [0.1, 0.3]];
     // Hand computation in f64, as torch.optim.AdamW.
     let mut want: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     want.insert("h.0.attn.qkv.weight", vec![1.0, -2.0]);
     want.insert("h.0.ln_1.weight", vec![0.5, 3.0]);
-    let mut m = vec![[0.0f64; 2]; 2];
-    let mut v = vec![[0.0f64; 2]; 2];
+    let mut m = [[0.0f64; 2]; 2];
+    let mut v = [[0.0f64; 2]; 2];
     for (t, g) in steps.iter().enumerate() {
         let grads: BTreeMap<String, Tensor> = params
             .keys()
-            .map(|k| (k.clone(), Tensor::new(&[g[0] as f32, g[1] as f32], &Device::Cpu).unwrap()))
+            .map(|k| {
+                (
+                    k.clone(),
+                    Tensor::new(&[g[0] as f32, g[1] as f32], &Device::Cpu).unwrap(),
+                )
+            })
             .collect();
         opt.step(&params, &grads, lr, 1.0).unwrap();
         for (pi, (name, p)) in want.iter_mut().enumerate() {
@@ -139,11 +181,28 @@ fn a_short_run_learns() {
     let s = chatforge::train::pretrain(cfg, &tmp.path().join("run")).unwrap();
     let init = (512f64).ln();
     let val = s.val_loss.unwrap();
-    eprintln!("first loss {:.3}, final val loss {val:.3}, {:.0} tok/s", s.first_loss, s.tokens_per_sec);
-    assert!((s.first_loss - init).abs() < 0.3, "first loss {} should be near ln(512)", s.first_loss);
-    assert!(val < init - 1.5, "val loss {val} did not fall well below {init}");
+    eprintln!(
+        "first loss {:.3}, final val loss {val:.3}, {:.0} tok/s",
+        s.first_loss, s.tokens_per_sec
+    );
+    assert!(
+        (s.first_loss - init).abs() < 0.3,
+        "first loss {} should be near ln(512)",
+        s.first_loss
+    );
+    assert!(
+        val < init - 1.5,
+        "val loss {val} did not fall well below {init}"
+    );
     let run = tmp.path().join("run");
-    for f in ["config.toml", "metrics.jsonl", "loss.png", "model/config.json", "model/model.safetensors", "model/tokenizer.json"] {
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "loss.png",
+        "model/config.json",
+        "model/model.safetensors",
+        "model/tokenizer.json",
+    ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
     assert!(s.val_bpb.unwrap() > 0.0);
@@ -154,24 +213,47 @@ fn resume_continues_bit_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("straight"), tmp.path().join("resumed"));
     let set = tiny_config(20);
-    let out = chatforge_pretrain(&a, &set, &[]).wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = chatforge_pretrain(&a, &set, &[])
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut first = set.clone();
     first.push("train.stop_at_step=10".into());
-    let out = chatforge_pretrain(&b, &first, &[]).wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!b.join("model").exists(), "a paused run has no final model yet");
+    let out = chatforge_pretrain(&b, &first, &[])
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !b.join("model").exists(),
+        "a paused run has no final model yet"
+    );
     let (code, _, err) = run(&["pretrain", "--resume", b.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let (la, lb) = (train_losses(&a), train_losses(&b));
     assert_eq!(la.len(), 20);
-    assert_eq!(la, lb, "losses differ between the straight and the resumed run");
-    let wa = candle_core::safetensors::load(a.join("model/model.safetensors"), &Device::Cpu).unwrap();
-    let wb = candle_core::safetensors::load(b.join("model/model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(
+        la, lb,
+        "losses differ between the straight and the resumed run"
+    );
+    let wa =
+        candle_core::safetensors::load(a.join("model/model.safetensors"), &Device::Cpu).unwrap();
+    let wb =
+        candle_core::safetensors::load(b.join("model/model.safetensors"), &Device::Cpu).unwrap();
     for (k, t) in &wa {
         let x: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
         let y: Vec<f32> = wb[k].flatten_all().unwrap().to_vec1().unwrap();
-        assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{k} differs");
+        assert!(
+            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{k} differs"
+        );
     }
 }
 
@@ -182,19 +264,34 @@ fn a_crash_during_a_checkpoint_write_leaves_the_previous_one_whole() {
     let mut set = tiny_config(20);
     set.push("checkpoint.every=5".into());
     // Pause halfway through writing the step-10 checkpoint, then kill the process there.
-    let mut child = chatforge_pretrain(&run_dir, &set, &[("CHATFORGE_TEST_CHECKPOINT_PAUSE", "10:60000")]);
+    let mut child = chatforge_pretrain(
+        &run_dir,
+        &set,
+        &[("CHATFORGE_TEST_CHECKPOINT_PAUSE", "10:60000")],
+    );
     let ckpts = run_dir.join("checkpoints");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        let partial = std::fs::read_dir(&ckpts).ok().into_iter().flatten().flatten().any(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with(".step_000010.tmp") && e.path().join("model.safetensors").exists()
-        });
+        let partial = std::fs::read_dir(&ckpts)
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(".step_000010.tmp") && e.path().join("model.safetensors").exists()
+            });
         if partial {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the step-10 checkpoint write never started");
-        assert!(child.try_wait().unwrap().is_none(), "training ended before the kill");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step-10 checkpoint write never started"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training ended before the kill"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     child.kill().unwrap();
@@ -208,8 +305,15 @@ fn a_crash_during_a_checkpoint_write_leaves_the_previous_one_whole() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("from step 5"), "{err}");
     assert!(ckpts.join("step_000020").exists());
-    let leftovers: Vec<_> = std::fs::read_dir(&ckpts).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
-    assert!(leftovers.is_empty(), "partial checkpoint directories were not cleaned up");
+    let leftovers: Vec<_> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "partial checkpoint directories were not cleaned up"
+    );
 }
 
 #[test]
@@ -217,11 +321,21 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("run");
     let mut set = tiny_config(10);
-    set.extend(["train.lr=1e30".to_string(), "train.grad_clip=0".into(), "train.warmup_steps=0".into(), "checkpoint.every=1".into()]);
-    let out = chatforge_pretrain(&run_dir, &set, &[]).wait_with_output().unwrap();
+    set.extend([
+        "train.lr=1e30".to_string(),
+        "train.grad_clip=0".into(),
+        "train.warmup_steps=0".into(),
+        "checkpoint.every=1".into(),
+    ]);
+    let out = chatforge_pretrain(&run_dir, &set, &[])
+        .wait_with_output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("the loss is") && err.contains("last good checkpoint"), "{err}");
+    assert!(
+        err.contains("the loss is") && err.contains("last good checkpoint"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     let ckpts = chatforge::train::checkpoint::list_checkpoints(&run_dir).unwrap();
     let last = ckpts.last().expect("a checkpoint before the divergence");
@@ -230,16 +344,28 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
 
 #[test]
 fn config_mistakes_are_named() {
-    let e = RunConfig::load(None, &["train.lrr=1".into()]).err().unwrap().to_string();
-    assert!(e.contains("train.lrr") && e.contains("lr") && e.contains("warmup_steps"), "{e}");
-    let e = RunConfig::load(None, &["optim.lr=1".into()]).err().unwrap().to_string();
+    let e = RunConfig::load(None, &["train.lrr=1".into()])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("train.lrr") && e.contains("lr") && e.contains("warmup_steps"),
+        "{e}"
+    );
+    let e = RunConfig::load(None, &["optim.lr=1".into()])
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("optim") && e.contains("train"), "{e}");
     let tmp = tempfile::tempdir().unwrap();
     let toml = tmp.path().join("run.toml");
     std::fs::write(&toml, "[train]\nlearning_rate = 0.1\n").unwrap();
     let e = RunConfig::load(Some(&toml), &[]).err().unwrap().to_string();
     assert!(e.contains("learning_rate") && e.contains("run.toml"), "{e}");
-    let e = RunConfig::load(None, &["train.schedule=linear".into()]).err().unwrap().to_string();
+    let e = RunConfig::load(None, &["train.schedule=linear".into()])
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("cosine"), "{e}");
     let cfg = RunConfig::load(None, &["train.lr=1".into(), "model.preset=gpt2".into()]).unwrap();
     assert_eq!(cfg.train.lr, 1.0);
@@ -251,11 +377,19 @@ fn cli_errors_for_runs() {
     let tmp = tempfile::tempdir().unwrap();
     // Data tokenized with 512 tokens cannot train a model with 128.
     let mut set = tiny_config(2);
-    set.push(format!("model.init_from={}", fixtures().join("gpt2-tiny").display()));
+    set.push(format!(
+        "model.init_from={}",
+        fixtures().join("gpt2-tiny").display()
+    ));
     set.push("train.context=16".into());
-    let out = chatforge_pretrain(&tmp.path().join("a"), &set, &[]).wait_with_output().unwrap();
+    let out = chatforge_pretrain(&tmp.path().join("a"), &set, &[])
+        .wait_with_output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("vocabulary of 512") && err.contains("128"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("vocabulary of 512") && err.contains("128"),
+        "{err}"
+    );
     // --resume of something that is not a checkpoint.
     let (code, _, err) = run(&["pretrain", "--resume", tmp.path().to_str().unwrap()]);
     assert_ne!(code, 0);
@@ -263,12 +397,26 @@ fn cli_errors_for_runs() {
     // An existing run is not overwritten.
     std::fs::create_dir_all(tmp.path().join("b")).unwrap();
     std::fs::write(tmp.path().join("b/config.toml"), "precious").unwrap();
-    let out = chatforge_pretrain(&tmp.path().join("b"), &tiny_config(2), &[]).wait_with_output().unwrap();
+    let out = chatforge_pretrain(&tmp.path().join("b"), &tiny_config(2), &[])
+        .wait_with_output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
-    assert_eq!(std::fs::read_to_string(tmp.path().join("b/config.toml")).unwrap(), "precious");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("b/config.toml")).unwrap(),
+        "precious"
+    );
     // A data directory that does not exist.
-    let (code, _, err) = run(&["pretrain", "--out", tmp.path().join("c").to_str().unwrap(), "--set", "data.dir=/nonexistent/data"]);
+    let (code, _, err) = run(&[
+        "pretrain",
+        "--out",
+        tmp.path().join("c").to_str().unwrap(),
+        "--set",
+        "data.dir=/nonexistent/data",
+    ]);
     assert_ne!(code, 0);
-    assert!(err.contains("/nonexistent/data") && err.contains("data prepare"), "{err}");
+    assert!(
+        err.contains("/nonexistent/data") && err.contains("data prepare"),
+        "{err}"
+    );
 }

@@ -10,9 +10,12 @@ Fixtures (all small):
   gpt2-tiny/, llama-tiny/        random-weight HF model directories (llama: GQA, untied embeddings)
   *-expected.safetensors         input_ids, targets (-100 = ignored), logits, loss, grad.<hf name>
   gpt2_tokenizer_ids.json        GPT-2 token ids of awkward texts
+  gpt2-tiny-eval/, eval_text.txt a GPT-2 with its own BPE tokenizer, and a text to score
+  gpt2-tiny-eval-expected.json   loss / tokens / bits per byte of that text under transformers
 """
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -120,6 +123,49 @@ def gpt2_tokenizer():
         json.dump(cases, f, ensure_ascii=False, indent=1)
 
 
+def eval_fixture():
+    """A tiny GPT-2 with its own BPE tokenizer, and the loss / bits per byte transformers gives it on
+    a text scored in non-overlapping windows of the context (what `chatforge eval --task ppl` does)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    text = open(os.path.join(DATA, "tinyshakespeare.txt"), encoding="utf-8").read()
+    train_text, eval_text = text[:50000], text[50000:53000]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator([train_text], trainer)
+    out = os.path.join(FIX, "gpt2-tiny-eval")
+    torch.manual_seed(5)
+    cfg = GPT2Config(vocab_size=320, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln_" not in name:
+                p.normal_(0, 0.3)
+    model.save_pretrained(out, safe_serialization=True)
+    tk.save(os.path.join(out, "tokenizer.json"))
+    with open(os.path.join(FIX, "eval_text.txt"), "w", encoding="utf-8") as f:
+        f.write(eval_text)
+    ids = tk.encode(eval_text).ids
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())  # each character stands for one byte
+    nbytes = [len(tk.id_to_token(i)) if i != 0 else 0 for i in range(tk.get_vocab_size())]
+    assert all(ch in alphabet for i in range(1, tk.get_vocab_size()) for ch in tk.id_to_token(i))
+    ctx, nats, count, nb = 32, 0.0, 0, 0
+    for start in range(0, len(ids) - 1, ctx):
+        w = torch.tensor([ids[start:start + ctx + 1]])
+        with torch.no_grad():
+            logits = model(input_ids=w[:, :-1]).logits
+        nats += F.cross_entropy(logits[0], w[0, 1:], reduction="sum").item()
+        count += w.shape[1] - 1
+        nb += sum(nbytes[t] for t in w[0, 1:].tolist())
+    result = {"loss": nats / count, "tokens": count, "bits_per_byte": nats / math.log(2) / nb}
+    with open(os.path.join(FIX, "gpt2-tiny-eval-expected.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print("eval fixture:", result)
+
+
 def check_chatforge(binary):
     """transformers must load what chatforge saves, unchanged, and compute the same logits."""
     from safetensors.torch import load_file
@@ -148,6 +194,7 @@ def main():
     os.makedirs(FIX, exist_ok=True)
     make_models()
     gpt2_tokenizer()
+    eval_fixture()
 
 
 if __name__ == "__main__":

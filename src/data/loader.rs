@@ -26,7 +26,11 @@ impl ShardSet {
             starts.push(starts.last().expect("non-empty") + windows);
             shards.push(s);
         }
-        Ok(ShardSet { shards, starts, context })
+        Ok(ShardSet {
+            shards,
+            starts,
+            context,
+        })
     }
 
     pub fn tokens(&self) -> usize {
@@ -89,7 +93,14 @@ impl BatchLoader {
                 set.context
             )));
         }
-        Ok(BatchLoader { set, seed, position: 0, batch, rank: rank as u64, world: world as u64 })
+        Ok(BatchLoader {
+            set,
+            seed,
+            position: 0,
+            batch,
+            rank: rank as u64,
+            world: world as u64,
+        })
     }
 
     pub fn next_batch(&mut self) -> Batch {
@@ -103,11 +114,17 @@ impl BatchLoader {
         let mut w = Vec::with_capacity(t + 1);
         for _ in 0..self.batch {
             w.clear();
-            self.set.window(rng.random_range(0..self.set.windows()), &mut w);
+            self.set
+                .window(rng.random_range(0..self.set.windows()), &mut w);
             inputs.extend_from_slice(&w[..t]);
             targets.extend_from_slice(&w[1..]);
         }
-        Batch { inputs, targets, batch: self.batch, context: t }
+        Batch {
+            inputs,
+            targets,
+            batch: self.batch,
+            context: t,
+        }
     }
 }
 
@@ -117,15 +134,23 @@ pub fn load_meta(dir: &Path) -> Result<DataMeta> {
     let path = dir.join("meta.json");
     if path.exists() {
         let text = crate::fsutil::read_to_string(&path)?;
-        return serde_json::from_str(&text).map_err(|e| Error::bad_file(&path, format!("malformed meta.json: {e}")));
+        return serde_json::from_str(&text)
+            .map_err(|e| Error::bad_file(&path, format!("malformed meta.json: {e}")));
     }
     if !dir.is_dir() {
-        return Err(Error::bad_file(dir, "data directory not found; make one with `chatforge data prepare`"));
+        return Err(Error::bad_file(
+            dir,
+            "data directory not found; make one with `chatforge data prepare`",
+        ));
     }
     let mut train = Vec::new();
     let mut val = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let name = e.map_err(|e| Error::io(dir, e))?.file_name().to_string_lossy().into_owned();
+        let name = e
+            .map_err(|e| Error::io(dir, e))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if name.ends_with(".bin") && name.contains("train") {
             train.push(name);
         } else if name.ends_with(".bin") && name.contains("val") {

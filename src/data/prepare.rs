@@ -89,26 +89,55 @@ impl ShardWriter {
 
 /// Tokenizes `inputs` into shards in `out` (which must not exist yet, or be empty). The tokenizer
 /// files are copied next to the shards so that the directory says how it was made.
-pub fn prepare(tok: &Tokenizer, inputs: &[PathBuf], out: &Path, opts: &PrepareOptions) -> Result<DataMeta> {
+pub fn prepare(
+    tok: &Tokenizer,
+    inputs: &[PathBuf],
+    out: &Path,
+    opts: &PrepareOptions,
+) -> Result<DataMeta> {
     if opts.shard_tokens == 0 {
         return Err(Error::Config("--shard-tokens must be positive".into()));
     }
     if !(0.0..1.0).contains(&opts.val_fraction) {
-        return Err(Error::Config(format!("--val-fraction must be in [0, 1), got {}", opts.val_fraction)));
+        return Err(Error::Config(format!(
+            "--val-fraction must be in [0, 1), got {}",
+            opts.val_fraction
+        )));
     }
-    if out.exists() && std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_some() {
-        return Err(Error::bad_file(out, "output folder exists and is not empty; choose a new --out (nothing was overwritten)"));
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::bad_file(
+            out,
+            "output folder exists and is not empty; choose a new --out (nothing was overwritten)",
+        ));
     }
-    let eot = tok.eot_id().ok_or_else(|| Error::Tokenizer("the tokenizer has no <|endoftext|> token to separate documents".into()))?;
+    let eot = tok.eot_id().ok_or_else(|| {
+        Error::Tokenizer("the tokenizer has no <|endoftext|> token to separate documents".into())
+    })?;
     let files = collect_inputs(inputs)?;
     let total_bytes: u64 = files.iter().map(|f| f.bytes).sum();
     let width = TokenWidth::for_vocab(tok.vocab_size());
     let mut meta = None;
     crate::fsutil::write_dir_atomic(out, |dir| {
-        meta = Some(prepare_into(tok, eot, &files, total_bytes, width, dir, opts)?);
+        meta = Some(prepare_into(
+            tok,
+            eot,
+            &files,
+            total_bytes,
+            width,
+            dir,
+            opts,
+        )?);
         tok.save_to_dir(dir, 1024)?;
         let m = meta.as_ref().expect("set above");
-        crate::fsutil::write_atomic(&dir.join("meta.json"), serde_json::to_string_pretty(m).expect("json").as_bytes())
+        crate::fsutil::write_atomic(
+            &dir.join("meta.json"),
+            serde_json::to_string_pretty(m).expect("json").as_bytes(),
+        )
     })?;
     Ok(meta.expect("prepare_into ran"))
 }
@@ -153,7 +182,10 @@ fn prepare_into(
                 Ok(ids)
             })
             .collect();
-        let batch_tokens: usize = encoded.iter().map(|r| r.as_ref().map_or(0, |v| v.len())).sum();
+        let batch_tokens: usize = encoded
+            .iter()
+            .map(|r| r.as_ref().map_or(0, |v| v.len()))
+            .sum();
         if val_target.is_none() {
             let est = batch_tokens as f64 / (*pending_bytes).max(1) as f64 * total_bytes as f64;
             val_target = Some(((est * opts.val_fraction) as usize).min(opts.max_val_tokens));
@@ -161,13 +193,18 @@ fn prepare_into(
         let target = val_target.expect("set above");
         for ids in encoded {
             let ids = ids?;
-            let to_val = target.saturating_sub(val.total + val.buf.len()).min(ids.len());
+            let to_val = target
+                .saturating_sub(val.total + val.buf.len())
+                .min(ids.len());
             val.push(&ids[..to_val])?;
             train.push(&ids[to_val..])?;
         }
         tokens_so_far += batch_tokens;
         bar.inc(*pending_bytes as u64);
-        bar.set_message(format!("{} tokens", crate::progress::human(tokens_so_far as f64)));
+        bar.set_message(format!(
+            "{} tokens",
+            crate::progress::human(tokens_so_far as f64)
+        ));
         pending.clear();
         *pending_bytes = 0;
         Ok(())

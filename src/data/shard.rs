@@ -49,8 +49,12 @@ pub fn write_shard(path: &Path, tokens: &[u32], width: TokenWidth) -> Result<()>
     };
     header[0] = magic;
     header[1] = version;
-    header[2] = i32::try_from(tokens.len())
-        .map_err(|_| Error::Config(format!("a shard holds at most {} tokens; lower --shard-tokens", i32::MAX)))?;
+    header[2] = i32::try_from(tokens.len()).map_err(|_| {
+        Error::Config(format!(
+            "a shard holds at most {} tokens; lower --shard-tokens",
+            i32::MAX
+        ))
+    })?;
     let mut buf = Vec::with_capacity(HEADER_BYTES + tokens.len() * width.bytes());
     for h in header {
         buf.extend_from_slice(&h.to_le_bytes());
@@ -59,7 +63,9 @@ pub fn write_shard(path: &Path, tokens: &[u32], width: TokenWidth) -> Result<()>
         TokenWidth::U16 => {
             for &t in tokens {
                 let t = u16::try_from(t).map_err(|_| {
-                    Error::Mismatch(format!("token id {t} does not fit a u16 shard; the vocabulary needs u32 shards"))
+                    Error::Mismatch(format!(
+                        "token id {t} does not fit a u16 shard; the vocabulary needs u32 shards"
+                    ))
                 })?;
                 buf.extend_from_slice(&t.to_le_bytes());
             }
@@ -91,9 +97,13 @@ impl TokenShard {
         // SAFETY: read-only map of a file that shards are never rewritten in place (atomic renames).
         let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
         if mmap.len() < HEADER_BYTES {
-            return Err(Error::bad_file(path, format!("too short for a token shard header ({} bytes)", mmap.len())));
+            return Err(Error::bad_file(
+                path,
+                format!("too short for a token shard header ({} bytes)", mmap.len()),
+            ));
         }
-        let int = |i: usize| i32::from_le_bytes(mmap[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+        let int =
+            |i: usize| i32::from_le_bytes(mmap[4 * i..4 * i + 4].try_into().expect("4 bytes"));
         let width = match (int(0), int(1)) {
             (MAGIC_U16, VERSION_U16) => TokenWidth::U16,
             (MAGIC_U32, VERSION_U32) => TokenWidth::U32,
@@ -104,7 +114,8 @@ impl TokenShard {
                 ))
             }
         };
-        let len = usize::try_from(int(2)).map_err(|_| Error::bad_file(path, "negative token count in header"))?;
+        let len = usize::try_from(int(2))
+            .map_err(|_| Error::bad_file(path, "negative token count in header"))?;
         let want = HEADER_BYTES + len * width.bytes();
         if mmap.len() != want {
             return Err(Error::bad_file(
@@ -112,7 +123,12 @@ impl TokenShard {
                 format!("header says {len} tokens ({want} bytes) but the file has {} bytes; it is truncated or corrupt", mmap.len()),
             ));
         }
-        Ok(TokenShard { path: path.to_path_buf(), width, mmap, len })
+        Ok(TokenShard {
+            path: path.to_path_buf(),
+            width,
+            mmap,
+            len,
+        })
     }
 
     pub fn len(&self) -> usize {

@@ -31,7 +31,12 @@ pub struct Piece {
 const TEXT_PIECE_BYTES: usize = 64 * 1024;
 
 fn kind_of(path: &Path) -> Option<SourceKind> {
-    match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .as_deref()
+    {
         Some("jsonl") | Some("ndjson") => Some(SourceKind::Jsonl),
         Some("parquet") => Some(SourceKind::Parquet),
         Some("txt") | Some("text") | Some("md") => Some(SourceKind::Text),
@@ -50,15 +55,26 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<InputFile>> {
             walk(p, &mut found)?;
             found.sort();
             if found.is_empty() {
-                return Err(Error::bad_file(p, "folder holds no .txt, .jsonl or .parquet files"));
+                return Err(Error::bad_file(
+                    p,
+                    "folder holds no .txt, .jsonl or .parquet files",
+                ));
             }
             for f in found {
                 let kind = kind_of(&f).expect("walk keeps known kinds");
                 let bytes = std::fs::metadata(&f).map_err(|e| Error::io(&f, e))?.len();
-                out.push(InputFile { path: f, kind, bytes });
+                out.push(InputFile {
+                    path: f,
+                    kind,
+                    bytes,
+                });
             }
         } else {
-            out.push(InputFile { path: p.clone(), kind: kind_of(p).unwrap_or(SourceKind::Text), bytes: meta.len() });
+            out.push(InputFile {
+                path: p.clone(),
+                kind: kind_of(p).unwrap_or(SourceKind::Text),
+                bytes: meta.len(),
+            });
         }
     }
     for f in &out {
@@ -72,7 +88,11 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<InputFile>> {
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+        {
             continue;
         }
         if path.is_dir() {
@@ -85,7 +105,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// Calls `f` with each piece of text in `file`, in order. `field` is the JSONL field / Parquet column.
-pub fn for_each_piece(file: &InputFile, field: &str, mut f: impl FnMut(Piece) -> Result<()>) -> Result<()> {
+pub fn for_each_piece(
+    file: &InputFile,
+    field: &str,
+    mut f: impl FnMut(Piece) -> Result<()>,
+) -> Result<()> {
     match file.kind {
         SourceKind::Text => {
             let text = crate::fsutil::read_to_string(&file.path)?;
@@ -97,9 +121,15 @@ pub fn for_each_piece(file: &InputFile, field: &str, mut f: impl FnMut(Piece) ->
             while !rest.is_empty() {
                 let mut cut = rest.len().min(TEXT_PIECE_BYTES);
                 if cut < rest.len() {
-                    cut = rest[cut..].find('\n').map(|i| cut + i + 1).unwrap_or(rest.len());
+                    cut = rest[cut..]
+                        .find('\n')
+                        .map(|i| cut + i + 1)
+                        .unwrap_or(rest.len());
                 }
-                f(Piece { text: rest[..cut].to_string(), doc_start: first })?;
+                f(Piece {
+                    text: rest[..cut].to_string(),
+                    doc_start: first,
+                })?;
                 first = false;
                 rest = &rest[cut..];
             }
@@ -109,28 +139,42 @@ pub fn for_each_piece(file: &InputFile, field: &str, mut f: impl FnMut(Piece) ->
             let fh = std::fs::File::open(&file.path).map_err(|e| Error::io(&file.path, e))?;
             let mut any = false;
             for (i, line) in std::io::BufReader::new(fh).lines().enumerate() {
-                let line = line.map_err(|e| Error::bad_file(&file.path, format!("line {}: {e}", i + 1)))?;
+                let line =
+                    line.map_err(|e| Error::bad_file(&file.path, format!("line {}: {e}", i + 1)))?;
                 if line.trim().is_empty() {
                     continue;
                 }
-                let v: serde_json::Value = serde_json::from_str(&line)
-                    .map_err(|e| Error::bad_file(&file.path, format!("line {}: malformed JSON: {e}", i + 1)))?;
+                let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
+                    Error::bad_file(&file.path, format!("line {}: malformed JSON: {e}", i + 1))
+                })?;
                 let text = v.get(field).and_then(|t| t.as_str()).ok_or_else(|| {
                     Error::bad_file(
                         &file.path,
-                        format!("line {}: no string field '{field}' (choose the field with --field)", i + 1),
+                        format!(
+                            "line {}: no string field '{field}' (choose the field with --field)",
+                            i + 1
+                        ),
                     )
                 })?;
                 any = true;
-                f(Piece { text: text.to_string(), doc_start: true })?;
+                f(Piece {
+                    text: text.to_string(),
+                    doc_start: true,
+                })?;
             }
             if !any {
-                return Err(Error::bad_file(&file.path, "no documents in this JSONL file"));
+                return Err(Error::bad_file(
+                    &file.path,
+                    "no documents in this JSONL file",
+                ));
             }
             Ok(())
         }
         SourceKind::Parquet => super::parquet::for_each_text(&file.path, field, |text| {
-            f(Piece { text, doc_start: true })
+            f(Piece {
+                text,
+                doc_start: true,
+            })
         }),
     }
 }

@@ -7,8 +7,13 @@ use candle_core::Tensor;
 
 /// Continues `prompt` by up to `max_new` tokens (fewer if the context fills or `stop` is produced).
 /// Returns only the new tokens.
-pub fn generate(model: &Transformer, prompt: &[u32], max_new: usize, params: &SamplingParams, stop: Option<u32>)
-    -> Result<Vec<u32>> {
+pub fn generate(
+    model: &Transformer,
+    prompt: &[u32],
+    max_new: usize,
+    params: &SamplingParams,
+    stop: Option<u32>,
+) -> Result<Vec<u32>> {
     let cfg = &model.cfg;
     let mut sampler = Sampler::new(params.clone());
     // Keep the most recent tokens if the prompt is longer than the context allows.

@@ -15,7 +15,12 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.8, top_k: 0, top_p: 1.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -36,7 +41,13 @@ impl Sampler {
             logits
                 .iter()
                 .enumerate()
-                .fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| {
+                    if v > b.1 {
+                        (i, v)
+                    } else {
+                        b
+                    }
+                })
                 .0 as u32
         };
         if self.params.temperature <= 0.0 || self.params.top_k == 1 {
@@ -49,7 +60,10 @@ impl Sampler {
             idx.truncate(self.params.top_k);
         }
         let max = logits[idx[0]];
-        let mut probs: Vec<f64> = idx.iter().map(|&i| (((logits[i] - max) / t) as f64).exp()).collect();
+        let mut probs: Vec<f64> = idx
+            .iter()
+            .map(|&i| (((logits[i] - max) / t) as f64).exp())
+            .collect();
         let sum: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= sum);
         if self.params.top_p < 1.0 {

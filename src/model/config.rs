@@ -64,7 +64,13 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// GPT-2 shaped model: learned positions, LayerNorm with bias, GELU, tied embeddings.
-    pub fn gpt2(n_layer: usize, n_head: usize, n_embd: usize, vocab_size: usize, context: usize) -> Self {
+    pub fn gpt2(
+        n_layer: usize,
+        n_head: usize,
+        n_embd: usize,
+        vocab_size: usize,
+        context: usize,
+    ) -> Self {
         ModelConfig {
             family: Family::Gpt2,
             vocab_size,
@@ -128,9 +134,9 @@ impl ModelConfig {
         let v = |d: usize| vocab_size.unwrap_or(d);
         let t = |d: usize| context.unwrap_or(d);
         let cfg = match name {
-            // A few million parameters: learns tiny Shakespeare on a laptop CPU in minutes.
-            "tiny" => ModelConfig::gpt2(4, 4, 256, v(4096), t(256)),
-            "tiny-llama" => ModelConfig::llama(4, 4, 2, 256, 688, v(4096), t(256), true),
+            // About two million parameters: learns tiny Shakespeare on a laptop CPU in minutes.
+            "tiny" => ModelConfig::gpt2(4, 6, 192, v(2048), t(256)),
+            "tiny-llama" => ModelConfig::llama(4, 6, 2, 192, 512, v(2048), t(256), true),
             "gpt2" | "gpt2-124m" => ModelConfig::gpt2(12, 12, 768, v(50257), t(1024)),
             "gpt2-medium" | "gpt2-350m" => ModelConfig::gpt2(24, 16, 1024, v(50257), t(1024)),
             "gpt2-large" | "gpt2-774m" => ModelConfig::gpt2(36, 20, 1280, v(50257), t(1024)),
@@ -159,14 +165,17 @@ impl ModelConfig {
         if self.context == 0 {
             return err("context must be positive".into());
         }
-        if self.n_kv_head == 0 || self.n_head % self.n_kv_head != 0 {
+        if self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head) {
             return err(format!(
                 "n_head ({}) must be a multiple of n_kv_head ({})",
                 self.n_head, self.n_kv_head
             ));
         }
-        if self.positions == Positions::Rope && self.head_dim % 2 != 0 {
-            return err(format!("RoPE needs an even head_dim, got {}", self.head_dim));
+        if self.positions == Positions::Rope && !self.head_dim.is_multiple_of(2) {
+            return err(format!(
+                "RoPE needs an even head_dim, got {}",
+                self.head_dim
+            ));
         }
         if self.family == Family::Gpt2 && self.head_dim * self.n_head != self.n_embd {
             return err(format!(
@@ -201,7 +210,11 @@ impl ModelConfig {
         let c = self.n_embd;
         let qkv = (self.n_head + 2 * self.n_kv_head) * self.head_dim;
         let attn_out = self.n_head * self.head_dim;
-        let norm = if self.norm == NormKind::LayerNorm { 2 * c } else { c };
+        let norm = if self.norm == NormKind::LayerNorm {
+            2 * c
+        } else {
+            c
+        };
         let mlp_in = if self.mlp == MlpKind::SwiGlu { 2 } else { 1 } * self.intermediate;
         let mut block = c * qkv + attn_out * c + c * mlp_in + self.intermediate * c + 2 * norm;
         if self.attn_bias {

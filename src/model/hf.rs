@@ -53,11 +53,16 @@ impl SafetensorsFiles {
         let i = *self.index.get(name).ok_or_else(|| {
             Error::Mismatch(format!(
                 "{}: tensor '{name}' is missing",
-                self.files.iter().map(|f| f.0.display().to_string()).collect::<Vec<_>>().join(", ")
+                self.files
+                    .iter()
+                    .map(|f| f.0.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?;
         let (path, mmap) = &self.files[i];
-        let st = safetensors::SafeTensors::deserialize(mmap).map_err(|e| Error::bad_file(path, e))?;
+        let st =
+            safetensors::SafeTensors::deserialize(mmap).map_err(|e| Error::bad_file(path, e))?;
         let view = st.tensor(name).map_err(|e| Error::bad_file(path, e))?;
         if let Some(s) = shape {
             if view.shape() != s {
@@ -69,7 +74,9 @@ impl SafetensorsFiles {
                 )));
             }
         }
-        let t = view.load(device).map_err(|e| Error::bad_file(path, format!("tensor '{name}': {e}")))?;
+        let t = view
+            .load(device)
+            .map_err(|e| Error::bad_file(path, format!("tensor '{name}': {e}")))?;
         Ok(t.to_dtype(DType::F32)?)
     }
 }
@@ -91,33 +98,97 @@ fn hf_sources(cfg: &ModelConfig) -> Vec<(String, Source, Vec<Vec<usize>>)> {
     let mut push = |ours: String, src: Source, shapes: Vec<Vec<usize>>| v.push((ours, src, shapes));
     match cfg.family {
         Family::Gpt2 => {
-            push("wte.weight".into(), Same("transformer.wte.weight".into()), vec![vec![cfg.vocab_size, c]]);
-            push("wpe.weight".into(), Same("transformer.wpe.weight".into()), vec![vec![cfg.context, c]]);
+            push(
+                "wte.weight".into(),
+                Same("transformer.wte.weight".into()),
+                vec![vec![cfg.vocab_size, c]],
+            );
+            push(
+                "wpe.weight".into(),
+                Same("transformer.wpe.weight".into()),
+                vec![vec![cfg.context, c]],
+            );
             for l in 0..cfg.n_layer {
                 let (o, t) = (format!("h.{l}"), format!("transformer.h.{l}"));
                 for ln in ["ln_1", "ln_2"] {
                     for wb in ["weight", "bias"] {
-                        push(format!("{o}.{ln}.{wb}"), Same(format!("{t}.{ln}.{wb}")), vec![vec![c]]);
+                        push(
+                            format!("{o}.{ln}.{wb}"),
+                            Same(format!("{t}.{ln}.{wb}")),
+                            vec![vec![c]],
+                        );
                     }
                 }
-                push(format!("{o}.attn.qkv.weight"), Transposed(format!("{t}.attn.c_attn.weight")), vec![vec![c, 3 * c]]);
-                push(format!("{o}.attn.qkv.bias"), Same(format!("{t}.attn.c_attn.bias")), vec![vec![3 * c]]);
-                push(format!("{o}.attn.proj.weight"), Transposed(format!("{t}.attn.c_proj.weight")), vec![vec![c, c]]);
-                push(format!("{o}.attn.proj.bias"), Same(format!("{t}.attn.c_proj.bias")), vec![vec![c]]);
-                push(format!("{o}.mlp.fc.weight"), Transposed(format!("{t}.mlp.c_fc.weight")), vec![vec![c, i_]]);
-                push(format!("{o}.mlp.fc.bias"), Same(format!("{t}.mlp.c_fc.bias")), vec![vec![i_]]);
-                push(format!("{o}.mlp.proj.weight"), Transposed(format!("{t}.mlp.c_proj.weight")), vec![vec![i_, c]]);
-                push(format!("{o}.mlp.proj.bias"), Same(format!("{t}.mlp.c_proj.bias")), vec![vec![c]]);
+                push(
+                    format!("{o}.attn.qkv.weight"),
+                    Transposed(format!("{t}.attn.c_attn.weight")),
+                    vec![vec![c, 3 * c]],
+                );
+                push(
+                    format!("{o}.attn.qkv.bias"),
+                    Same(format!("{t}.attn.c_attn.bias")),
+                    vec![vec![3 * c]],
+                );
+                push(
+                    format!("{o}.attn.proj.weight"),
+                    Transposed(format!("{t}.attn.c_proj.weight")),
+                    vec![vec![c, c]],
+                );
+                push(
+                    format!("{o}.attn.proj.bias"),
+                    Same(format!("{t}.attn.c_proj.bias")),
+                    vec![vec![c]],
+                );
+                push(
+                    format!("{o}.mlp.fc.weight"),
+                    Transposed(format!("{t}.mlp.c_fc.weight")),
+                    vec![vec![c, i_]],
+                );
+                push(
+                    format!("{o}.mlp.fc.bias"),
+                    Same(format!("{t}.mlp.c_fc.bias")),
+                    vec![vec![i_]],
+                );
+                push(
+                    format!("{o}.mlp.proj.weight"),
+                    Transposed(format!("{t}.mlp.c_proj.weight")),
+                    vec![vec![i_, c]],
+                );
+                push(
+                    format!("{o}.mlp.proj.bias"),
+                    Same(format!("{t}.mlp.c_proj.bias")),
+                    vec![vec![c]],
+                );
             }
-            push("ln_f.weight".into(), Same("transformer.ln_f.weight".into()), vec![vec![c]]);
-            push("ln_f.bias".into(), Same("transformer.ln_f.bias".into()), vec![vec![c]]);
+            push(
+                "ln_f.weight".into(),
+                Same("transformer.ln_f.weight".into()),
+                vec![vec![c]],
+            );
+            push(
+                "ln_f.bias".into(),
+                Same("transformer.ln_f.bias".into()),
+                vec![vec![c]],
+            );
         }
         Family::Llama => {
-            push("wte.weight".into(), Same("model.embed_tokens.weight".into()), vec![vec![cfg.vocab_size, c]]);
+            push(
+                "wte.weight".into(),
+                Same("model.embed_tokens.weight".into()),
+                vec![vec![cfg.vocab_size, c]],
+            );
             for l in 0..cfg.n_layer {
                 let (o, t) = (format!("h.{l}"), format!("model.layers.{l}"));
-                push(format!("{o}.ln_1.weight"), Same(format!("{t}.input_layernorm.weight")), vec![vec![c]]);
-                push(format!("{o}.ln_2.weight"), Same(format!("{t}.post_attention_layernorm.weight")), vec![vec![c]]);
+                push(
+                    format!("{o}.ln_1.weight"),
+                    Same(format!("{t}.input_layernorm.weight")),
+                    vec![vec![c]],
+                );
+                push(
+                    format!("{o}.ln_2.weight"),
+                    Same(format!("{t}.post_attention_layernorm.weight")),
+                    vec![vec![c]],
+                );
                 let qkv = ["q", "k", "v"].map(|p| format!("{t}.self_attn.{p}_proj"));
                 let qkv_rows = [h * d, k * d, k * d];
                 push(
@@ -131,30 +202,54 @@ fn hf_sources(cfg: &ModelConfig) -> Vec<(String, Source, Vec<Vec<usize>>)> {
                         Concat(qkv.iter().map(|p| format!("{p}.bias")).collect()),
                         qkv_rows.iter().map(|&r| vec![r]).collect(),
                     );
-                    push(format!("{o}.attn.proj.bias"), Same(format!("{t}.self_attn.o_proj.bias")), vec![vec![c]]);
+                    push(
+                        format!("{o}.attn.proj.bias"),
+                        Same(format!("{t}.self_attn.o_proj.bias")),
+                        vec![vec![c]],
+                    );
                 }
-                push(format!("{o}.attn.proj.weight"), Same(format!("{t}.self_attn.o_proj.weight")), vec![vec![c, h * d]]);
+                push(
+                    format!("{o}.attn.proj.weight"),
+                    Same(format!("{t}.self_attn.o_proj.weight")),
+                    vec![vec![c, h * d]],
+                );
                 let gu = ["gate", "up"].map(|p| format!("{t}.mlp.{p}_proj"));
                 push(
                     format!("{o}.mlp.fc.weight"),
                     Concat(gu.iter().map(|p| format!("{p}.weight")).collect()),
                     vec![vec![i_, c], vec![i_, c]],
                 );
-                push(format!("{o}.mlp.proj.weight"), Same(format!("{t}.mlp.down_proj.weight")), vec![vec![c, i_]]);
+                push(
+                    format!("{o}.mlp.proj.weight"),
+                    Same(format!("{t}.mlp.down_proj.weight")),
+                    vec![vec![c, i_]],
+                );
                 if cfg.mlp_bias {
                     push(
                         format!("{o}.mlp.fc.bias"),
                         Concat(gu.iter().map(|p| format!("{p}.bias")).collect()),
                         vec![vec![i_], vec![i_]],
                     );
-                    push(format!("{o}.mlp.proj.bias"), Same(format!("{t}.mlp.down_proj.bias")), vec![vec![c]]);
+                    push(
+                        format!("{o}.mlp.proj.bias"),
+                        Same(format!("{t}.mlp.down_proj.bias")),
+                        vec![vec![c]],
+                    );
                 }
             }
-            push("ln_f.weight".into(), Same("model.norm.weight".into()), vec![vec![c]]);
+            push(
+                "ln_f.weight".into(),
+                Same("model.norm.weight".into()),
+                vec![vec![c]],
+            );
         }
     }
     if !cfg.tie_embeddings {
-        push("lm_head.weight".into(), Same("lm_head.weight".into()), vec![vec![cfg.vocab_size, c]]);
+        push(
+            "lm_head.weight".into(),
+            Same("lm_head.weight".into()),
+            vec![vec![cfg.vocab_size, c]],
+        );
     }
     v
 }
@@ -170,7 +265,11 @@ pub fn weights_from_hf(
             Source::Same(n) => get(&n, &shapes[0])?,
             Source::Transposed(n) => get(&n, &shapes[0])?.t()?.contiguous()?,
             Source::Concat(ns) => {
-                let parts = ns.iter().zip(&shapes).map(|(n, s)| get(n, s)).collect::<Result<Vec<_>>>()?;
+                let parts = ns
+                    .iter()
+                    .zip(&shapes)
+                    .map(|(n, s)| get(n, s))
+                    .collect::<Result<Vec<_>>>()?;
                 Tensor::cat(&parts, 0)?
             }
         };
@@ -180,7 +279,10 @@ pub fn weights_from_hf(
 }
 
 /// Converts internal tensors (weights, or gradients of them) to HF names and layouts.
-pub fn weights_to_hf(cfg: &ModelConfig, ours: &BTreeMap<String, Tensor>) -> Result<Vec<(String, Tensor)>> {
+pub fn weights_to_hf(
+    cfg: &ModelConfig,
+    ours: &BTreeMap<String, Tensor>,
+) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::new();
     for (name, src, shapes) in hf_sources(cfg) {
         let Some(t) = ours.get(&name) else { continue };
@@ -213,7 +315,10 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| Error::bad_file(&index, "missing object 'weight_map'"))?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
@@ -229,19 +334,29 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn load_config(dir: &Path) -> Result<ModelConfig> {
     let path = dir.join("config.json");
     if !path.exists() {
-        return Err(Error::bad_file(dir, "not a model directory: config.json is missing"));
+        return Err(Error::bad_file(
+            dir,
+            "not a model directory: config.json is missing",
+        ));
     }
     parse_hf_config(&fsutil::read_json(&path)?, &path)
 }
 
 /// Loads config and weights of an HF model directory (internal names, f32).
-pub fn load_model_dir(dir: &Path, device: &Device) -> Result<(ModelConfig, BTreeMap<String, Tensor>)> {
+pub fn load_model_dir(
+    dir: &Path,
+    device: &Device,
+) -> Result<(ModelConfig, BTreeMap<String, Tensor>)> {
     let cfg = load_config(dir)?;
     let files = SafetensorsFiles::open(&weight_files(dir)?)?;
     // Checkpoints from the original GPT-2 release have no "transformer." prefix.
     let strip_prefix = cfg.family == Family::Gpt2 && !files.contains("transformer.wte.weight");
     let weights = weights_from_hf(&cfg, |name, shape| {
-        let name = if strip_prefix { name.trim_start_matches("transformer.") } else { name };
+        let name = if strip_prefix {
+            name.trim_start_matches("transformer.")
+        } else {
+            name
+        };
         files.load(name, Some(shape), device)
     })?;
     check_weights(&cfg, &weights, &dir.display().to_string())?;
@@ -250,7 +365,11 @@ pub fn load_model_dir(dir: &Path, device: &Device) -> Result<(ModelConfig, BTree
 
 /// Writes `config.json`, `generation_config.json` and `model.safetensors` into `dir` (which must
 /// exist; callers use `fsutil::write_dir_atomic` around this).
-pub fn write_model_files(dir: &Path, cfg: &ModelConfig, weights: &BTreeMap<String, Tensor>) -> Result<()> {
+pub fn write_model_files(
+    dir: &Path,
+    cfg: &ModelConfig,
+    weights: &BTreeMap<String, Tensor>,
+) -> Result<()> {
     cfg.validate()?;
     check_weights(cfg, weights, "weights to save")?;
     let config = serde_json::to_string_pretty(&to_hf_config(cfg)).expect("json");
@@ -263,8 +382,14 @@ pub fn write_model_files(dir: &Path, cfg: &ModelConfig, weights: &BTreeMap<Strin
         "top_p": 0.95,
         "max_length": cfg.context,
     });
-    fsutil::write_atomic(&dir.join("generation_config.json"), serde_json::to_string_pretty(&gen).expect("json").as_bytes())?;
-    save_safetensors(&dir.join("model.safetensors"), &weights_to_hf(cfg, weights)?)
+    fsutil::write_atomic(
+        &dir.join("generation_config.json"),
+        serde_json::to_string_pretty(&gen).expect("json").as_bytes(),
+    )?;
+    save_safetensors(
+        &dir.join("model.safetensors"),
+        &weights_to_hf(cfg, weights)?,
+    )
 }
 
 /// Writes tensors with the `{"format": "pt"}` metadata that `transformers` looks for, atomically.

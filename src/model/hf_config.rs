@@ -17,29 +17,38 @@ impl Fields<'_> {
     }
     fn usize_or(&self, key: &str, default: Option<usize>) -> Result<usize> {
         match self.v.get(key) {
-            None | Some(Value::Null) => default.ok_or_else(|| self.err(format!("missing field '{key}'"))),
-            Some(x) => x
-                .as_u64()
-                .map(|n| n as usize)
-                .ok_or_else(|| self.err(format!("field '{key}' must be a non-negative integer, got {x}"))),
+            None | Some(Value::Null) => {
+                default.ok_or_else(|| self.err(format!("missing field '{key}'")))
+            }
+            Some(x) => x.as_u64().map(|n| n as usize).ok_or_else(|| {
+                self.err(format!(
+                    "field '{key}' must be a non-negative integer, got {x}"
+                ))
+            }),
         }
     }
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(x) => x.as_f64().ok_or_else(|| self.err(format!("field '{key}' must be a number, got {x}"))),
+            Some(x) => x
+                .as_f64()
+                .ok_or_else(|| self.err(format!("field '{key}' must be a number, got {x}"))),
         }
     }
     fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(x) => x.as_bool().ok_or_else(|| self.err(format!("field '{key}' must be true or false, got {x}"))),
+            Some(x) => x
+                .as_bool()
+                .ok_or_else(|| self.err(format!("field '{key}' must be true or false, got {x}"))),
         }
     }
     fn str_or<'b>(&'b self, key: &str, default: &'b str) -> Result<&'b str> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(x) => x.as_str().ok_or_else(|| self.err(format!("field '{key}' must be a string, got {x}"))),
+            Some(x) => x
+                .as_str()
+                .ok_or_else(|| self.err(format!("field '{key}' must be a string, got {x}"))),
         }
     }
     /// Token ids may be an int or a list of ints (then the first is taken).
@@ -55,10 +64,9 @@ impl Fields<'_> {
 /// Reads `config.json` (at `path`) into a model config.
 pub fn parse_hf_config(v: &Value, path: &Path) -> Result<ModelConfig> {
     let f = Fields { v, path };
-    let model_type = v
-        .get("model_type")
-        .and_then(Value::as_str)
-        .ok_or_else(|| f.err("missing field 'model_type' (expected \"gpt2\" or \"llama\")".into()))?;
+    let model_type = v.get("model_type").and_then(Value::as_str).ok_or_else(|| {
+        f.err("missing field 'model_type' (expected \"gpt2\" or \"llama\")".into())
+    })?;
     let mut cfg = match model_type {
         "gpt2" => {
             let n_embd = f.usize_or("n_embd", Some(768))?;
@@ -107,13 +115,23 @@ pub fn parse_hf_config(v: &Value, path: &Path) -> Result<ModelConfig> {
             c.attn_bias = f.bool_or("attention_bias", false)?;
             c.mlp_bias = f.bool_or("mlp_bias", false)?;
             // transformers 5 moved rope_theta into rope_parameters.
-            let rope = v.get("rope_parameters").or_else(|| v.get("rope_scaling")).filter(|r| !r.is_null());
-            c.rope_theta = match rope.and_then(|r| r.get("rope_theta")).and_then(Value::as_f64) {
+            let rope = v
+                .get("rope_parameters")
+                .or_else(|| v.get("rope_scaling"))
+                .filter(|r| !r.is_null());
+            c.rope_theta = match rope
+                .and_then(|r| r.get("rope_theta"))
+                .and_then(Value::as_f64)
+            {
                 Some(t) => t,
                 None => f.f64_or("rope_theta", 10_000.0)?,
             };
             if let Some(r) = rope {
-                let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(Value::as_str).unwrap_or("default");
+                let kind = r
+                    .get("rope_type")
+                    .or_else(|| r.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
                 if kind != "default" {
                     return Err(f.err(format!(
                         "rope scaling type '{kind}' is not supported; only plain RoPE (\"default\") is"
@@ -122,14 +140,16 @@ pub fn parse_hf_config(v: &Value, path: &Path) -> Result<ModelConfig> {
             }
             let act = f.str_or("hidden_act", "silu")?;
             if act != "silu" {
-                return Err(f.err(format!("hidden_act '{act}' is not supported; Llama models use \"silu\"")));
+                return Err(f.err(format!(
+                    "hidden_act '{act}' is not supported; Llama models use \"silu\""
+                )));
             }
             c
         }
         other => {
             return Err(f.err(format!(
-                "model_type '{other}' is not supported; chatforge loads \"gpt2\" and \"llama\" models"
-            )))
+            "model_type '{other}' is not supported; chatforge loads \"gpt2\" and \"llama\" models"
+        )))
         }
     };
     cfg.bos_token_id = f.token_id("bos_token_id");

@@ -10,10 +10,18 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(n_layer: usize, batch: usize, n_kv_head: usize, head_dim: usize, device: &Device)
-        -> candle_core::Result<Self> {
+    pub fn new(
+        n_layer: usize,
+        batch: usize,
+        n_kv_head: usize,
+        head_dim: usize,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
         let empty = Tensor::zeros((batch, n_kv_head, 0, head_dim), DType::F32, device)?;
-        Ok(KvCache { layers: vec![(empty.clone(), empty); n_layer], len: 0 })
+        Ok(KvCache {
+            layers: vec![(empty.clone(), empty); n_layer],
+            len: 0,
+        })
     }
 
     /// Positions cached so far; the next token goes at this position.

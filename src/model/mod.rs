@@ -32,15 +32,26 @@ impl LoadedModel {
     /// but when present its vocabulary must fit the model's embedding.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         if !path.exists() {
-            return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+            return Err(Error::io(
+                path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
         }
         let (cfg, weights) = hf::load_model_dir(path, device)?;
         let has_tok = path.join("tokenizer.json").exists() || path.join("vocab.json").exists();
-        let tokenizer = if has_tok { Some(Tokenizer::load(path)?) } else { None };
+        let tokenizer = if has_tok {
+            Some(Tokenizer::load(path)?)
+        } else {
+            None
+        };
         if let Some(t) = &tokenizer {
             check_vocab(&cfg, t, path)?;
         }
-        Ok(LoadedModel { cfg, weights, tokenizer })
+        Ok(LoadedModel {
+            cfg,
+            weights,
+            tokenizer,
+        })
     }
 
     pub fn transformer(&self) -> Result<Transformer> {
@@ -49,7 +60,10 @@ impl LoadedModel {
 
     pub fn tokenizer(&self, path: &Path) -> Result<&Tokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| {
-            Error::bad_file(path, "this model directory has no tokenizer (tokenizer.json or vocab.json + merges.txt)")
+            Error::bad_file(
+                path,
+                "this model directory has no tokenizer (tokenizer.json or vocab.json + merges.txt)",
+            )
         })
     }
 }

@@ -27,7 +27,9 @@ fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> CResult<R> 
     let (st, layout) = t.storage_and_layout();
     match &*st {
         Storage::Cpu(cpu) => Ok(f(f32_slice(cpu, layout, op)?)),
-        _ => Err(candle_core::Error::Msg(format!("{op}: CPU tensor expected"))),
+        _ => Err(candle_core::Error::Msg(format!(
+            "{op}: CPU tensor expected"
+        ))),
     }
 }
 
@@ -101,7 +103,9 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> CResult<Tensor> {
         candle_core::bail!("target id {bad} is outside the vocabulary of {v}")
     }
     if fused_ok(logits) {
-        return logits.contiguous()?.apply_op1(TokenNll { targets: Arc::new(t) });
+        return logits.contiguous()?.apply_op1(TokenNll {
+            targets: Arc::new(t),
+        });
     }
     reference::token_nll(logits, targets)
 }
@@ -122,23 +126,28 @@ impl CustomOp1 for CausalSoftmax {
         let x = f32_slice(storage, layout, self.name())?;
         let (t, past) = (self.t, s - self.t);
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(s).zip(x.par_chunks(s)).enumerate().for_each(|(r, (o, row))| {
-            let visible = past + (r % t) + 1;
-            let row = &row[..visible];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (oj, &xj) in o.iter_mut().zip(row) {
-                *oj = (xj - max).exp();
-                sum += *oj;
-            }
-            let inv = 1.0 / sum;
-            o[..visible].iter_mut().for_each(|p| *p *= inv);
-        });
+        out.par_chunks_mut(s)
+            .zip(x.par_chunks(s))
+            .enumerate()
+            .for_each(|(r, (o, row))| {
+                let visible = past + (r % t) + 1;
+                let row = &row[..visible];
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (oj, &xj) in o.iter_mut().zip(row) {
+                    *oj = (xj - max).exp();
+                    sum += *oj;
+                }
+                let inv = 1.0 / sum;
+                o[..visible].iter_mut().for_each(|p| *p *= inv);
+            });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {
-        Ok(Some(res.apply_op2(&grad_res.contiguous()?, SoftmaxBackward)?))
+        Ok(Some(
+            res.apply_op2(&grad_res.contiguous()?, SoftmaxBackward)?,
+        ))
     }
 }
 
@@ -150,17 +159,25 @@ impl CustomOp2 for SoftmaxBackward {
         "softmax-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
         let s = l1.shape().dims()[l1.shape().rank() - 1];
         let y = f32_slice(s1, l1, self.name())?;
         let dy = f32_slice(s2, l2, self.name())?;
         let mut out = vec![0f32; y.len()];
-        out.par_chunks_mut(s).zip(y.par_chunks(s).zip(dy.par_chunks(s))).for_each(|(o, (y, dy))| {
-            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-            for ((oj, &yj), &dyj) in o.iter_mut().zip(y).zip(dy) {
-                *oj = yj * (dyj - dot);
-            }
-        });
+        out.par_chunks_mut(s)
+            .zip(y.par_chunks(s).zip(dy.par_chunks(s)))
+            .for_each(|(o, (y, dy))| {
+                let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
+                for ((oj, &yj), &dyj) in o.iter_mut().zip(y).zip(dy) {
+                    *oj = yj * (dyj - dot);
+                }
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -182,6 +199,13 @@ pub fn causal_softmax(scores: &Tensor, t: usize) -> CResult<Tensor> {
 const GELU_K: f32 = 0.797_884_6; // sqrt(2 / pi)
 const GELU_A: f32 = 0.044_715;
 
+/// tanh through one `exp` (libm's `tanhf` goes through the slower `expm1f`); exact to a few ulp.
+#[inline]
+fn fast_tanh(u: f32) -> f32 {
+    let u = u.clamp(-15.0, 15.0);
+    1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
+}
+
 /// GPT-2's tanh GELU, elementwise; the backward pass is one more elementwise kernel instead of the
 /// dozen composed ops candle's own `gelu` backward builds.
 struct Gelu;
@@ -194,16 +218,21 @@ impl CustomOp1 for Gelu {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = f32_slice(storage, layout, self.name())?;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, x)| {
-            for (oj, &v) in o.iter_mut().zip(x) {
-                *oj = 0.5 * v * (1.0 + (GELU_K * (v + GELU_A * v * v * v)).tanh());
-            }
-        });
+        out.par_chunks_mut(4096)
+            .zip(x.par_chunks(4096))
+            .for_each(|(o, x)| {
+                for (oj, &v) in o.iter_mut().zip(x) {
+                    *oj = 0.5 * v * (1.0 + fast_tanh(GELU_K * (v + GELU_A * v * v * v)));
+                }
+            });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {
-        Ok(Some(arg.contiguous()?.apply_op2(&grad_res.contiguous()?, GeluBackward)?))
+        Ok(Some(
+            arg.contiguous()?
+                .apply_op2(&grad_res.contiguous()?, GeluBackward)?,
+        ))
     }
 }
 
@@ -215,17 +244,26 @@ impl CustomOp2 for GeluBackward {
     }
 
     /// dx = dy * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3 a x^2)), u = k (x + a x^3).
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> CResult<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, self.name())?;
         let dy = f32_slice(s2, l2, self.name())?;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(4096).zip(x.par_chunks(4096).zip(dy.par_chunks(4096))).for_each(|(o, (x, dy))| {
-            for ((oj, &v), &g) in o.iter_mut().zip(x).zip(dy) {
-                let th = (GELU_K * (v + GELU_A * v * v * v)).tanh();
-                let d = 0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * GELU_K * (1.0 + 3.0 * GELU_A * v * v);
-                *oj = g * d;
-            }
-        });
+        out.par_chunks_mut(4096)
+            .zip(x.par_chunks(4096).zip(dy.par_chunks(4096)))
+            .for_each(|(o, (x, dy))| {
+                for ((oj, &v), &g) in o.iter_mut().zip(x).zip(dy) {
+                    let th = fast_tanh(GELU_K * (v + GELU_A * v * v * v));
+                    let d = 0.5 * (1.0 + th)
+                        + 0.5 * v * (1.0 - th * th) * GELU_K * (1.0 + 3.0 * GELU_A * v * v);
+                    *oj = g * d;
+                }
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -244,7 +282,9 @@ pub mod reference {
 
     pub fn token_nll(logits: &Tensor, targets: &Tensor) -> CResult<Tensor> {
         let keep = targets.ge(0i64)?;
-        let safe = keep.where_cond(targets, &targets.zeros_like()?)?.to_dtype(DType::U32)?;
+        let safe = keep
+            .where_cond(targets, &targets.zeros_like()?)?
+            .to_dtype(DType::U32)?;
         let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
         let picked = logp.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
         picked.neg()? * keep.to_dtype(logits.dtype())?
@@ -254,7 +294,15 @@ pub mod reference {
         let (s, rows) = (scores.dim(D::Minus1)?, scores.dim(D::Minus2)?);
         let past = s - t;
         let mask: Vec<f32> = (0..rows)
-            .flat_map(|r| (0..s).map(move |j| if j > past + r % t { f32::NEG_INFINITY } else { 0.0 }))
+            .flat_map(|r| {
+                (0..s).map(move |j| {
+                    if j > past + r % t {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
             .collect();
         let mask = Tensor::from_vec(mask, (rows, s), scores.device())?.to_dtype(scores.dtype())?;
         candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)

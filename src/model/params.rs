@@ -5,7 +5,7 @@
 //! projection is fused (`qkv`: query heads, then key heads, then value heads) and so is SwiGLU's
 //! input (`fc`: gate rows, then up rows): one matmul each instead of three and two.
 
-use super::config::{ModelConfig, MlpKind, NormKind, Positions};
+use super::config::{MlpKind, ModelConfig, NormKind, Positions};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -36,7 +36,10 @@ pub fn param_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         if cfg.attn_bias {
             v.push((format!("{p}.attn.qkv.bias"), vec![qkv]));
         }
-        v.push((format!("{p}.attn.proj.weight"), vec![c, cfg.n_head * cfg.head_dim]));
+        v.push((
+            format!("{p}.attn.proj.weight"),
+            vec![c, cfg.n_head * cfg.head_dim],
+        ));
         if cfg.attn_bias {
             v.push((format!("{p}.attn.proj.bias"), vec![c]));
         }
@@ -68,7 +71,11 @@ pub fn is_decayed(name: &str) -> bool {
 
 /// GPT-2 initialisation: N(0, 0.02) for matmuls and embeddings, residual output projections scaled
 /// by 1/sqrt(2 * n_layer), zero biases, unit norm gains. Deterministic in `seed`.
-pub fn init_weights(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+pub fn init_weights(
+    cfg: &ModelConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor>> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let resid_std = 0.02 / ((2 * cfg.n_layer) as f64).sqrt();
     let mut out = BTreeMap::new();
@@ -108,7 +115,11 @@ fn normal_vec(rng: &mut impl Rng, n: usize, std: f64) -> Vec<f32> {
 
 /// Checks that `weights` holds exactly the tensors `cfg` needs, with the right shapes.
 /// `origin` names the file(s) they came from, for the error message.
-pub fn check_weights(cfg: &ModelConfig, weights: &BTreeMap<String, Tensor>, origin: &str) -> Result<()> {
+pub fn check_weights(
+    cfg: &ModelConfig,
+    weights: &BTreeMap<String, Tensor>,
+    origin: &str,
+) -> Result<()> {
     for (name, shape) in param_shapes(cfg) {
         match weights.get(&name) {
             None => {

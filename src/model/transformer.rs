@@ -129,8 +129,13 @@ impl CausalSelfAttention {
 
     /// x: (B, T, C) -> (B, T, C). With a cache, attends to the cached keys/values too and appends the
     /// new ones; `start` is the position of x's first token.
-    fn forward(&self, x: &Tensor, rope: Option<&Rope>, start: usize, cache: Option<&mut (Tensor, Tensor)>)
-        -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: Option<&Rope>,
+        start: usize,
+        cache: Option<&mut (Tensor, Tensor)>,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
         let qkv = linear(x, &self.qkv_w, self.qkv_b.as_ref())?.reshape((b, t, h + 2 * k, d))?;
@@ -144,8 +149,16 @@ impl CausalSelfAttention {
         };
         let (kk, v) = match cache {
             Some(c) => {
-                let kk = if c.0.dim(2)? == 0 { kk } else { Tensor::cat(&[&c.0, &kk], 2)? };
-                let v = if c.1.dim(2)? == 0 { v } else { Tensor::cat(&[&c.1, &v], 2)? };
+                let kk = if c.0.dim(2)? == 0 {
+                    kk
+                } else {
+                    Tensor::cat(&[&c.0, &kk], 2)?
+                };
+                let v = if c.1.dim(2)? == 0 {
+                    v
+                } else {
+                    Tensor::cat(&[&c.1, &v], 2)?
+                };
                 *c = (kk.clone(), v.clone());
                 (kk, v)
             }
@@ -209,9 +222,16 @@ pub struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor, rope: Option<&Rope>, start: usize, cache: Option<&mut (Tensor, Tensor)>)
-        -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, rope, start, cache)?)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: Option<&Rope>,
+        start: usize,
+        cache: Option<&mut (Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let x = (x + self
+            .attn
+            .forward(&self.ln_1.forward(x)?, rope, start, cache)?)?;
         Ok((&x + self.mlp.forward(&self.ln_2.forward(&x)?)?)?)
     }
 }
@@ -242,7 +262,11 @@ impl Transformer {
             })
             .collect();
         let wte = weights["wte.weight"].clone();
-        let lm_head = if cfg.tie_embeddings { wte.clone() } else { weights["lm_head.weight"].clone() };
+        let lm_head = if cfg.tie_embeddings {
+            wte.clone()
+        } else {
+            weights["lm_head.weight"].clone()
+        };
         Ok(Transformer {
             cfg: cfg.clone(),
             wpe: weights.get("wpe.weight").cloned(),
@@ -262,7 +286,12 @@ impl Transformer {
     }
 
     /// Final hidden states. idx: (B, T) u32 token ids at positions start..start+T -> (B, T, C).
-    pub fn forward_hidden(&self, idx: &Tensor, start: usize, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward_hidden(
+        &self,
+        idx: &Tensor,
+        start: usize,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let (b, t) = idx.dims2()?;
         if start + t > self.cfg.context {
             return Err(crate::error::Error::Mismatch(format!(
@@ -271,7 +300,10 @@ impl Transformer {
                 self.cfg.context
             )));
         }
-        let mut x = self.wte.index_select(&idx.flatten_all()?, 0)?.reshape((b, t, ()))?;
+        let mut x = self
+            .wte
+            .index_select(&idx.flatten_all()?, 0)?
+            .reshape((b, t, ()))?;
         if let Some(wpe) = &self.wpe {
             x = x.broadcast_add(&wpe.narrow(0, start, t)?)?;
         }
@@ -286,13 +318,23 @@ impl Transformer {
     }
 
     /// Next-token logits. idx: (B, T) u32 -> (B, T, V).
-    pub fn forward(&self, idx: &Tensor, start: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        idx: &Tensor,
+        start: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let h = self.forward_hidden(idx, start, cache)?;
         linear(&h, &self.lm_head, None)
     }
 
     /// Logits for the last position only, (B, V): what generation needs, without the (B, T, V) tensor.
-    pub fn forward_last(&self, idx: &Tensor, start: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward_last(
+        &self,
+        idx: &Tensor,
+        start: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let h = self.forward_hidden(idx, start, cache)?;
         let t = h.dim(1)?;
         let last = h.narrow(1, t - 1, 1)?;

@@ -103,7 +103,10 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>> {
         .map_err(|e| Error::io(&dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step_")) && p.join(STATE_FILE).exists()
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step_"))
+                && p.join(STATE_FILE).exists()
         })
         .collect();
     out.sort();
@@ -124,7 +127,10 @@ pub fn remove_partial_checkpoints(run_dir: &Path) -> Result<()> {
     if !dir.exists() {
         return Ok(());
     }
-    for e in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.flatten() {
+    for e in std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with(".step_") && (name.contains(".tmp-") || name.contains(".old-")) {
             let _ = std::fs::remove_dir_all(e.path());
@@ -159,21 +165,38 @@ pub struct LoadedCheckpoint {
 pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<LoadedCheckpoint> {
     let sp = dir.join(STATE_FILE);
     let text = crate::fsutil::read_to_string(&sp)?;
-    let state: TrainerState =
-        serde_json::from_str(&text).map_err(|e| Error::bad_file(&sp, format!("malformed trainer state: {e}")))?;
+    let state: TrainerState = serde_json::from_str(&text)
+        .map_err(|e| Error::bad_file(&sp, format!("malformed trainer state: {e}")))?;
     if state.format != STATE_FORMAT {
-        return Err(Error::bad_file(&sp, format!("unknown trainer state format '{}'", state.format)));
+        return Err(Error::bad_file(
+            &sp,
+            format!("unknown trainer state format '{}'", state.format),
+        ));
     }
     let (cfg, weights) = crate::model::hf::load_model_dir(dir, device)?;
     if cfg != state.model {
-        return Err(Error::bad_file(dir, "config.json disagrees with trainer_state.json's model config"));
+        return Err(Error::bad_file(
+            dir,
+            "config.json disagrees with trainer_state.json's model config",
+        ));
     }
     let files = SafetensorsFiles::open(&[dir.join(OPTIMIZER_FILE)])?;
     let mut m = BTreeMap::new();
     let mut v = BTreeMap::new();
     for (k, w) in &weights {
-        m.insert(k.clone(), files.load(&format!("m.{k}"), Some(w.dims()), device)?);
-        v.insert(k.clone(), files.load(&format!("v.{k}"), Some(w.dims()), device)?);
+        m.insert(
+            k.clone(),
+            files.load(&format!("m.{k}"), Some(w.dims()), device)?,
+        );
+        v.insert(
+            k.clone(),
+            files.load(&format!("v.{k}"), Some(w.dims()), device)?,
+        );
     }
-    Ok(LoadedCheckpoint { state, weights, m, v })
+    Ok(LoadedCheckpoint {
+        state,
+        weights,
+        m,
+        v,
+    })
 }

@@ -19,7 +19,11 @@ impl MetricsLog {
             if path.exists() {
                 let kept: Vec<String> = read_records(&path)?
                     .into_iter()
-                    .filter(|r| r.get("step").and_then(Value::as_u64).is_some_and(|s| s as usize <= step))
+                    .filter(|r| {
+                        r.get("step")
+                            .and_then(Value::as_u64)
+                            .is_some_and(|s| s as usize <= step)
+                    })
                     .map(|r| r.to_string() + "\n")
                     .collect();
                 crate::fsutil::write_atomic(&path, kept.concat().as_bytes())?;
@@ -47,6 +51,9 @@ pub fn read_records(path: &Path) -> Result<Vec<Value>> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::bad_file(path, format!("line {}: {e}", i + 1))))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| Error::bad_file(path, format!("line {}: {e}", i + 1)))
+        })
         .collect()
 }

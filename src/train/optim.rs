@@ -39,16 +39,33 @@ impl AdamW {
 
     /// One update of every parameter with a gradient. `grad_scale` multiplies the gradients first
     /// (gradient clipping).
-    pub fn step(&mut self, params: &BTreeMap<String, Var>, grads: &BTreeMap<String, Tensor>, lr: f64, grad_scale: f64)
-        -> Result<()> {
+    pub fn step(
+        &mut self,
+        params: &BTreeMap<String, Var>,
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<()> {
         self.t += 1;
-        let AdamWConfig { beta1: b1, beta2: b2, eps, weight_decay } = self.cfg;
+        let AdamWConfig {
+            beta1: b1,
+            beta2: b2,
+            eps,
+            weight_decay,
+        } = self.cfg;
         let bc1 = 1.0 - b1.powi(self.t as i32);
         let bc2 = 1.0 - b2.powi(self.t as i32);
         for (name, p) in params {
             let Some(g) = grads.get(name) else { continue };
-            let g = if grad_scale != 1.0 { (g * grad_scale)? } else { g.clone() };
-            let m = self.m.get_mut(name).ok_or_else(|| Error::Training(format!("no optimizer state for '{name}'")))?;
+            let g = if grad_scale != 1.0 {
+                (g * grad_scale)?
+            } else {
+                g.clone()
+            };
+            let m = self
+                .m
+                .get_mut(name)
+                .ok_or_else(|| Error::Training(format!("no optimizer state for '{name}'")))?;
             *m = ((&*m * b1)? + (&g * (1.0 - b1))?)?;
             let v = self.v.get_mut(name).expect("m and v have the same keys");
             *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
@@ -68,7 +85,11 @@ impl AdamW {
 pub fn grad_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads.values() {
-        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        sq += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
     }
     Ok(sq.sqrt())
 }

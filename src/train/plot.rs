@@ -33,7 +33,10 @@ impl Canvas {
         let n = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
         for i in 0..=n {
             let t = i as f64 / n as f64;
-            let (x, y) = ((x0 + (x1 - x0) * t).round() as i64, (y0 + (y1 - y0) * t).round() as i64);
+            let (x, y) = (
+                (x0 + (x1 - x0) * t).round() as i64,
+                (y0 + (y1 - y0) * t).round() as i64,
+            );
             for dx in 0..thick {
                 for dy in 0..thick {
                     self.set(x + dx - thick / 2, y + dy - thick / 2, c);
@@ -104,12 +107,18 @@ fn tick_label(v: f64) -> String {
 fn nice_step(span: f64, n: f64) -> f64 {
     let raw = (span / n).max(1e-12);
     let p = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|s| *s >= raw).unwrap_or(10.0 * p)
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * p)
 }
 
 /// Draws train (step, loss) as a line and validation (step, loss) as dots into a PNG at `path`.
 pub fn plot_loss(path: &Path, train: &[(f64, f64)], val: &[(f64, f64)]) -> Result<()> {
-    let mut cv = Canvas { px: vec![255; W * H * 3] };
+    let mut cv = Canvas {
+        px: vec![255; W * H * 3],
+    };
     let all = train.iter().chain(val).filter(|p| p.1.is_finite());
     let (mut xmin, mut xmax, mut ymin, mut ymax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in all {
@@ -136,7 +145,12 @@ pub fn plot_loss(path: &Path, train: &[(f64, f64)], val: &[(f64, f64)]) -> Resul
     while y <= ymax {
         cv.line((LEFT as f64, sy(y)), ((W - RIGHT) as f64, sy(y)), GRID, 1);
         let label = tick_label((y * 100.0).round() / 100.0);
-        cv.text(LEFT as i64 - 8 - 6 * label.len() as i64, sy(y) as i64 - 3, &label, INK);
+        cv.text(
+            LEFT as i64 - 8 - 6 * label.len() as i64,
+            sy(y) as i64 - 3,
+            &label,
+            INK,
+        );
         y += ystep;
     }
     let xstep = nice_step(xmax - xmin, 8.0);
@@ -144,11 +158,26 @@ pub fn plot_loss(path: &Path, train: &[(f64, f64)], val: &[(f64, f64)]) -> Resul
     while x <= xmax {
         cv.line((sx(x), TOP as f64), (sx(x), (H - BOTTOM) as f64), GRID, 1);
         let label = tick_label(x);
-        cv.text(sx(x) as i64 - 3 * label.len() as i64, (H - BOTTOM) as i64 + 8, &label, INK);
+        cv.text(
+            sx(x) as i64 - 3 * label.len() as i64,
+            (H - BOTTOM) as i64 + 8,
+            &label,
+            INK,
+        );
         x += xstep;
     }
-    cv.line((LEFT as f64, TOP as f64), (LEFT as f64, (H - BOTTOM) as f64), INK, 1);
-    cv.line((LEFT as f64, (H - BOTTOM) as f64), ((W - RIGHT) as f64, (H - BOTTOM) as f64), INK, 1);
+    cv.line(
+        (LEFT as f64, TOP as f64),
+        (LEFT as f64, (H - BOTTOM) as f64),
+        INK,
+        1,
+    );
+    cv.line(
+        (LEFT as f64, (H - BOTTOM) as f64),
+        ((W - RIGHT) as f64, (H - BOTTOM) as f64),
+        INK,
+        1,
+    );
     cv.text((W / 2) as i64 - 12, (H - 20) as i64, "step", INK);
     cv.text(8, 10, "loss", INK);
     cv.line(((W - 170) as f64, 14.0), ((W - 150) as f64, 14.0), TRAIN, 2);
@@ -174,7 +203,9 @@ pub fn plot_loss(path: &Path, train: &[(f64, f64)], val: &[(f64, f64)]) -> Resul
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         let mut writer = enc.write_header().map_err(|e| Error::bad_file(path, e))?;
-        writer.write_image_data(&cv.px).map_err(|e| Error::bad_file(path, e))?;
+        writer
+            .write_image_data(&cv.px)
+            .map_err(|e| Error::bad_file(path, e))?;
     }
     crate::fsutil::write_atomic(path, &bytes)
 }

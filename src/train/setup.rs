@@ -26,7 +26,10 @@ pub(super) fn device_peak_flops(cfg: &RunConfig, device: &Device) -> f64 {
     }
 }
 
-pub(super) fn open_data(cfg: &RunConfig, model_cfg: &ModelConfig) -> Result<(DataMeta, ShardSet, Option<ShardSet>, Option<Tokenizer>)> {
+pub(super) fn open_data(
+    cfg: &RunConfig,
+    model_cfg: &ModelConfig,
+) -> Result<(DataMeta, ShardSet, Option<ShardSet>, Option<Tokenizer>)> {
     let dir = &cfg.data.dir;
     let meta = load_meta(dir)?;
     if meta.vocab_size > model_cfg.vocab_size {
@@ -44,10 +47,17 @@ pub(super) fn open_data(cfg: &RunConfig, model_cfg: &ModelConfig) -> Result<(Dat
     } else {
         Some(ShardSet::open(dir, &meta.val_shards, cfg.train.context)?)
     };
-    let tokenizer = if dir.join("tokenizer.json").exists() { Some(Tokenizer::load(dir)?) } else { None };
+    let tokenizer = if dir.join("tokenizer.json").exists() {
+        Some(Tokenizer::load(dir)?)
+    } else {
+        None
+    };
     if let Some(t) = &tokenizer {
         if t.vocab_size() != meta.vocab_size {
-            return Err(Error::bad_file(dir, "tokenizer.json and meta.json disagree on the vocabulary size"));
+            return Err(Error::bad_file(
+                dir,
+                "tokenizer.json and meta.json disagree on the vocabulary size",
+            ));
         }
     }
     Ok((meta, train, val, tokenizer))
@@ -65,11 +75,19 @@ pub fn model_config_for(cfg: &RunConfig, data_vocab: usize) -> Result<ModelConfi
     if m.n_embd > 0 || m.n_head > 0 {
         if m.n_embd > 0 {
             mc.n_embd = m.n_embd;
-            mc.intermediate = if mc.mlp == crate::model::MlpKind::Gelu { 4 * m.n_embd } else { (8 * m.n_embd / 3).div_ceil(64) * 64 };
+            mc.intermediate = if mc.mlp == crate::model::MlpKind::Gelu {
+                4 * m.n_embd
+            } else {
+                (8 * m.n_embd / 3).div_ceil(64) * 64
+            };
         }
         if m.n_head > 0 {
             mc.n_head = m.n_head;
-            mc.n_kv_head = if mc.family == crate::model::Family::Gpt2 { m.n_head } else { mc.n_kv_head.min(m.n_head) };
+            mc.n_kv_head = if mc.family == crate::model::Family::Gpt2 {
+                m.n_head
+            } else {
+                mc.n_kv_head.min(m.n_head)
+            };
         }
         mc.head_dim = mc.n_embd / mc.n_head;
     }
@@ -150,13 +168,23 @@ impl Run {
         Run::assemble(cfg, &run_dir, device, params, opt, state, Some(()))
     }
 
-    fn assemble(cfg: RunConfig, run_dir: &Path, device: Device, params: Params, opt: AdamW, state: TrainerState, resumed: Option<()>)
-        -> Result<Run> {
+    fn assemble(
+        cfg: RunConfig,
+        run_dir: &Path,
+        device: Device,
+        params: Params,
+        opt: AdamW,
+        state: TrainerState,
+        resumed: Option<()>,
+    ) -> Result<Run> {
         let (_, train, val, tokenizer) = open_data(&cfg, &state.model)?;
         let model = Transformer::new(&state.model, &params.tensors())?;
         let mut loader = BatchLoader::new(train, cfg.train.batch_size, state.seed, 0, 1)?;
         loader.position = state.loader_position;
-        let token_bytes = tokenizer.as_ref().map(|t| t.token_bytes()).unwrap_or_default();
+        let token_bytes = tokenizer
+            .as_ref()
+            .map(|t| t.token_bytes())
+            .unwrap_or_default();
         let metrics = MetricsLog::open(run_dir, resumed.map(|_| state.step))?;
         Ok(Run {
             cfg,
@@ -178,10 +206,15 @@ impl Run {
 fn load_checkpoint_state(dir: &Path) -> Result<TrainerState> {
     let p = dir.join(super::checkpoint::STATE_FILE);
     let text = crate::fsutil::read_to_string(&p)?;
-    serde_json::from_str(&text).map_err(|e| Error::bad_file(&p, format!("malformed trainer state: {e}")))
+    serde_json::from_str(&text)
+        .map_err(|e| Error::bad_file(&p, format!("malformed trainer state: {e}")))
 }
 
 fn adam_config(cfg: &RunConfig) -> AdamWConfig {
-    AdamWConfig { beta1: cfg.train.beta1, beta2: cfg.train.beta2, eps: cfg.train.eps, weight_decay: cfg.train.weight_decay }
+    AdamWConfig {
+        beta1: cfg.train.beta1,
+        beta2: cfg.train.beta2,
+        eps: cfg.train.eps,
+        weight_decay: cfg.train.weight_decay,
+    }
 }
-

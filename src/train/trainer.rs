@@ -78,6 +78,11 @@ pub(super) struct Run {
 
 use super::setup::device_peak_flops;
 
+/// Whether a periodic action (every `every` steps, 0 = never) falls on `step`.
+fn due(step: usize, every: usize) -> bool {
+    every > 0 && step.is_multiple_of(every)
+}
+
 /// Starts a new run in `run_dir`.
 pub fn pretrain(cfg: RunConfig, run_dir: &Path) -> Result<RunSummary> {
     Run::new_fresh(cfg, run_dir)?.train()
@@ -102,7 +107,11 @@ impl Run {
             let logits = self.model.forward(&x, 0, None)?;
             let loss = cross_entropy(&logits, &y)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
-            let scaled = if accum > 1 { (loss / accum as f64)? } else { loss };
+            let scaled = if accum > 1 {
+                (loss / accum as f64)?
+            } else {
+                loss
+            };
             let mut store = scaled.backward()?;
             for (name, var) in &self.params.vars {
                 if let Some(g) = store.remove(var.as_tensor()) {
@@ -119,21 +128,38 @@ impl Run {
 
     /// Validation loss and bits per byte over the fixed validation windows.
     fn validate(&self) -> Result<Option<(f64, f64)>> {
-        let Some(val) = &self.val else { return Ok(None) };
+        let Some(val) = &self.val else {
+            return Ok(None);
+        };
         let n = (self.cfg.eval.tokens / self.cfg.train.context).max(1);
         let windows = val.sequential_windows(n);
         if windows.is_empty() {
             return Ok(None);
         }
         let refs: Vec<&[u32]> = windows.iter().map(|w| w.as_slice()).collect();
-        let (nats, count, bytes) = score_windows(&self.model, &refs, &self.token_bytes, self.cfg.train.batch_size)?;
-        let bpb = if bytes > 0 { nats / std::f64::consts::LN_2 / bytes as f64 } else { f64::NAN };
+        let (nats, count, bytes) = score_windows(
+            &self.model,
+            &refs,
+            &self.token_bytes,
+            self.cfg.train.batch_size,
+        )?;
+        let bpb = if bytes > 0 {
+            nats / std::f64::consts::LN_2 / bytes as f64
+        } else {
+            f64::NAN
+        };
         Ok(Some((nats / count as f64, bpb)))
     }
 
     fn sample(&self) -> Result<Option<String>> {
-        let Some(tok) = &self.tokenizer else { return Ok(None) };
-        let mut prompt = if self.cfg.eval.sample_prompt.is_empty() { vec![] } else { tok.encode(&self.cfg.eval.sample_prompt)? };
+        let Some(tok) = &self.tokenizer else {
+            return Ok(None);
+        };
+        let mut prompt = if self.cfg.eval.sample_prompt.is_empty() {
+            vec![]
+        } else {
+            tok.encode(&self.cfg.eval.sample_prompt)?
+        };
         if prompt.is_empty() {
             prompt.push(tok.eot_id().unwrap_or(0));
         }
@@ -143,12 +169,29 @@ impl Run {
             top_p: 1.0,
             seed: self.state.seed.wrapping_add(self.state.step as u64),
         };
-        let out = crate::infer::generate(&self.model, &prompt, self.cfg.eval.sample_tokens, &params, tok.eot_id())?;
-        Ok(Some(format!("{}{}", self.cfg.eval.sample_prompt, tok.decode(&out)?)))
+        let out = crate::infer::generate(
+            &self.model,
+            &prompt,
+            self.cfg.eval.sample_tokens,
+            &params,
+            tok.eot_id(),
+        )?;
+        Ok(Some(format!(
+            "{}{}",
+            self.cfg.eval.sample_prompt,
+            tok.decode(&out)?
+        )))
     }
 
     fn checkpoint(&self) -> Result<PathBuf> {
-        save_checkpoint(&self.run_dir, &self.state, &self.params.tensors(), self.tokenizer.as_ref(), &self.opt, self.cfg.checkpoint.keep)
+        save_checkpoint(
+            &self.run_dir,
+            &self.state,
+            &self.params.tensors(),
+            self.tokenizer.as_ref(),
+            &self.opt,
+            self.cfg.checkpoint.keep,
+        )
     }
 
     fn train(mut self) -> Result<RunSummary> {
@@ -212,7 +255,11 @@ impl Run {
             }
             let norm = grad_norm(&grads)?;
             let clip = self.cfg.train.grad_clip;
-            let scale = if clip > 0.0 && norm > clip { clip / (norm + 1e-6) } else { 1.0 };
+            let scale = if clip > 0.0 && norm > clip {
+                clip / (norm + 1e-6)
+            } else {
+                1.0
+            };
             self.opt.step(&self.params.vars, &grads, lr, scale)?;
             drop(grads);
             self.state.step += 1;
@@ -243,28 +290,41 @@ impl Run {
             );
             bar.set_position(step as u64);
             bar.set_message(msg.clone());
-            if bar.is_hidden() && (step % self.cfg.train.log_every.max(1) == 0 || step == 1 || step == total) {
+            if bar.is_hidden()
+                && (step.is_multiple_of(self.cfg.train.log_every.max(1))
+                    || step == 1
+                    || step == total)
+            {
                 eprintln!("step {step}/{total} | {msg} | ETA {}", duration(eta));
             }
             let last = step == total;
-            if (self.cfg.eval.every > 0 && step % self.cfg.eval.every == 0) || last {
+            if due(step, self.cfg.eval.every) || last {
                 if let Some((vl, bpb)) = self.validate()? {
                     self.state.last_val_loss = Some(vl);
                     tally.val = Some((vl, bpb));
-                    self.metrics.append(json!({"kind": "val", "step": step, "val_loss": vl, "val_bpb": bpb}))?;
-                    say(&bar, format!("step {step}: val loss {vl:.4} | {bpb:.4} bits/byte"));
+                    self.metrics.append(
+                        json!({"kind": "val", "step": step, "val_loss": vl, "val_bpb": bpb}),
+                    )?;
+                    say(
+                        &bar,
+                        format!("step {step}: val loss {vl:.4} | {bpb:.4} bits/byte"),
+                    );
                     self.plot()?;
                 }
             }
-            if (self.cfg.eval.sample_every > 0 && step % self.cfg.eval.sample_every == 0) || last {
+            if due(step, self.cfg.eval.sample_every) || last {
                 if let Some(s) = self.sample()? {
-                    self.metrics.append(json!({"kind": "sample", "step": step, "text": s}))?;
-                    say(&bar, format!("step {step} sample: {}", s.replace('\n', "\n    ")));
+                    self.metrics
+                        .append(json!({"kind": "sample", "step": step, "text": s}))?;
+                    say(
+                        &bar,
+                        format!("step {step} sample: {}", s.replace('\n', "\n    ")),
+                    );
                     tally.samples.push(s);
                 }
             }
             let pause = self.cfg.train.stop_at_step == step && !last;
-            if (self.cfg.checkpoint.every > 0 && step % self.cfg.checkpoint.every == 0) || last || pause {
+            if due(step, self.cfg.checkpoint.every) || last || pause {
                 self.state.elapsed_seconds = tally.elapsed();
                 last_ckpt = Some(self.checkpoint()?);
             }
@@ -280,13 +340,22 @@ impl Run {
             return Ok(self.summary(tally, dir));
         }
         let model_dir = self.run_dir.join("model");
-        crate::model::save_model_dir(&model_dir, &self.state.model, &self.params.tensors(), self.tokenizer.as_ref())?;
+        crate::model::save_model_dir(
+            &model_dir,
+            &self.state.model,
+            &self.params.tensors(),
+            self.tokenizer.as_ref(),
+        )?;
         self.plot()?;
         Ok(self.summary(tally, model_dir))
     }
 
     fn summary(&self, t: Tally, model_dir: PathBuf) -> RunSummary {
-        let tokens_per_sec = if t.train_secs > 0.0 { t.train_tokens as f64 / t.train_secs } else { 0.0 };
+        let tokens_per_sec = if t.train_secs > 0.0 {
+            t.train_tokens as f64 / t.train_secs
+        } else {
+            0.0
+        };
         RunSummary {
             run_dir: self.run_dir.clone(),
             model_dir,
@@ -312,6 +381,10 @@ impl Run {
                 .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
                 .collect()
         };
-        super::plot::plot_loss(&self.run_dir.join("loss.png"), &pick("train", "loss"), &pick("val", "val_loss"))
+        super::plot::plot_loss(
+            &self.run_dir.join("loss.png"),
+            &pick("train", "loss"),
+            &pick("val", "val_loss"),
+        )
     }
 }

@@ -15,17 +15,36 @@ pub fn shared_data() -> PathBuf {
 }
 
 pub fn load_expected(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join(format!("{name}-expected.safetensors")), &Device::Cpu)
-        .expect("fixture loads")
+    candle_core::safetensors::load(
+        fixtures().join(format!("{name}-expected.safetensors")),
+        &Device::Cpu,
+    )
+    .expect("fixture loads")
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 pub fn max_abs(a: &Tensor) -> f32 {
-    a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// Path of the chatforge binary built for the integration tests.
@@ -35,7 +54,10 @@ pub fn bin() -> PathBuf {
 
 /// Runs chatforge with `args`; returns (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(bin()).args(args).output().expect("chatforge runs");
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .output()
+        .expect("chatforge runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
