@@ -1,6 +1,8 @@
 //! chatforge: build your own ChatGPT. Train a BPE tokenizer, turn corpora into token shards,
 //! pre-train a GPT, and evaluate it — one library behind one command-line program.
 
+pub mod chat;
+pub mod chat_template;
 pub mod config;
 pub mod data;
 pub mod error;

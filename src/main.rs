@@ -15,7 +15,7 @@ use std::path::PathBuf;
 #[command(
     name = "chatforge",
     version,
-    about = "Build your own ChatGPT: tokenizer, data, pre-training, evaluation"
+    about = "Build your own ChatGPT: tokenizer, data, pre-training, evaluation, generation and chat"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,7 +29,7 @@ enum Command {
     Tokenizer(TokenizerCmd),
     /// Score a model on a task.
     Eval(EvalArgs),
-    /// Re-write a model as a Hugging Face model directory.
+    /// Write a model (HF directory or .gguf file) as a Hugging Face model directory.
     Convert(ConvertArgs),
     /// Turn corpora into token shards.
     #[command(subcommand)]
@@ -38,6 +38,83 @@ enum Command {
     Pretrain(PretrainArgs),
     /// The whole pipeline on a small corpus: tokenizer, shards, pre-training, report.
     Speedrun(SpeedrunArgs),
+    /// Continue a prompt (streamed to stdout).
+    Generate(GenerateArgs),
+    /// Talk to a model in the terminal.
+    Chat(ChatArgs),
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Maximum new tokens.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f64,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop at this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+impl SamplingArgs {
+    fn options(&self) -> chatforge::infer::GenerateOptions {
+        chatforge::infer::GenerateOptions {
+            max_new_tokens: self.max_tokens,
+            sampling: chatforge::infer::SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repetition_penalty: self.repetition_penalty,
+                seed: self.seed,
+            },
+            stop_ids: vec![],
+            stop_strings: self.stop.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Model directory or .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt ("-" reads it from stdin).
+    #[arg(long)]
+    prompt: String,
+    /// Treat the prompt as a user message and apply the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// System prompt (with --chat).
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    /// Model directory or .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// System prompt.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
 }
 
 #[derive(Subcommand)]
@@ -166,7 +243,7 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct ConvertArgs {
-    /// Model directory to read.
+    /// Model directory or .gguf file to read.
     #[arg(long)]
     input: PathBuf,
     /// Directory to write (replaced atomically if it exists).
@@ -262,6 +339,16 @@ fn run(cli: Cli) -> Result<()> {
             println!("report: {}", report.display());
             Ok(())
         }
+        Command::Generate(a) => generate_cmd(a),
+        Command::Chat(a) => {
+            let device = chatforge::device(&a.sampling.device)?;
+            let m = LoadedModel::load(&a.model, &device)?;
+            let model = m.transformer()?;
+            let chat = chatforge::chat::ChatModel::new(&model, m.tokenizer(&a.model)?)?;
+            let stdin = std::io::stdin();
+            chatforge::chat::repl(&chat, a.system.as_deref(), &a.sampling.options(), stdin.lock(), std::io::stdout())?;
+            Ok(())
+        }
         Command::Convert(a) => {
             let m = LoadedModel::load(&a.input, &candle_core::Device::Cpu)?;
             save_model_dir(&a.output, &m.cfg, &m.weights, m.tokenizer.as_ref())?;
@@ -304,6 +391,50 @@ fn tokenizer_cmd(cmd: TokenizerCmd) -> Result<()> {
             println!("{}", tok.decode(&ids)?);
         }
     }
+    Ok(())
+}
+
+fn generate_cmd(a: GenerateArgs) -> Result<()> {
+    use std::io::Write;
+    let device = chatforge::device(&a.sampling.device)?;
+    let m = LoadedModel::load(&a.model, &device)?;
+    let tok = m.tokenizer(&a.model)?;
+    let model = m.transformer()?;
+    let prompt = if a.prompt == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the prompt from stdin")?
+    } else {
+        a.prompt.clone()
+    };
+    let mut opts = a.sampling.options();
+    let t0 = std::time::Instant::now();
+    let mut print = |piece: &str| -> chatforge::Result<()> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(piece.as_bytes()).and_then(|_| out.flush()).map_err(|e| chatforge::Error::io("<stdout>", e))
+    };
+    let g = if a.chat {
+        let chat = chatforge::chat::ChatModel::new(&model, tok)?;
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(chatforge::chat_template::Message::new("system", s));
+        }
+        msgs.push(chatforge::chat_template::Message::new("user", &prompt));
+        chat.reply(&msgs, &opts, &mut print)?
+    } else {
+        let ids = tok.encode(&prompt)?;
+        opts.stop_ids.extend(tok.eot_id());
+        opts.max_new_tokens = opts.max_new_tokens.min(m.cfg.context.saturating_sub(ids.len() + 1));
+        chatforge::infer::generate_text(&model, tok, &ids, &opts, &mut print)?
+    };
+    println!();
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "[{} prompt + {} new tokens in {:.2}s, {:.1} tok/s, finish: {:?}]",
+        g.prompt_tokens,
+        g.ids.len(),
+        secs,
+        g.ids.len() as f64 / secs,
+        g.finish_reason
+    );
     Ok(())
 }
 

@@ -12,6 +12,7 @@ Fixtures (all small):
   gpt2_tokenizer_ids.json        GPT-2 token ids of awkward texts
   gpt2-tiny-eval/, eval_text.txt a GPT-2 with its own BPE tokenizer, and a text to score
   gpt2-tiny-eval-expected.json   loss / tokens / bits per byte of that text under transformers
+  smollm2_greedy.json            SmolLM2-135M-Instruct (GGUF, dequantised): chat prompt ids, 32 greedy ids
 """
 import argparse
 import json
@@ -166,6 +167,38 @@ def eval_fixture():
     print("eval fixture:", result)
 
 
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHAT_PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "What is 12 * 7?"]
+
+
+def smollm2_fixture():
+    """Greedy continuations of SmolLM2-135M-Instruct (the GGUF in ../shared/data, dequantised to
+    fp32 by transformers): chat-templated prompt ids and the first 32 greedy tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(DATA, gguf_file=SMOLLM2)
+    model = AutoModelForCausalLM.from_pretrained(DATA, gguf_file=SMOLLM2, dtype=torch.float32).eval()
+    cases = []
+    prompts = [(p, tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False))
+               for p in CHAT_PROMPTS]
+    prompts.append((None, "The quick brown fox"))
+    for user, text in prompts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        out, past, x = [], None, torch.tensor([ids])
+        with torch.no_grad():
+            for _ in range(32):
+                r = model(input_ids=x, past_key_values=past, use_cache=True)
+                past = r.past_key_values
+                nxt = int(r.logits[0, -1].argmax())
+                out.append(nxt)
+                x = torch.tensor([[nxt]])
+        cases.append({"user": user, "prompt": text, "prompt_ids": ids, "greedy_ids": out,
+                      "greedy_text": tok.decode(out)})
+        print(repr(text[-40:]), "->", repr(tok.decode(out)))
+    with open(os.path.join(FIX, "smollm2_greedy.json"), "w", encoding="utf-8") as f:
+        json.dump(cases, f, ensure_ascii=False, indent=1)
+
+
 def check_chatforge(binary):
     """transformers must load what chatforge saves, unchanged, and compute the same logits."""
     from safetensors.torch import load_file
@@ -186,15 +219,17 @@ def check_chatforge(binary):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--only", choices=["models", "tokenizer", "eval", "smollm2"], help="regenerate one fixture group")
     ap.add_argument("--check-chatforge", metavar="BIN", help="chatforge binary whose saved models transformers must load")
     args = ap.parse_args()
     if args.check_chatforge:
         check_chatforge(args.check_chatforge)
         return
     os.makedirs(FIX, exist_ok=True)
-    make_models()
-    gpt2_tokenizer()
-    eval_fixture()
+    groups = {"models": make_models, "tokenizer": gpt2_tokenizer, "eval": eval_fixture, "smollm2": smollm2_fixture}
+    for name, fn in groups.items():
+        if args.only in (None, name):
+            fn()
 
 
 if __name__ == "__main__":

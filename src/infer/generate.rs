@@ -1,36 +1,44 @@
-//! The decoding loop: prefill the prompt once, then one token at a time over the KV cache.
+//! The decoding loop: prefill the prompt once, then one token at a time over the KV cache; and the
+//! text layer on top of it (streamed pieces, stop tokens, stop strings).
 
 use super::sampler::{Sampler, SamplingParams};
-use crate::error::Result;
+use super::stream::TextStream;
+use crate::error::{Error, Result};
 use crate::model::{KvCache, Transformer};
+use crate::tokenizer::Tokenizer;
 use candle_core::Tensor;
 
-/// Continues `prompt` by up to `max_new` tokens (fewer if the context fills or `stop` is produced).
-/// Returns only the new tokens.
-pub fn generate(
+/// Runs the model over `prompt`, then samples up to `max_new` tokens, calling `on_token` with each;
+/// it returns false to stop. Returns the new tokens.
+pub fn decode_loop(
     model: &Transformer,
     prompt: &[u32],
     max_new: usize,
-    params: &SamplingParams,
-    stop: Option<u32>,
+    sampler: &mut Sampler,
+    mut on_token: impl FnMut(u32) -> Result<bool>,
 ) -> Result<Vec<u32>> {
     let cfg = &model.cfg;
-    let mut sampler = Sampler::new(params.clone());
-    // Keep the most recent tokens if the prompt is longer than the context allows.
-    let keep = prompt.len().min(cfg.context.saturating_sub(1)).max(1);
-    let prompt = &prompt[prompt.len() - keep..];
+    if prompt.is_empty() {
+        return Err(Error::Mismatch("the prompt has no tokens".into()));
+    }
+    if prompt.len() >= cfg.context {
+        return Err(Error::Mismatch(format!(
+            "the prompt has {} tokens but the model's context is {}",
+            prompt.len(),
+            cfg.context
+        )));
+    }
     let mut cache = KvCache::new(cfg.n_layer, 1, cfg.n_kv_head, cfg.head_dim, model.device())?;
     let x = Tensor::from_slice(prompt, (1, prompt.len()), model.device())?;
     let mut logits = model.forward_last(&x, 0, Some(&mut cache))?;
+    let mut context = prompt.to_vec();
     let mut out = Vec::new();
     while out.len() < max_new {
-        let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
-        let next = sampler.sample(&row);
-        if Some(next) == stop {
-            break;
-        }
+        let row: Vec<f32> = logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        let next = sampler.sample(&row, &context);
         out.push(next);
-        if cache.len() + 1 > cfg.context || out.len() == max_new {
+        context.push(next);
+        if !on_token(next)? || out.len() == max_new || cache.len() + 1 >= cfg.context {
             break;
         }
         let x = Tensor::from_slice(&[next], (1, 1), model.device())?;
@@ -38,4 +46,126 @@ pub fn generate(
         logits = model.forward_last(&x, pos, Some(&mut cache))?;
     }
     Ok(out)
+}
+
+/// Continues `prompt` by up to `max_new` tokens, stopping before `stop`. Returns only the new tokens.
+pub fn generate(model: &Transformer, prompt: &[u32], max_new: usize, params: &SamplingParams, stop: Option<u32>)
+    -> Result<Vec<u32>> {
+    let keep = prompt.len().min(model.cfg.context.saturating_sub(1)).max(1);
+    let prompt = &prompt[prompt.len() - keep..];
+    let mut sampler = Sampler::new(params.clone());
+    let mut out = decode_loop(model, prompt, max_new, &mut sampler, |id| Ok(Some(id) != stop))?;
+    if out.last().copied() == stop && stop.is_some() {
+        out.pop();
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// A stop token or stop string ended the text.
+    Stop,
+    /// The token budget or the context ran out.
+    Length,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Tokens that end the text (not included): end-of-text, <|im_end|>...
+    pub stop_ids: Vec<u32>,
+    /// Strings that end the text (not included).
+    pub stop_strings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+}
+
+/// Generates text, calling `on_text` with each piece as soon as it is safe to show: whole UTF-8
+/// characters only, and never the start of what may turn out to be a stop string.
+pub fn generate_text(
+    model: &Transformer,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_text: impl FnMut(&str) -> Result<()>,
+) -> Result<Generation> {
+    let mut sampler = Sampler::new(opts.sampling.clone());
+    let mut stream = TextStream::new(tok);
+    let mut text = String::new();
+    let mut shown = 0; // bytes of `text` passed to on_text
+    let mut finish = FinishReason::Length;
+    let mut ids = Vec::new();
+    decode_loop(model, prompt, opts.max_new_tokens, &mut sampler, |id| {
+        if opts.stop_ids.contains(&id) {
+            finish = FinishReason::Stop;
+            return Ok(false);
+        }
+        ids.push(id);
+        text.push_str(&stream.push(id)?);
+        if let Some(cut) = find_stop(&text, &opts.stop_strings) {
+            text.truncate(cut);
+            finish = FinishReason::Stop;
+            return Ok(false);
+        }
+        let safe = text.len() - held_back(&text, &opts.stop_strings);
+        if safe > shown {
+            on_text(&text[shown..safe])?;
+            shown = safe;
+        }
+        Ok(true)
+    })?;
+    if finish == FinishReason::Length {
+        text.push_str(&stream.finish()?);
+        if let Some(cut) = find_stop(&text, &opts.stop_strings) {
+            text.truncate(cut);
+            finish = FinishReason::Stop;
+        }
+    }
+    if text.len() > shown {
+        on_text(&text[shown..])?;
+    }
+    Ok(Generation { text, ids, finish_reason: finish, prompt_tokens: prompt.len() })
+}
+
+/// Byte offset of the first stop string in `text`.
+fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+}
+
+/// Length of the longest end of `text` that is the beginning of a stop string (held back until
+/// the next tokens show whether the stop string completes).
+fn held_back(text: &str, stops: &[String]) -> usize {
+    let mut best = 0;
+    for s in stops {
+        for (i, _) in s.char_indices().skip(1) {
+            if text.ends_with(&s[..i]) {
+                best = best.max(i);
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_found_and_held_back() {
+        let stops = vec!["\nUser:".to_string(), "###".to_string()];
+        assert_eq!(find_stop("hello\nUser: hi", &stops), Some(5));
+        assert_eq!(find_stop("a ### b", &stops), Some(2));
+        assert_eq!(find_stop("nothing here", &stops), None);
+        assert_eq!(held_back("answer\nUs", &stops), 3);
+        assert_eq!(held_back("answer #", &stops), 1);
+        assert_eq!(held_back("answer", &stops), 0);
+    }
 }

@@ -1,4 +1,5 @@
-//! Choosing the next token from logits: greedy, temperature, top-k and top-p, seeded.
+//! Choosing the next token from logits, in the order transformers applies its logits processors:
+//! repetition penalty, temperature, top-k, top-p, min-p; then a seeded draw (or argmax when greedy).
 
 use rand::{Rng, SeedableRng};
 
@@ -10,17 +11,22 @@ pub struct SamplingParams {
     pub top_k: usize,
     /// Keep the smallest set of tokens whose probability reaches p (1 = all).
     pub top_p: f64,
+    /// Drop tokens less likely than min_p times the most likely one (0 = off).
+    pub min_p: f64,
+    /// > 1 discourages tokens already in the context (1 = off), as in CTRL / transformers.
+    pub repetition_penalty: f64,
     pub seed: u64,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams {
-            temperature: 0.8,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 0,
-        }
+        SamplingParams { temperature: 0.8, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, seed: 0 }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams { temperature: 0.0, ..Default::default() }
     }
 }
 
@@ -35,58 +41,78 @@ impl Sampler {
         Sampler { params, rng }
     }
 
-    /// The next token from one row of logits.
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let argmax = || {
-            logits
-                .iter()
-                .enumerate()
-                .fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| {
-                    if v > b.1 {
-                        (i, v)
-                    } else {
-                        b
-                    }
-                })
-                .0 as u32
-        };
-        if self.params.temperature <= 0.0 || self.params.top_k == 1 {
-            return argmax();
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// The next token from one row of logits; `context` is every token so far (for the penalty).
+    pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> u32 {
+        let p = &self.params;
+        let mut logits = std::borrow::Cow::Borrowed(logits);
+        if p.repetition_penalty != 1.0 {
+            let l = logits.to_mut();
+            let mut seen = context.to_vec();
+            seen.sort_unstable();
+            seen.dedup();
+            for &id in &seen {
+                if let Some(x) = l.get_mut(id as usize) {
+                    let r = p.repetition_penalty as f32;
+                    *x = if *x > 0.0 { *x / r } else { *x * r };
+                }
+            }
         }
-        let t = self.params.temperature as f32;
+        if p.temperature <= 0.0 || p.top_k == 1 {
+            return argmax(&logits);
+        }
+        let t = p.temperature as f32;
         let mut idx: Vec<usize> = (0..logits.len()).collect();
         idx.sort_unstable_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        if self.params.top_k > 0 {
-            idx.truncate(self.params.top_k);
+        if p.top_k > 0 {
+            idx.truncate(p.top_k);
         }
         let max = logits[idx[0]];
-        let mut probs: Vec<f64> = idx
-            .iter()
-            .map(|&i| (((logits[i] - max) / t) as f64).exp())
-            .collect();
-        let sum: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
-        if self.params.top_p < 1.0 {
+        let mut probs: Vec<f64> = idx.iter().map(|&i| (((logits[i] - max) / t) as f64).exp()).collect();
+        normalize(&mut probs);
+        if p.top_p < 1.0 {
             let mut acc = 0.0;
             let keep = probs
                 .iter()
-                .position(|p| {
-                    acc += p;
-                    acc >= self.params.top_p
+                .position(|q| {
+                    acc += q;
+                    acc >= p.top_p
                 })
                 .map_or(probs.len(), |i| i + 1);
             probs.truncate(keep);
             idx.truncate(keep);
-            let s: f64 = probs.iter().sum();
-            probs.iter_mut().for_each(|p| *p /= s);
+            normalize(&mut probs);
+        }
+        if p.min_p > 0.0 {
+            let floor = p.min_p * probs[0];
+            let keep = probs.iter().take_while(|&&q| q >= floor).count().max(1);
+            probs.truncate(keep);
+            idx.truncate(keep);
+            normalize(&mut probs);
         }
         let mut u: f64 = self.rng.random();
-        for (p, &i) in probs.iter().zip(&idx) {
-            if u < *p {
+        for (q, &i) in probs.iter().zip(&idx) {
+            if u < *q {
                 return i as u32;
             }
-            u -= p;
+            u -= q;
         }
         *idx.last().expect("at least one token") as u32
     }
+}
+
+fn normalize(p: &mut [f64]) {
+    let s: f64 = p.iter().sum();
+    p.iter_mut().for_each(|x| *x /= s);
+}
+
+pub fn argmax(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+        .0 as u32
 }

@@ -1,6 +1,7 @@
 //! The Transformer, its parameters, and model directories on disk.
 
 pub mod config;
+pub mod gguf;
 pub mod hf;
 pub mod hf_config;
 pub mod kv_cache;
@@ -20,7 +21,8 @@ use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// A model directory loaded into memory: config, weights (internal names) and tokenizer.
+/// A model (HF directory or GGUF file) loaded into memory: config, weights (internal names, f32)
+/// and tokenizer.
 pub struct LoadedModel {
     pub cfg: ModelConfig,
     pub weights: BTreeMap<String, Tensor>,
@@ -35,6 +37,17 @@ impl LoadedModel {
             return Err(Error::io(
                 path,
                 std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        if path.is_file() {
+            if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+                let (cfg, weights, tok) = gguf::load_gguf(path, device)?;
+                check_vocab(&cfg, &tok, path)?;
+                return Ok(LoadedModel { cfg, weights, tokenizer: Some(tok) });
+            }
+            return Err(Error::bad_file(
+                path,
+                "a model is a Hugging Face model directory or a .gguf file",
             ));
         }
         let (cfg, weights) = hf::load_model_dir(path, device)?;

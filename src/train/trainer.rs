@@ -165,9 +165,8 @@ impl Run {
         }
         let params = crate::infer::SamplingParams {
             temperature: self.cfg.eval.sample_temperature,
-            top_k: 0,
-            top_p: 1.0,
             seed: self.state.seed.wrapping_add(self.state.step as u64),
+            ..Default::default()
         };
         let out = crate::infer::generate(
             &self.model,

@@ -1,0 +1,229 @@
+//! GGUF files (llama.cpp's format) with the `llama` architecture: metadata into the model config,
+//! tensors dequantised to f32 under our names, the tokenizer rebuilt from the vocabulary and merges,
+//! and the chat template.
+//!
+//! llama.cpp's converter permutes the rows of the query and key projections so that RoPE rotates
+//! interleaved pairs; our RoPE (like transformers') rotates the two halves of each head, so those
+//! rows are permuted back here.
+
+use super::config::ModelConfig;
+use super::hf::weights_from_hf;
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{Device, Tensor};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::AddedToken;
+
+/// An opened GGUF file: its header and a reader for tensor data.
+pub struct GgufFile {
+    path: std::path::PathBuf,
+    content: Content,
+    file: std::fs::File,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let content = Content::read(&mut file).map_err(|e| Error::bad_file(path, format!("not a readable GGUF file: {e}")))?;
+        Ok(GgufFile { path: path.to_path_buf(), content, file })
+    }
+
+    fn err(&self, msg: impl std::fmt::Display) -> Error {
+        Error::bad_file(&self.path, msg)
+    }
+
+    fn get(&self, key: &str) -> Result<&Value> {
+        self.content.metadata.get(key).ok_or_else(|| self.err(format!("missing metadata '{key}'")))
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        let v = self.get(key)?;
+        v.to_u64()
+            .or_else(|_| v.to_u32().map(u64::from))
+            .or_else(|_| v.to_i32().map(|x| x.max(0) as u64))
+            .map(|x| x as usize)
+            .map_err(|_| self.err(format!("metadata '{key}' is not an integer")))
+    }
+
+    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match self.content.metadata.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .to_f32()
+                .map(f64::from)
+                .or_else(|_| v.to_f64())
+                .map_err(|_| self.err(format!("metadata '{key}' is not a number"))),
+        }
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        self.content.metadata.get(key).and_then(|v| v.to_string().ok().cloned())
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>> {
+        let arr = self.get(key)?.to_vec().map_err(|_| self.err(format!("metadata '{key}' is not an array")))?;
+        arr.iter()
+            .map(|v| v.to_string().cloned().map_err(|_| self.err(format!("metadata '{key}' holds a non-string"))))
+            .collect()
+    }
+
+    /// The model config from `llama.*` metadata.
+    pub fn config(&self) -> Result<ModelConfig> {
+        let arch = self.string("general.architecture").unwrap_or_default();
+        if arch != "llama" {
+            return Err(self.err(format!(
+                "architecture '{arch}' is not supported; chatforge reads llama-architecture GGUF files"
+            )));
+        }
+        let heads = self.usize("llama.attention.head_count")?;
+        let embd = self.usize("llama.embedding_length")?;
+        let vocab = match self.usize("llama.vocab_size") {
+            Ok(v) => v,
+            Err(_) => self.strings("tokenizer.ggml.tokens")?.len(),
+        };
+        let tied = !self.content.tensor_infos.contains_key("output.weight");
+        let mut cfg = ModelConfig::llama(
+            self.usize("llama.block_count")?,
+            heads,
+            self.usize("llama.attention.head_count_kv").unwrap_or(heads),
+            embd,
+            self.usize("llama.feed_forward_length")?,
+            vocab,
+            self.usize("llama.context_length")?,
+            tied,
+        );
+        cfg.head_dim = self.usize("llama.attention.key_length").unwrap_or(embd / heads.max(1));
+        cfg.norm_eps = self.f64_or("llama.attention.layer_norm_rms_epsilon", 1e-5)?;
+        cfg.rope_theta = self.f64_or("llama.rope.freq_base", 10_000.0)?;
+        cfg.bos_token_id = self.usize("tokenizer.ggml.bos_token_id").ok().map(|x| x as u32);
+        cfg.eos_token_id = self.usize("tokenizer.ggml.eos_token_id").ok().map(|x| x as u32);
+        cfg.validate().map_err(|e| self.err(e))?;
+        Ok(cfg)
+    }
+
+    /// One tensor, dequantised to f32.
+    fn tensor(&mut self, name: &str, device: &Device) -> Result<Tensor> {
+        let q = self
+            .content
+            .tensor(&mut self.file, name, device)
+            .map_err(|e| Error::bad_file(&self.path, format!("tensor '{name}': {e}")))?;
+        Ok(q.dequantize(device)?)
+    }
+
+    /// All weights under our internal names, as f32.
+    pub fn weights(&mut self, cfg: &ModelConfig, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+        let path = self.path.clone();
+        weights_from_hf(cfg, |hf_name, shape| {
+            let (name, permute_heads) = gguf_name(hf_name, cfg)
+                .ok_or_else(|| Error::bad_file(&path, format!("no GGUF tensor for '{hf_name}'")))?;
+            let t = self.tensor(&name, device)?;
+            if t.dims() != shape {
+                return Err(Error::Mismatch(format!(
+                    "{}: tensor '{name}' has shape {:?} but the metadata implies {shape:?}",
+                    path.display(),
+                    t.dims()
+                )));
+            }
+            match permute_heads {
+                Some(heads) => unpermute_rope_rows(&t, heads),
+                None => Ok(t),
+            }
+        })
+    }
+
+    /// The byte-level BPE tokenizer stored in the file (`tokenizer.ggml.model` = "gpt2"), with
+    /// control tokens as special tokens and the file's chat template.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        let model = self.string("tokenizer.ggml.model").unwrap_or_default();
+        if model != "gpt2" {
+            return Err(self.err(format!(
+                "tokenizer model '{model}' is not supported; chatforge reads byte-level BPE (\"gpt2\") GGUF tokenizers"
+            )));
+        }
+        let tokens = self.strings("tokenizer.ggml.tokens")?;
+        let merges: Vec<(String, String)> = self
+            .strings("tokenizer.ggml.merges")?
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| self.err(format!("malformed merge '{m}'")))
+            })
+            .collect::<Result<_>>()?;
+        let types: Vec<i32> = match self.content.metadata.get("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .to_vec()
+                .map_err(|_| self.err("tokenizer.ggml.token_type is not an array"))?
+                .iter()
+                .map(|t| t.to_i32().unwrap_or(1))
+                .collect(),
+            None => vec![1; tokens.len()],
+        };
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| self.err(format!("cannot build the BPE tokenizer: {e}")))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
+        inner.with_decoder(Some(ByteLevel::default()));
+        // Token type 3 is "control" (<|im_start|> and the like), 4 "user defined".
+        let specials: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, &t)| t == 3 || t == 4)
+            .map(|(s, _)| AddedToken::from(s.clone(), true))
+            .collect();
+        inner.add_special_tokens(&specials);
+        Ok(Tokenizer { inner, chat_template: self.string("tokenizer.chat_template") })
+    }
+}
+
+/// The GGUF name of an HF Llama tensor, and for q/k the head count whose rows to un-permute.
+fn gguf_name(hf: &str, cfg: &ModelConfig) -> Option<(String, Option<usize>)> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some((f.to_string(), None));
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let (name, permute) = match tail {
+        "input_layernorm.weight" => ("attn_norm.weight", None),
+        "post_attention_layernorm.weight" => ("ffn_norm.weight", None),
+        "self_attn.q_proj.weight" => ("attn_q.weight", Some(cfg.n_head)),
+        "self_attn.k_proj.weight" => ("attn_k.weight", Some(cfg.n_kv_head)),
+        "self_attn.v_proj.weight" => ("attn_v.weight", None),
+        "self_attn.o_proj.weight" => ("attn_output.weight", None),
+        "mlp.gate_proj.weight" => ("ffn_gate.weight", None),
+        "mlp.up_proj.weight" => ("ffn_up.weight", None),
+        "mlp.down_proj.weight" => ("ffn_down.weight", None),
+        _ => return None,
+    };
+    Some((format!("blk.{layer}.{name}"), permute))
+}
+
+/// Undoes llama.cpp's `permute`: within each head, rows come as (pair, 2) interleaved; we want the
+/// two halves. w: (heads * D, in) -> same shape.
+fn unpermute_rope_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let d = rows / heads;
+    Ok(w.reshape((heads, d / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+}
+
+/// Loads a GGUF file: config, weights (f32) and tokenizer.
+pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, BTreeMap<String, Tensor>, Tokenizer)> {
+    let mut f = GgufFile::open(path)?;
+    let cfg = f.config()?;
+    let weights = f.weights(&cfg, device)?;
+    let tok = f.tokenizer()?;
+    Ok((cfg, weights, tok))
+}

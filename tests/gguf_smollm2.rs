@@ -1,0 +1,71 @@
+//! A real pretrained chat model from a GGUF file: SmolLM2-135M-Instruct (Q4_1, in ../shared/data),
+//! dequantised, against transformers on the same dequantised weights (tests/fixtures/smollm2_greedy.json
+//! from tools/make_fixtures.py): chat-template prompt ids and the first 32 greedy tokens.
+
+mod common;
+
+use candle_core::Device;
+use chatforge::chat::ChatModel;
+use chatforge::chat_template::Message;
+use chatforge::infer::generate::decode_loop;
+use chatforge::infer::{Sampler, SamplingParams};
+use chatforge::model::LoadedModel;
+use common::*;
+use std::sync::OnceLock;
+
+fn smollm2() -> &'static LoadedModel {
+    static M: OnceLock<LoadedModel> = OnceLock::new();
+    M.get_or_init(|| LoadedModel::load(&shared_data().join("SmolLM2-135M-Instruct.Q4_1.gguf"), &Device::Cpu).unwrap())
+}
+
+fn cases() -> Vec<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2_greedy.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn gguf_metadata_becomes_the_llama_config() {
+    let c = &smollm2().cfg;
+    assert_eq!((c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.head_dim), (30, 576, 9, 3, 64));
+    assert_eq!((c.vocab_size, c.intermediate, c.context), (49152, 1536, 8192));
+    assert!(c.tie_embeddings);
+    assert_eq!(c.rope_theta, 100_000.0);
+}
+
+#[test]
+fn chat_template_and_tokenizer_give_transformers_prompt_ids() {
+    let m = smollm2();
+    let model = m.transformer().unwrap();
+    let chat = ChatModel::new(&model, m.tokenizer.as_ref().unwrap()).unwrap();
+    for case in cases() {
+        let want = ids(&case["prompt_ids"]);
+        let got = match case["user"].as_str() {
+            Some(user) => chat.prompt_ids(&[Message::new("user", user)]).unwrap(),
+            None => m.tokenizer.as_ref().unwrap().encode(case["prompt"].as_str().unwrap()).unwrap(),
+        };
+        assert_eq!(got, want, "prompt ids of {:?}", case["prompt"]);
+    }
+}
+
+#[test]
+fn greedy_tokens_equal_transformers_and_it_knows_paris() {
+    let m = smollm2();
+    let model = m.transformer().unwrap();
+    let tok = m.tokenizer.as_ref().unwrap();
+    for case in cases() {
+        let prompt = ids(&case["prompt_ids"]);
+        let want = ids(&case["greedy_ids"]);
+        let mut sampler = Sampler::new(SamplingParams::greedy());
+        let got = decode_loop(&model, &prompt, want.len(), &mut sampler, |_| Ok(true)).unwrap();
+        assert_eq!(got, want, "greedy continuation of {:?}: ours {:?}", case["prompt"], tok.decode(&got).unwrap());
+    }
+    let chat = ChatModel::new(&model, tok).unwrap();
+    let opts = chatforge::infer::GenerateOptions { max_new_tokens: 24, sampling: SamplingParams::greedy(), ..Default::default() };
+    let g = chat.reply(&[Message::new("user", "What is the capital of France?")], &opts, |_| Ok(())).unwrap();
+    eprintln!("SmolLM2: {}", g.text);
+    assert!(g.text.contains("Paris"), "{}", g.text);
+    assert_eq!(g.finish_reason, chatforge::infer::FinishReason::Stop, "the reply should end with <|im_end|>");
+}
