@@ -31,25 +31,41 @@ impl<'a> ChatModel<'a> {
                 ))
             }
         };
-        let mut stop_ids: Vec<u32> = [IM_END, END_OF_TEXT].iter().filter_map(|t| tok.token_id(t)).collect();
+        let mut stop_ids: Vec<u32> = [IM_END, END_OF_TEXT]
+            .iter()
+            .filter_map(|t| tok.token_id(t))
+            .collect();
         if let Some(e) = model.cfg.eos_token_id {
             stop_ids.push(e);
         }
         stop_ids.sort_unstable();
         stop_ids.dedup();
-        Ok(ChatModel { model, tok, template, stop_ids })
+        Ok(ChatModel {
+            model,
+            tok,
+            template,
+            stop_ids,
+        })
     }
 
     /// The prompt ids for `messages`, ending where the assistant's reply starts.
     pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        let eos = self.tok.eot_id().and_then(|i| self.tok.inner.id_to_token(i)).unwrap_or_default();
+        let eos = self
+            .tok
+            .eot_id()
+            .and_then(|i| self.tok.inner.id_to_token(i))
+            .unwrap_or_default();
         let text = render(&self.template, messages, true, "", &eos)?;
         self.tok.encode(&text)
     }
 
     /// Generates the assistant's reply to `messages`, streaming pieces to `on_text`.
-    pub fn reply(&self, messages: &[Message], opts: &GenerateOptions, on_text: impl FnMut(&str) -> Result<()>)
-        -> Result<crate::infer::Generation> {
+    pub fn reply(
+        &self,
+        messages: &[Message],
+        opts: &GenerateOptions,
+        on_text: impl FnMut(&str) -> Result<()>,
+    ) -> Result<crate::infer::Generation> {
         let ids = self.prompt_ids(messages)?;
         let mut opts = opts.clone();
         opts.stop_ids.extend(&self.stop_ids);
@@ -60,8 +76,13 @@ impl<'a> ChatModel<'a> {
 }
 
 /// Reads user turns from `input` and writes streamed replies to `out` until end of input or `/quit`.
-pub fn repl(chat: &ChatModel, system: Option<&str>, opts: &GenerateOptions, input: impl BufRead, mut out: impl Write)
-    -> Result<()> {
+pub fn repl(
+    chat: &ChatModel,
+    system: Option<&str>,
+    opts: &GenerateOptions,
+    input: impl BufRead,
+    mut out: impl Write,
+) -> Result<()> {
     let io = |e: std::io::Error| Error::io("<terminal>", e);
     let mut system = system.map(String::from);
     let mut messages: Vec<Message> = Vec::new();
@@ -81,21 +102,32 @@ pub fn repl(chat: &ChatModel, system: Option<&str>, opts: &GenerateOptions, inpu
         } else if let Some(s) = line.strip_prefix("/system") {
             system = Some(s.trim().to_string()).filter(|s| !s.is_empty());
             messages.clear();
-            writeln!(out, "(system prompt {}; conversation cleared)", if system.is_some() { "set" } else { "removed" }).map_err(io)?;
+            writeln!(
+                out,
+                "(system prompt {}; conversation cleared)",
+                if system.is_some() { "set" } else { "removed" }
+            )
+            .map_err(io)?;
         } else if let Some(f) = line.strip_prefix("/save") {
             let path = Path::new(f.trim());
             if f.trim().is_empty() {
                 writeln!(out, "usage: /save FILE").map_err(io)?;
             } else {
                 let all = full(&system, &messages);
-                let json = serde_json::to_string_pretty(&serde_json::json!({ "messages": all })).expect("json");
+                let json = serde_json::to_string_pretty(&serde_json::json!({ "messages": all }))
+                    .expect("json");
                 match crate::fsutil::write_atomic(path, json.as_bytes()) {
-                    Ok(()) => writeln!(out, "(saved {} messages to {})", all.len(), path.display()).map_err(io)?,
+                    Ok(()) => writeln!(out, "(saved {} messages to {})", all.len(), path.display())
+                        .map_err(io)?,
                     Err(e) => writeln!(out, "error: {e}").map_err(io)?,
                 }
             }
         } else if line.starts_with('/') {
-            writeln!(out, "unknown command {line}; commands: /reset, /system TEXT, /save FILE, /quit").map_err(io)?;
+            writeln!(
+                out,
+                "unknown command {line}; commands: /reset, /system TEXT, /save FILE, /quit"
+            )
+            .map_err(io)?;
         } else {
             messages.push(Message::new("user", line));
             let mut o = opts.clone();
@@ -114,5 +146,9 @@ pub fn repl(chat: &ChatModel, system: Option<&str>, opts: &GenerateOptions, inpu
 }
 
 fn full(system: &Option<String>, messages: &[Message]) -> Vec<Message> {
-    system.iter().map(|s| Message::new("system", s)).chain(messages.iter().cloned()).collect()
+    system
+        .iter()
+        .map(|s| Message::new("system", s))
+        .chain(messages.iter().cloned())
+        .collect()
 }

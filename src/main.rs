@@ -335,7 +335,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Speedrun(a) => {
-            let report = chatforge::speedrun::speedrun(a.corpus.as_deref(), &a.out, a.vocab_size, &a.set)?;
+            let report =
+                chatforge::speedrun::speedrun(a.corpus.as_deref(), &a.out, a.vocab_size, &a.set)?;
             println!("report: {}", report.display());
             Ok(())
         }
@@ -346,7 +347,13 @@ fn run(cli: Cli) -> Result<()> {
             let model = m.transformer()?;
             let chat = chatforge::chat::ChatModel::new(&model, m.tokenizer(&a.model)?)?;
             let stdin = std::io::stdin();
-            chatforge::chat::repl(&chat, a.system.as_deref(), &a.sampling.options(), stdin.lock(), std::io::stdout())?;
+            chatforge::chat::repl(
+                &chat,
+                a.system.as_deref(),
+                &a.sampling.options(),
+                stdin.lock(),
+                std::io::stdout(),
+            )?;
             Ok(())
         }
         Command::Convert(a) => {
@@ -409,7 +416,9 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let mut print = |piece: &str| -> chatforge::Result<()> {
         let mut out = std::io::stdout().lock();
-        out.write_all(piece.as_bytes()).and_then(|_| out.flush()).map_err(|e| chatforge::Error::io("<stdout>", e))
+        out.write_all(piece.as_bytes())
+            .and_then(|_| out.flush())
+            .map_err(|e| chatforge::Error::io("<stdout>", e))
     };
     let g = if a.chat {
         let chat = chatforge::chat::ChatModel::new(&model, tok)?;
@@ -422,7 +431,9 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     } else {
         let ids = tok.encode(&prompt)?;
         opts.stop_ids.extend(tok.eot_id());
-        opts.max_new_tokens = opts.max_new_tokens.min(m.cfg.context.saturating_sub(ids.len() + 1));
+        opts.max_new_tokens = opts
+            .max_new_tokens
+            .min(m.cfg.context.saturating_sub(ids.len() + 1));
         chatforge::infer::generate_text(&model, tok, &ids, &opts, &mut print)?
     };
     println!();

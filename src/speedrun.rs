@@ -28,7 +28,7 @@ preset = "tiny"
 [train]
 context = 256
 batch_size = 8
-max_steps = 500
+max_steps = 450
 lr = 2e-3
 min_lr_ratio = 0.05
 schedule = "cosine"
@@ -78,7 +78,8 @@ pub fn tiny_shakespeare() -> Result<PathBuf> {
         }
     }
     // A mirror can stand in for the public URL.
-    let url = std::env::var("CHATFORGE_TINY_SHAKESPEARE_URL").unwrap_or_else(|_| TINY_SHAKESPEARE_URL.to_string());
+    let url = std::env::var("CHATFORGE_TINY_SHAKESPEARE_URL")
+        .unwrap_or_else(|_| TINY_SHAKESPEARE_URL.to_string());
     eprintln!("downloading tiny Shakespeare from {url}");
     let fail = |why: String| {
         Error::Config(format!(
@@ -107,7 +108,12 @@ pub fn tiny_shakespeare() -> Result<PathBuf> {
 }
 
 /// Runs the pipeline into `out` and returns the path of `report.md`.
-pub fn speedrun(corpus: Option<&Path>, out: &Path, vocab_size: usize, overrides: &[String]) -> Result<PathBuf> {
+pub fn speedrun(
+    corpus: Option<&Path>,
+    out: &Path,
+    vocab_size: usize,
+    overrides: &[String],
+) -> Result<PathBuf> {
     if out.exists()
         && std::fs::read_dir(out)
             .map_err(|e| Error::io(out, e))?

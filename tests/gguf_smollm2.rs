@@ -15,22 +15,39 @@ use std::sync::OnceLock;
 
 fn smollm2() -> &'static LoadedModel {
     static M: OnceLock<LoadedModel> = OnceLock::new();
-    M.get_or_init(|| LoadedModel::load(&shared_data().join("SmolLM2-135M-Instruct.Q4_1.gguf"), &Device::Cpu).unwrap())
+    M.get_or_init(|| {
+        LoadedModel::load(
+            &shared_data().join("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            &Device::Cpu,
+        )
+        .unwrap()
+    })
 }
 
 fn cases() -> Vec<serde_json::Value> {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2_greedy.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2_greedy.json")).unwrap())
+        .unwrap()
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
 fn gguf_metadata_becomes_the_llama_config() {
     let c = &smollm2().cfg;
-    assert_eq!((c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.head_dim), (30, 576, 9, 3, 64));
-    assert_eq!((c.vocab_size, c.intermediate, c.context), (49152, 1536, 8192));
+    assert_eq!(
+        (c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.head_dim),
+        (30, 576, 9, 3, 64)
+    );
+    assert_eq!(
+        (c.vocab_size, c.intermediate, c.context),
+        (49152, 1536, 8192)
+    );
     assert!(c.tie_embeddings);
     assert_eq!(c.rope_theta, 100_000.0);
 }
@@ -44,7 +61,12 @@ fn chat_template_and_tokenizer_give_transformers_prompt_ids() {
         let want = ids(&case["prompt_ids"]);
         let got = match case["user"].as_str() {
             Some(user) => chat.prompt_ids(&[Message::new("user", user)]).unwrap(),
-            None => m.tokenizer.as_ref().unwrap().encode(case["prompt"].as_str().unwrap()).unwrap(),
+            None => m
+                .tokenizer
+                .as_ref()
+                .unwrap()
+                .encode(case["prompt"].as_str().unwrap())
+                .unwrap(),
         };
         assert_eq!(got, want, "prompt ids of {:?}", case["prompt"]);
     }
@@ -60,12 +82,67 @@ fn greedy_tokens_equal_transformers_and_it_knows_paris() {
         let want = ids(&case["greedy_ids"]);
         let mut sampler = Sampler::new(SamplingParams::greedy());
         let got = decode_loop(&model, &prompt, want.len(), &mut sampler, |_| Ok(true)).unwrap();
-        assert_eq!(got, want, "greedy continuation of {:?}: ours {:?}", case["prompt"], tok.decode(&got).unwrap());
+        assert_eq!(
+            got,
+            want,
+            "greedy continuation of {:?}: ours {:?}",
+            case["prompt"],
+            tok.decode(&got).unwrap()
+        );
     }
     let chat = ChatModel::new(&model, tok).unwrap();
-    let opts = chatforge::infer::GenerateOptions { max_new_tokens: 24, sampling: SamplingParams::greedy(), ..Default::default() };
-    let g = chat.reply(&[Message::new("user", "What is the capital of France?")], &opts, |_| Ok(())).unwrap();
+    let opts = chatforge::infer::GenerateOptions {
+        max_new_tokens: 24,
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
+    let g = chat
+        .reply(
+            &[Message::new("user", "What is the capital of France?")],
+            &opts,
+            |_| Ok(()),
+        )
+        .unwrap();
     eprintln!("SmolLM2: {}", g.text);
     assert!(g.text.contains("Paris"), "{}", g.text);
-    assert_eq!(g.finish_reason, chatforge::infer::FinishReason::Stop, "the reply should end with <|im_end|>");
+    assert_eq!(
+        g.finish_reason,
+        chatforge::infer::FinishReason::Stop,
+        "the reply should end with <|im_end|>"
+    );
+}
+
+#[test]
+fn chat_repl_keeps_the_conversation_and_saves_it() {
+    let m = smollm2();
+    let model = m.transformer().unwrap();
+    let chat = ChatModel::new(&model, m.tokenizer.as_ref().unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let saved = tmp.path().join("conv.json");
+    let input = format!(
+        "/system You answer in one short sentence.\nWhat is the capital of France?\n/save {}\n/reset\n/bogus\n/quit\nnever read\n",
+        saved.display()
+    );
+    let mut out = Vec::new();
+    let opts = chatforge::infer::GenerateOptions {
+        max_new_tokens: 24,
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
+    chatforge::chat::repl(&chat, None, &opts, std::io::Cursor::new(input), &mut out).unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("Paris"), "{out}");
+    assert!(
+        out.contains("(conversation cleared)") && out.contains("unknown command /bogus"),
+        "{out}"
+    );
+    let conv: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    let roles: Vec<&str> = conv["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user", "assistant"]);
 }

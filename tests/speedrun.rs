@@ -12,21 +12,54 @@ fn speedrun_runs_the_pipeline_and_writes_a_report() {
     std::fs::write(&corpus, &text[..200_000]).unwrap();
     let out = tmp.path().join("run");
     let (code, stdout, err) = run(&[
-        "speedrun", "--corpus", corpus.to_str().unwrap(), "--out", out.to_str().unwrap(), "--vocab-size", "400",
-        "--set", "train.max_steps=30", "--set", "model.n_layer=2", "--set", "model.n_embd=64",
-        "--set", "train.context=64", "--set", "eval.every=15", "--set", "eval.tokens=2048",
+        "speedrun",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--vocab-size",
+        "400",
+        "--set",
+        "train.max_steps=30",
+        "--set",
+        "model.n_layer=2",
+        "--set",
+        "model.n_embd=64",
+        "--set",
+        "train.context=64",
+        "--set",
+        "eval.every=15",
+        "--set",
+        "eval.tokens=2048",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("report.md"), "{stdout}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    for needle in ["validation bits per byte", "tokens/s", "loss curve", "Sample 1", "[train]"] {
+    for needle in [
+        "validation bits per byte",
+        "tokens/s",
+        "loss curve",
+        "Sample 1",
+        "[train]",
+    ] {
         assert!(report.contains(needle), "report lacks {needle}:\n{report}");
     }
-    for f in ["tokenizer/tokenizer.json", "data/meta.json", "pretrain/model/model.safetensors", "pretrain/loss.png"] {
+    for f in [
+        "tokenizer/tokenizer.json",
+        "data/meta.json",
+        "pretrain/model/model.safetensors",
+        "pretrain/loss.png",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     // The speedrun refuses to overwrite a finished run.
-    let (code, _, err) = run(&["speedrun", "--corpus", corpus.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (code, _, err) = run(&[
+        "speedrun",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
     assert!(err.contains("not empty"), "{err}");
 }
@@ -35,14 +68,24 @@ fn speedrun_runs_the_pipeline_and_writes_a_report() {
 fn speedrun_without_network_or_corpus_says_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(bin())
-        .args(["speedrun", "--out", tmp.path().join("run").to_str().unwrap()])
+        .args([
+            "speedrun",
+            "--out",
+            tmp.path().join("run").to_str().unwrap(),
+        ])
         .env("CHATFORGE_CACHE", tmp.path().join("cache"))
         // Port 9 (discard) on loopback: refused at once, as an offline machine would.
-        .env("CHATFORGE_TINY_SHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
+        .env(
+            "CHATFORGE_TINY_SHAKESPEARE_URL",
+            "http://127.0.0.1:9/input.txt",
+        )
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("--corpus") && err.contains("could not download"), "{err}");
+    assert!(
+        err.contains("--corpus") && err.contains("could not download"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }

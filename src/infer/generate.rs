@@ -34,7 +34,10 @@ pub fn decode_loop(
     let mut context = prompt.to_vec();
     let mut out = Vec::new();
     while out.len() < max_new {
-        let row: Vec<f32> = logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        let row: Vec<f32> = logits
+            .squeeze(0)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?;
         let next = sampler.sample(&row, &context);
         out.push(next);
         context.push(next);
@@ -49,12 +52,19 @@ pub fn decode_loop(
 }
 
 /// Continues `prompt` by up to `max_new` tokens, stopping before `stop`. Returns only the new tokens.
-pub fn generate(model: &Transformer, prompt: &[u32], max_new: usize, params: &SamplingParams, stop: Option<u32>)
-    -> Result<Vec<u32>> {
+pub fn generate(
+    model: &Transformer,
+    prompt: &[u32],
+    max_new: usize,
+    params: &SamplingParams,
+    stop: Option<u32>,
+) -> Result<Vec<u32>> {
     let keep = prompt.len().min(model.cfg.context.saturating_sub(1)).max(1);
     let prompt = &prompt[prompt.len() - keep..];
     let mut sampler = Sampler::new(params.clone());
-    let mut out = decode_loop(model, prompt, max_new, &mut sampler, |id| Ok(Some(id) != stop))?;
+    let mut out = decode_loop(model, prompt, max_new, &mut sampler, |id| {
+        Ok(Some(id) != stop)
+    })?;
     if out.last().copied() == stop && stop.is_some() {
         out.pop();
     }
@@ -132,12 +142,21 @@ pub fn generate_text(
     if text.len() > shown {
         on_text(&text[shown..])?;
     }
-    Ok(Generation { text, ids, finish_reason: finish, prompt_tokens: prompt.len() })
+    Ok(Generation {
+        text,
+        ids,
+        finish_reason: finish,
+        prompt_tokens: prompt.len(),
+    })
 }
 
 /// Byte offset of the first stop string in `text`.
 fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
-    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
 }
 
 /// Length of the longest end of `text` that is the beginning of a stop string (held back until

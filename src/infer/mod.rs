@@ -1,8 +1,8 @@
 //! Text generation: sampling and the decoding loop over the KV cache.
 
 pub mod generate;
-pub mod stream;
 pub mod sampler;
+pub mod stream;
 
 pub use generate::{generate, generate_text, FinishReason, GenerateOptions, Generation};
 pub use sampler::{Sampler, SamplingParams};

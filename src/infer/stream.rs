@@ -16,7 +16,12 @@ pub struct TextStream<'a> {
 
 impl<'a> TextStream<'a> {
     pub fn new(tok: &'a Tokenizer) -> Self {
-        TextStream { tok, ids: Vec::new(), prefix: 0, read: 0 }
+        TextStream {
+            tok,
+            ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+        }
     }
 
     /// Adds a token; returns the new text it completes (possibly empty).

@@ -28,8 +28,13 @@ pub struct GgufFile {
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let content = Content::read(&mut file).map_err(|e| Error::bad_file(path, format!("not a readable GGUF file: {e}")))?;
-        Ok(GgufFile { path: path.to_path_buf(), content, file })
+        let content = Content::read(&mut file)
+            .map_err(|e| Error::bad_file(path, format!("not a readable GGUF file: {e}")))?;
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            content,
+            file,
+        })
     }
 
     fn err(&self, msg: impl std::fmt::Display) -> Error {
@@ -37,7 +42,10 @@ impl GgufFile {
     }
 
     fn get(&self, key: &str) -> Result<&Value> {
-        self.content.metadata.get(key).ok_or_else(|| self.err(format!("missing metadata '{key}'")))
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| self.err(format!("missing metadata '{key}'")))
     }
 
     fn usize(&self, key: &str) -> Result<usize> {
@@ -61,13 +69,23 @@ impl GgufFile {
     }
 
     fn string(&self, key: &str) -> Option<String> {
-        self.content.metadata.get(key).and_then(|v| v.to_string().ok().cloned())
+        self.content
+            .metadata
+            .get(key)
+            .and_then(|v| v.to_string().ok().cloned())
     }
 
     fn strings(&self, key: &str) -> Result<Vec<String>> {
-        let arr = self.get(key)?.to_vec().map_err(|_| self.err(format!("metadata '{key}' is not an array")))?;
+        let arr = self
+            .get(key)?
+            .to_vec()
+            .map_err(|_| self.err(format!("metadata '{key}' is not an array")))?;
         arr.iter()
-            .map(|v| v.to_string().cloned().map_err(|_| self.err(format!("metadata '{key}' holds a non-string"))))
+            .map(|v| {
+                v.to_string()
+                    .cloned()
+                    .map_err(|_| self.err(format!("metadata '{key}' holds a non-string")))
+            })
             .collect()
     }
 
@@ -96,11 +114,19 @@ impl GgufFile {
             self.usize("llama.context_length")?,
             tied,
         );
-        cfg.head_dim = self.usize("llama.attention.key_length").unwrap_or(embd / heads.max(1));
+        cfg.head_dim = self
+            .usize("llama.attention.key_length")
+            .unwrap_or(embd / heads.max(1));
         cfg.norm_eps = self.f64_or("llama.attention.layer_norm_rms_epsilon", 1e-5)?;
         cfg.rope_theta = self.f64_or("llama.rope.freq_base", 10_000.0)?;
-        cfg.bos_token_id = self.usize("tokenizer.ggml.bos_token_id").ok().map(|x| x as u32);
-        cfg.eos_token_id = self.usize("tokenizer.ggml.eos_token_id").ok().map(|x| x as u32);
+        cfg.bos_token_id = self
+            .usize("tokenizer.ggml.bos_token_id")
+            .ok()
+            .map(|x| x as u32);
+        cfg.eos_token_id = self
+            .usize("tokenizer.ggml.eos_token_id")
+            .ok()
+            .map(|x| x as u32);
         cfg.validate().map_err(|e| self.err(e))?;
         Ok(cfg)
     }
@@ -115,7 +141,11 @@ impl GgufFile {
     }
 
     /// All weights under our internal names, as f32.
-    pub fn weights(&mut self, cfg: &ModelConfig, device: &Device) -> Result<BTreeMap<String, Tensor>> {
+    pub fn weights(
+        &mut self,
+        cfg: &ModelConfig,
+        device: &Device,
+    ) -> Result<BTreeMap<String, Tensor>> {
         let path = self.path.clone();
         weights_from_hf(cfg, |hf_name, shape| {
             let (name, permute_heads) = gguf_name(hf_name, cfg)
@@ -163,7 +193,11 @@ impl GgufFile {
                 .collect(),
             None => vec![1; tokens.len()],
         };
-        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
@@ -179,7 +213,10 @@ impl GgufFile {
             .map(|(s, _)| AddedToken::from(s.clone(), true))
             .collect();
         inner.add_special_tokens(&specials);
-        Ok(Tokenizer { inner, chat_template: self.string("tokenizer.chat_template") })
+        Ok(Tokenizer {
+            inner,
+            chat_template: self.string("tokenizer.chat_template"),
+        })
     }
 }
 
@@ -216,11 +253,17 @@ fn gguf_name(hf: &str, cfg: &ModelConfig) -> Option<(String, Option<usize>)> {
 fn unpermute_rope_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     let d = rows / heads;
-    Ok(w.reshape((heads, d / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))?)
+    Ok(w.reshape((heads, d / 2, 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
 }
 
 /// Loads a GGUF file: config, weights (f32) and tokenizer.
-pub fn load_gguf(path: &Path, device: &Device) -> Result<(ModelConfig, BTreeMap<String, Tensor>, Tokenizer)> {
+pub fn load_gguf(
+    path: &Path,
+    device: &Device,
+) -> Result<(ModelConfig, BTreeMap<String, Tensor>, Tokenizer)> {
     let mut f = GgufFile::open(path)?;
     let cfg = f.config()?;
     let weights = f.weights(&cfg, device)?;

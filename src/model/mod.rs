@@ -40,10 +40,17 @@ impl LoadedModel {
             ));
         }
         if path.is_file() {
-            if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+            {
                 let (cfg, weights, tok) = gguf::load_gguf(path, device)?;
                 check_vocab(&cfg, &tok, path)?;
-                return Ok(LoadedModel { cfg, weights, tokenizer: Some(tok) });
+                return Ok(LoadedModel {
+                    cfg,
+                    weights,
+                    tokenizer: Some(tok),
+                });
             }
             return Err(Error::bad_file(
                 path,
