@@ -9,17 +9,17 @@ use crate::tokenizer::{Tokenizer, CHATML_TEMPLATE, END_OF_TEXT, IM_END, IM_START
 use std::io::{BufRead, Write};
 use std::path::Path;
 
-/// A model with its tokenizer and chat template, ready to answer conversations.
-pub struct ChatModel<'a> {
-    pub model: &'a Transformer,
-    pub tok: &'a Tokenizer,
+/// How a model's conversations become prompt ids: its chat template and the tokens that end a reply.
+#[derive(Clone)]
+pub struct ChatFormat {
     template: String,
-    /// Tokens that end a reply.
+    eos: String,
     pub stop_ids: Vec<u32>,
 }
 
-impl<'a> ChatModel<'a> {
-    pub fn new(model: &'a Transformer, tok: &'a Tokenizer) -> Result<Self> {
+impl ChatFormat {
+    /// The tokenizer's template, else ChatML when the vocabulary has its tokens.
+    pub fn new(tok: &Tokenizer, eos_token_id: Option<u32>) -> Result<Self> {
         let template = match &tok.chat_template {
             Some(t) => t.clone(),
             None if tok.token_id(IM_START).is_some() && tok.token_id(IM_END).is_some() => CHATML_TEMPLATE.to_string(),
@@ -35,28 +35,41 @@ impl<'a> ChatModel<'a> {
             .iter()
             .filter_map(|t| tok.token_id(t))
             .collect();
-        if let Some(e) = model.cfg.eos_token_id {
-            stop_ids.push(e);
-        }
+        stop_ids.extend(eos_token_id);
         stop_ids.sort_unstable();
         stop_ids.dedup();
-        Ok(ChatModel {
-            model,
-            tok,
+        let eos = tok
+            .eot_id()
+            .and_then(|i| tok.inner.id_to_token(i))
+            .unwrap_or_default();
+        Ok(ChatFormat {
             template,
+            eos,
             stop_ids,
         })
     }
 
     /// The prompt ids for `messages`, ending where the assistant's reply starts.
+    pub fn prompt_ids(&self, tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>> {
+        tok.encode(&render(&self.template, messages, true, "", &self.eos)?)
+    }
+}
+
+/// A model with its tokenizer and chat format, ready to answer conversations.
+pub struct ChatModel<'a> {
+    pub model: &'a Transformer,
+    pub tok: &'a Tokenizer,
+    pub format: ChatFormat,
+}
+
+impl<'a> ChatModel<'a> {
+    pub fn new(model: &'a Transformer, tok: &'a Tokenizer) -> Result<Self> {
+        let format = ChatFormat::new(tok, model.cfg.eos_token_id)?;
+        Ok(ChatModel { model, tok, format })
+    }
+
     pub fn prompt_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        let eos = self
-            .tok
-            .eot_id()
-            .and_then(|i| self.tok.inner.id_to_token(i))
-            .unwrap_or_default();
-        let text = render(&self.template, messages, true, "", &eos)?;
-        self.tok.encode(&text)
+        self.format.prompt_ids(self.tok, messages)
     }
 
     /// Generates the assistant's reply to `messages`, streaming pieces to `on_text`.
@@ -68,7 +81,7 @@ impl<'a> ChatModel<'a> {
     ) -> Result<crate::infer::Generation> {
         let ids = self.prompt_ids(messages)?;
         let mut opts = opts.clone();
-        opts.stop_ids.extend(&self.stop_ids);
+        opts.stop_ids.extend(&self.format.stop_ids);
         let room = self.model.cfg.context.saturating_sub(ids.len() + 1);
         opts.max_new_tokens = opts.max_new_tokens.min(room);
         generate_text(self.model, self.tok, &ids, &opts, on_text)

@@ -11,6 +11,7 @@ pub mod fsutil;
 pub mod infer;
 pub mod model;
 pub mod progress;
+pub mod serve;
 pub mod speedrun;
 pub mod tokenizer;
 pub mod train;

@@ -42,6 +42,33 @@ enum Command {
     Generate(GenerateArgs),
     /// Talk to a model in the terminal.
     Chat(ChatArgs),
+    /// Serve a model over an OpenAI-compatible API with a web chat page.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Model directory or .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Require 'Authorization: Bearer KEY' on /v1 requests.
+    #[arg(long, env = "CHATFORGE_API_KEY")]
+    api_key: Option<String>,
+    /// The model id clients use (default: the file or directory name).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Requests decoded together at most; more wait their turn.
+    #[arg(long, default_value_t = 64)]
+    max_batch: usize,
+    /// Largest accepted request body in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args, Clone)]
@@ -341,6 +368,19 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Generate(a) => generate_cmd(a),
+        Command::Serve(a) => {
+            let opts = chatforge::serve::ServeOptions {
+                host: a.host,
+                port: a.port,
+                api_key: a.api_key,
+                model_name: a.model_name,
+                max_batch: a.max_batch,
+                body_limit: a.max_body_bytes,
+                device: a.device,
+            };
+            chatforge::serve::serve(&a.model, &opts)?;
+            Ok(())
+        }
         Command::Chat(a) => {
             let device = chatforge::device(&a.sampling.device)?;
             let m = LoadedModel::load(&a.model, &device)?;

@@ -24,6 +24,7 @@ pub const SPECIAL_TOKENS: [&str; 3] = [END_OF_TEXT, IM_START, IM_END];
 /// ChatML, as a Jinja template for `tokenizer_config.json` (what transformers and llama.cpp read).
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
+#[derive(Clone)]
 pub struct Tokenizer {
     pub inner: tokenizers::Tokenizer,
     /// Jinja chat template, when the tokenizer came with one.

@@ -184,3 +184,57 @@ fn sharded_checkpoints_load() {
         assert_eq!(max_abs_diff(w, &back.weights[k]), 0.0, "{k}");
     }
 }
+
+#[test]
+fn batched_decoding_of_sequences_at_different_positions_equals_one_by_one() {
+    for name in ["gpt2-tiny", "llama-tiny"] {
+        let m = LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
+        let model = m.transformer().unwrap();
+        let cfg = &m.cfg;
+        let ids = load_expected(name)["input_ids"]
+            .to_dtype(DType::U32)
+            .unwrap();
+        // Sequence 0 has a 3-token prefix, sequence 1 a 7-token one; both then add one token.
+        let lens = [3usize, 7];
+        let mut caches = Vec::new();
+        let mut singles = Vec::new();
+        for (row, &len) in lens.iter().enumerate() {
+            let mut c = chatforge::model::KvCache::new(
+                cfg.n_layer,
+                1,
+                cfg.n_kv_head,
+                cfg.head_dim,
+                &Device::Cpu,
+            )
+            .unwrap();
+            let prefix = ids.narrow(0, row, 1).unwrap().narrow(1, 0, len).unwrap();
+            model.forward(&prefix, 0, Some(&mut c)).unwrap();
+            caches.push(c);
+            // The reference: the full sequence through the ordinary forward, last position.
+            let full = ids
+                .narrow(0, row, 1)
+                .unwrap()
+                .narrow(1, 0, len + 1)
+                .unwrap();
+            singles.push(model.forward_last(&full, 0, None).unwrap());
+        }
+        let next: Vec<u32> = lens
+            .iter()
+            .enumerate()
+            .map(|(row, &len)| {
+                ids.get(row)
+                    .unwrap()
+                    .get(len)
+                    .unwrap()
+                    .to_scalar::<u32>()
+                    .unwrap()
+            })
+            .collect();
+        let batched = model.forward_step_batch(&next, &mut caches).unwrap();
+        let want = Tensor::cat(&singles, 0).unwrap();
+        let d = max_abs_diff(&batched, &want);
+        assert!(d < 1e-5, "{name}: batched step differs by {d}");
+        assert_eq!(caches[0].len(), 4);
+        assert_eq!(caches[1].len(), 8);
+    }
+}

@@ -139,7 +139,7 @@ def eval_fixture():
     tk.train_from_iterator([train_text], trainer)
     out = os.path.join(FIX, "gpt2-tiny-eval")
     torch.manual_seed(5)
-    cfg = GPT2Config(vocab_size=320, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(vocab_size=320, n_positions=128, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -153,7 +153,7 @@ def eval_fixture():
     alphabet = set(pre_tokenizers.ByteLevel.alphabet())  # each character stands for one byte
     nbytes = [len(tk.id_to_token(i)) if i != 0 else 0 for i in range(tk.get_vocab_size())]
     assert all(ch in alphabet for i in range(1, tk.get_vocab_size()) for ch in tk.id_to_token(i))
-    ctx, nats, count, nb = 32, 0.0, 0, 0
+    ctx, nats, count, nb = 128, 0.0, 0, 0
     for start in range(0, len(ids) - 1, ctx):
         w = torch.tensor([ids[start:start + ctx + 1]])
         with torch.no_grad():

@@ -2,7 +2,7 @@
 //! text layer on top of it (streamed pieces, stop tokens, stop strings).
 
 use super::sampler::{Sampler, SamplingParams};
-use super::stream::TextStream;
+use super::stream::TextOutput;
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Transformer};
 use crate::tokenizer::Tokenizer;
@@ -98,8 +98,8 @@ pub struct Generation {
     pub prompt_tokens: usize,
 }
 
-/// Generates text, calling `on_text` with each piece as soon as it is safe to show: whole UTF-8
-/// characters only, and never the start of what may turn out to be a stop string.
+/// Generates text, calling `on_text` with each piece as soon as it is safe to show (see
+/// [`TextOutput`]).
 pub fn generate_text(
     model: &Transformer,
     tok: &Tokenizer,
@@ -108,9 +108,7 @@ pub fn generate_text(
     mut on_text: impl FnMut(&str) -> Result<()>,
 ) -> Result<Generation> {
     let mut sampler = Sampler::new(opts.sampling.clone());
-    let mut stream = TextStream::new(tok);
-    let mut text = String::new();
-    let mut shown = 0; // bytes of `text` passed to on_text
+    let mut out = TextOutput::new(tok, opts.stop_strings.clone());
     let mut finish = FinishReason::Length;
     let mut ids = Vec::new();
     decode_loop(model, prompt, opts.max_new_tokens, &mut sampler, |id| {
@@ -119,72 +117,28 @@ pub fn generate_text(
             return Ok(false);
         }
         ids.push(id);
-        text.push_str(&stream.push(id)?);
-        if let Some(cut) = find_stop(&text, &opts.stop_strings) {
-            text.truncate(cut);
+        let (piece, stopped) = out.push(id)?;
+        if !piece.is_empty() {
+            on_text(&piece)?;
+        }
+        if stopped {
             finish = FinishReason::Stop;
-            return Ok(false);
         }
-        let safe = text.len() - held_back(&text, &opts.stop_strings);
-        if safe > shown {
-            on_text(&text[shown..safe])?;
-            shown = safe;
-        }
-        Ok(true)
+        Ok(!stopped)
     })?;
     if finish == FinishReason::Length {
-        text.push_str(&stream.finish()?);
-        if let Some(cut) = find_stop(&text, &opts.stop_strings) {
-            text.truncate(cut);
+        let (piece, stopped) = out.finish()?;
+        if !piece.is_empty() {
+            on_text(&piece)?;
+        }
+        if stopped {
             finish = FinishReason::Stop;
         }
     }
-    if text.len() > shown {
-        on_text(&text[shown..])?;
-    }
     Ok(Generation {
-        text,
+        text: out.text,
         ids,
         finish_reason: finish,
         prompt_tokens: prompt.len(),
     })
-}
-
-/// Byte offset of the first stop string in `text`.
-fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
-    stops
-        .iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| text.find(s.as_str()))
-        .min()
-}
-
-/// Length of the longest end of `text` that is the beginning of a stop string (held back until
-/// the next tokens show whether the stop string completes).
-fn held_back(text: &str, stops: &[String]) -> usize {
-    let mut best = 0;
-    for s in stops {
-        for (i, _) in s.char_indices().skip(1) {
-            if text.ends_with(&s[..i]) {
-                best = best.max(i);
-            }
-        }
-    }
-    best
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_strings_are_found_and_held_back() {
-        let stops = vec!["\nUser:".to_string(), "###".to_string()];
-        assert_eq!(find_stop("hello\nUser: hi", &stops), Some(5));
-        assert_eq!(find_stop("a ### b", &stops), Some(2));
-        assert_eq!(find_stop("nothing here", &stops), None);
-        assert_eq!(held_back("answer\nUs", &stops), 3);
-        assert_eq!(held_back("answer #", &stops), 1);
-        assert_eq!(held_back("answer", &stops), 0);
-    }
 }

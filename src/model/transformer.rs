@@ -148,22 +148,18 @@ impl CausalSelfAttention {
             None => (q, kk),
         };
         let (kk, v) = match cache {
-            Some(c) => {
-                let kk = if c.0.dim(2)? == 0 {
-                    kk
-                } else {
-                    Tensor::cat(&[&c.0, &kk], 2)?
-                };
-                let v = if c.1.dim(2)? == 0 {
-                    v
-                } else {
-                    Tensor::cat(&[&c.1, &v], 2)?
-                };
-                *c = (kk.clone(), v.clone());
-                (kk, v)
-            }
+            Some(c) => append_kv(c, kk, v)?,
             None => (kk, v),
         };
+        let y = self.attend(&q, &kk, &v)?;
+        linear(&y, &self.proj_w, self.proj_b.as_ref())
+    }
+
+    /// Causal attention of T new queries over S keys (the last T of them are the new tokens).
+    /// q: (B, H, T, D), k, v: (B, K, S, D) -> (B, T, H * D).
+    fn attend(&self, q: &Tensor, kk: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (b, h, t, d) = q.dims4()?;
+        let k = self.n_kv_head;
         // Grouped-query attention without copying keys: the H/K query heads that share a key head
         // are stacked along time. q: (B, K, H/K * T, D), kk^T: (B, K, D, S) -> (B, K, H/K * T, S).
         let rep = h / k;
@@ -171,10 +167,53 @@ impl CausalSelfAttention {
         let att = q.matmul(&kk.t()?)?;
         let att = super::ops::causal_softmax(&att, t)?;
         // (B, K, H/K * T, S) @ (B, K, S, D) -> (B, H, T, D) -> (B, T, H * D)
-        let y = att.matmul(&v)?.reshape((b, h, t, d))?;
-        let y = y.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))?;
-        linear(&y, &self.proj_w, self.proj_b.as_ref())
+        let y = att.matmul(v)?.reshape((b, h, t, d))?;
+        Ok(y.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))?)
     }
+
+    /// One new token for each of B independent sequences, each at its own position with its own
+    /// cache: the projections run batched, attention per sequence. x: (B, 1, C) -> (B, 1, C).
+    fn forward_ragged(
+        &self,
+        x: &Tensor,
+        rope: Option<&Rope>,
+        positions: &[usize],
+        caches: &mut [&mut (Tensor, Tensor)],
+    ) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        let qkv = linear(x, &self.qkv_w, self.qkv_b.as_ref())?.reshape((b, 1, h + 2 * k, d))?;
+        let mut rows = Vec::with_capacity(b);
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let row = qkv.narrow(0, i, 1)?;
+            let q = row.narrow(2, 0, h)?.transpose(1, 2)?.contiguous()?;
+            let kk = row.narrow(2, h, k)?.transpose(1, 2)?.contiguous()?;
+            let v = row.narrow(2, h + k, k)?.transpose(1, 2)?.contiguous()?;
+            let (q, kk) = match rope {
+                Some(r) => (r.apply(&q, positions[i])?, r.apply(&kk, positions[i])?),
+                None => (q, kk),
+            };
+            let (kk, v) = append_kv(cache, kk, v)?;
+            rows.push(self.attend(&q, &kk, &v)?);
+        }
+        linear(&Tensor::cat(&rows, 0)?, &self.proj_w, self.proj_b.as_ref())
+    }
+}
+
+/// Appends new keys/values (B, K, T, D) to a layer's cache and returns the whole of it.
+fn append_kv(c: &mut (Tensor, Tensor), kk: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+    let kk = if c.0.dim(2)? == 0 {
+        kk
+    } else {
+        Tensor::cat(&[&c.0, &kk], 2)?
+    };
+    let v = if c.1.dim(2)? == 0 {
+        v
+    } else {
+        Tensor::cat(&[&c.1, &v], 2)?
+    };
+    *c = (kk.clone(), v.clone());
+    Ok((kk, v))
 }
 
 pub struct Mlp {
@@ -222,6 +261,20 @@ pub struct Block {
 }
 
 impl Block {
+    fn forward_ragged(
+        &self,
+        x: &Tensor,
+        rope: Option<&Rope>,
+        positions: &[usize],
+        caches: &mut [&mut (Tensor, Tensor)],
+    ) -> Result<Tensor> {
+        let a = self
+            .attn
+            .forward_ragged(&self.ln_1.forward(x)?, rope, positions, caches)?;
+        let x = (x + a)?;
+        Ok((&x + self.mlp.forward(&self.ln_2.forward(&x)?)?)?)
+    }
+
     fn forward(
         &self,
         x: &Tensor,
@@ -339,6 +392,37 @@ impl Transformer {
         let t = h.dim(1)?;
         let last = h.narrow(1, t - 1, 1)?;
         Ok(linear(&last, &self.lm_head, None)?.squeeze(1)?)
+    }
+
+    /// Next-token logits for B independent sequences that each add one token at the end of their
+    /// own cache (continuous batching in a server). tokens: B ids -> (B, V).
+    pub fn forward_step_batch(&self, tokens: &[u32], caches: &mut [KvCache]) -> Result<Tensor> {
+        let b = tokens.len();
+        let positions: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+        if let Some(&p) = positions.iter().find(|&&p| p >= self.cfg.context) {
+            return Err(crate::error::Error::Mismatch(format!(
+                "position {p} is past the model's context of {}",
+                self.cfg.context
+            )));
+        }
+        let dev = self.device();
+        let ids = Tensor::from_slice(tokens, b, dev)?;
+        let mut x = self.wte.index_select(&ids, 0)?.reshape((b, 1, ()))?;
+        if let Some(wpe) = &self.wpe {
+            let pos: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+            let pe = wpe.index_select(&Tensor::from_vec(pos, b, dev)?, 0)?;
+            x = x.broadcast_add(&pe.reshape((b, 1, ()))?)?;
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let mut layer: Vec<&mut (Tensor, Tensor)> =
+                caches.iter_mut().map(|c| c.layer_mut(i)).collect();
+            x = block.forward_ragged(&x, self.rope.as_ref(), &positions, &mut layer)?;
+        }
+        for c in caches.iter_mut() {
+            c.advance(1);
+        }
+        let h = self.ln_f.forward(&x)?;
+        Ok(linear(&h, &self.lm_head, None)?.squeeze(1)?)
     }
 
     pub fn dtype(&self) -> DType {

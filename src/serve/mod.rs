@@ -1,0 +1,84 @@
+//! `chatforge serve`: an OpenAI-compatible HTTP API and a web chat page over one model.
+
+pub mod api;
+pub mod engine;
+pub mod routes;
+
+use crate::chat::ChatFormat;
+use crate::error::{Error, Result};
+use crate::model::LoadedModel;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub host: String,
+    pub port: u16,
+    pub api_key: Option<String>,
+    /// The id clients pass as `model` (default: the file or directory name).
+    pub model_name: Option<String>,
+    /// Requests decoded together at most.
+    pub max_batch: usize,
+    pub body_limit: usize,
+    pub device: String,
+}
+
+/// Builds the router over a loaded model and starts its engine.
+pub fn app(m: LoadedModel, model_path: &Path, opts: &ServeOptions) -> Result<Router> {
+    let device_model = m.transformer()?;
+    let tok = Arc::new(m.tokenizer(model_path)?.clone());
+    let format = ChatFormat::new(&tok, m.cfg.eos_token_id).ok();
+    let model_id = opts.model_name.clone().unwrap_or_else(|| {
+        let name = model_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        name.strip_suffix(".gguf").map(String::from).unwrap_or(name)
+    });
+    let state = Arc::new(routes::AppState {
+        engine: engine::Engine::start(device_model, tok.clone(), opts.max_batch),
+        tok,
+        format,
+        model_id,
+        context: m.cfg.context,
+        api_key: opts.api_key.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        body_limit: opts.body_limit,
+    });
+    Ok(Router::new()
+        .route("/", get(routes::index))
+        .route("/health", get(routes::health))
+        .route("/v1/models", get(routes::models))
+        .route("/v1/completions", post(routes::completions))
+        .route("/v1/chat/completions", post(routes::chat_completions))
+        .layer(DefaultBodyLimit::max(opts.body_limit))
+        .with_state(state))
+}
+
+/// Loads the model and serves until the process is stopped.
+pub fn serve(model_path: &Path, opts: &ServeOptions) -> Result<()> {
+    let device = crate::device(&opts.device)?;
+    let m = LoadedModel::load(model_path, &device)?;
+    let router = app(m, model_path, opts)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
+    rt.block_on(async {
+        let addr = format!("{}:{}", opts.host, opts.port);
+        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| Error::io(addr.as_str(), e))?;
+        let local = listener.local_addr().map_err(|e| Error::io(addr.as_str(), e))?;
+        eprintln!("serving {} on http://{local} (web chat at /, OpenAI API at /v1)", model_path.display());
+        if opts.api_key.is_none() && opts.host != "127.0.0.1" && opts.host != "localhost" {
+            eprintln!("warning: listening on {} without --api-key: anyone who can reach it can use the model", opts.host);
+        }
+        axum::serve(listener, router).await.map_err(|e| Error::io(addr.as_str(), e))
+    })
+}

@@ -1,0 +1,513 @@
+//! HTTP handlers: `/v1/models`, `/v1/completions`, `/v1/chat/completions` (JSON or server-sent
+//! events), `/health`, and the web chat page at `/`.
+
+use super::api::*;
+use super::engine::{Engine, GenEvent, GenRequest, TokenLogprob};
+use crate::chat::ChatFormat;
+use crate::chat_template::Message;
+use crate::infer::{FinishReason, GenerateOptions, SamplingParams};
+use crate::tokenizer::Tokenizer;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+pub struct AppState {
+    pub engine: Engine,
+    pub tok: Arc<Tokenizer>,
+    pub format: Option<ChatFormat>,
+    pub model_id: String,
+    pub context: usize,
+    pub api_key: Option<String>,
+    pub created: u64,
+    pub body_limit: usize,
+}
+
+type Shared = State<Arc<AppState>>;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn new_id(prefix: &str) -> String {
+    format!(
+        "{prefix}-{:x}{:06x}",
+        std::process::id(),
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub async fn index() -> Html<&'static str> {
+    Html(include_str!("chat.html"))
+}
+
+pub async fn health(State(s): Shared) -> Json<Value> {
+    Json(json!({"status": "ok", "model": s.model_id}))
+}
+
+fn check_auth(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &s.api_key else { return Ok(()) };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(key.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "Incorrect API key provided. Pass it as 'Authorization: Bearer KEY'.".into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_api_key"),
+        })
+    }
+}
+
+pub async fn models(State(s): Shared, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    check_auth(&s, &headers)?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": [{"id": s.model_id, "object": "model", "created": s.created, "owned_by": "chatforge"}],
+    })))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    s: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::bad_request(
+                format!("the request body is larger than {} bytes", s.body_limit),
+                None,
+            )
+            .status(StatusCode::PAYLOAD_TOO_LARGE)
+        } else {
+            ApiError::bad_request(format!("could not read the request body: {e}"), None)
+        }
+    })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}"), None))
+}
+
+fn check_model(s: &AppState, model: &Option<String>) -> Result<(), ApiError> {
+    match model {
+        Some(m) if m != &s.model_id => Err(ApiError::bad_request(
+            format!(
+                "The model '{m}' does not exist; this server serves '{}'",
+                s.model_id
+            ),
+            Some("model"),
+        )
+        .status(StatusCode::NOT_FOUND)
+        .with_code("model_not_found")),
+        _ => Ok(()),
+    }
+}
+
+struct Knobs {
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<usize>,
+    min_p: Option<f64>,
+    repetition_penalty: Option<f64>,
+    seed: Option<u64>,
+    n: Option<usize>,
+}
+
+fn sampling(k: Knobs) -> Result<SamplingParams, ApiError> {
+    let temperature = k.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::bad_request(
+            "temperature must be between 0 and 2",
+            Some("temperature"),
+        ));
+    }
+    let top_p = k.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::bad_request(
+            "top_p must be in (0, 1]",
+            Some("top_p"),
+        ));
+    }
+    if k.n.unwrap_or(1) != 1 {
+        return Err(ApiError::bad_request("only n = 1 is supported", Some("n")));
+    }
+    let seed = k
+        .seed
+        .unwrap_or_else(|| NEXT_ID.fetch_add(1, Ordering::Relaxed) ^ now());
+    Ok(SamplingParams {
+        temperature,
+        top_p,
+        top_k: k.top_k.unwrap_or(0),
+        min_p: k.min_p.unwrap_or(0.0),
+        repetition_penalty: k.repetition_penalty.unwrap_or(1.0),
+        seed,
+    })
+}
+
+/// Checks the budget against the context and hands the request to the engine.
+fn submit(
+    s: &AppState,
+    prompt: Vec<u32>,
+    max_tokens: Option<usize>,
+    default_max: usize,
+    mut opts: GenerateOptions,
+    logprobs: Option<usize>,
+) -> Result<(UnboundedReceiver<GenEvent>, usize), ApiError> {
+    if prompt.is_empty() {
+        return Err(ApiError::bad_request("the prompt is empty", Some("prompt")));
+    }
+    let room = s.context.saturating_sub(prompt.len());
+    let max = max_tokens.unwrap_or(default_max.min(room));
+    if prompt.len() + max > s.context || max == 0 {
+        return Err(ApiError::bad_request(
+            format!(
+                "This model's maximum context length is {} tokens; the prompt has {} and max_tokens asks for {max} more",
+                s.context,
+                prompt.len()
+            ),
+            Some("max_tokens"),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    opts.max_new_tokens = max;
+    let (tx, rx) = unbounded_channel();
+    let n = prompt.len();
+    s.engine
+        .submit(GenRequest {
+            prompt_ids: prompt,
+            opts,
+            logprobs,
+            events: tx,
+        })
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((rx, n))
+}
+
+/// Everything a request generated, for the non-streaming responses.
+struct Collected {
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+    finish: FinishReason,
+    usage: Usage,
+}
+
+async fn collect(mut rx: UnboundedReceiver<GenEvent>) -> Result<Collected, ApiError> {
+    let (mut text, mut logprobs) = (String::new(), Vec::new());
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            GenEvent::Text {
+                text: t,
+                logprobs: l,
+            } => {
+                text.push_str(&t);
+                logprobs.extend(l);
+            }
+            GenEvent::Done {
+                finish_reason,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                return Ok(Collected {
+                    text,
+                    logprobs,
+                    finish: finish_reason,
+                    usage: Usage::new(prompt_tokens, completion_tokens),
+                })
+            }
+            GenEvent::Error(e) => return Err(ApiError::internal(e)),
+        }
+    }
+    Err(ApiError::internal("the generation ended without a result"))
+}
+
+fn chat_logprobs(l: &[TokenLogprob]) -> Value {
+    let entry = |t: &str, lp: f32| json!({"token": t, "logprob": lp, "bytes": t.as_bytes()});
+    json!({"content": l.iter().map(|x| {
+        let mut e = entry(&x.token, x.logprob);
+        e["top_logprobs"] = x.top.iter().map(|(t, lp)| entry(t, *lp)).collect();
+        e
+    }).collect::<Vec<_>>()})
+}
+
+fn completion_logprobs(l: &[TokenLogprob], offset: usize) -> Value {
+    let mut pos = offset;
+    let offsets: Vec<usize> = l
+        .iter()
+        .map(|x| {
+            let p = pos;
+            pos += x.token.len();
+            p
+        })
+        .collect();
+    json!({
+        "tokens": l.iter().map(|x| &x.token).collect::<Vec<_>>(),
+        "token_logprobs": l.iter().map(|x| x.logprob).collect::<Vec<_>>(),
+        "top_logprobs": l.iter().map(|x| x.top.iter().map(|(t, lp)| (t.clone(), json!(lp))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+        "text_offset": offsets,
+    })
+}
+
+/// Server-sent events from a task that turns engine events into JSON chunks, ending with [DONE].
+fn sse(
+    mut rx: UnboundedReceiver<GenEvent>,
+    mut chunk: impl FnMut(GenEvent) -> Vec<Value> + Send + 'static,
+) -> Response {
+    let (tx, out) = unbounded_channel::<Result<Event, Infallible>>();
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            let last = matches!(ev, GenEvent::Done { .. } | GenEvent::Error(_));
+            for v in chunk(ev) {
+                if tx.send(Ok(Event::default().data(v.to_string()))).is_err() {
+                    return; // client gone: dropping rx tells the engine to stop
+                }
+            }
+            if last {
+                break;
+            }
+        }
+        let _ = tx.send(Ok(Event::default().data("[DONE]")));
+    });
+    Sse::new(UnboundedReceiverStream::new(out))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn error_chunk(e: String) -> Value {
+    json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}})
+}
+
+pub async fn chat_completions(
+    State(s): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    check_auth(&s, &headers)?;
+    let req: ChatRequest = parse(&s, body)?;
+    check_model(&s, &req.model)?;
+    let format = s.format.as_ref().ok_or_else(|| {
+        ApiError::bad_request(
+            "this model has no chat template; use /v1/completions",
+            Some("messages"),
+        )
+    })?;
+    if req.messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "messages must not be empty",
+            Some("messages"),
+        ));
+    }
+    let mut messages = Vec::new();
+    for m in &req.messages {
+        let content = match &m.content {
+            Value::String(t) => t.clone(),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(""),
+            Value::Null => String::new(),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "message content must be a string or a list of parts",
+                    Some("messages"),
+                ))
+            }
+        };
+        messages.push(Message::new(&m.role, &content));
+    }
+    let prompt = format
+        .prompt_ids(&s.tok, &messages)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+    let sampling = sampling(Knobs {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        min_p: req.min_p,
+        repetition_penalty: req.repetition_penalty,
+        seed: req.seed,
+        n: req.n,
+    })?;
+    let top = req.top_logprobs.unwrap_or(0);
+    if top > 20 {
+        return Err(ApiError::bad_request(
+            "top_logprobs must be at most 20",
+            Some("top_logprobs"),
+        ));
+    }
+    let opts = GenerateOptions {
+        max_new_tokens: 0,
+        sampling,
+        stop_ids: format.stop_ids.clone(),
+        stop_strings: req.stop.map(StringOrList::into_vec).unwrap_or_default(),
+    };
+    let max = req.max_completion_tokens.or(req.max_tokens);
+    let (rx, _) = submit(
+        &s,
+        prompt,
+        max,
+        usize::MAX,
+        opts,
+        req.logprobs.then_some(top),
+    )?;
+    let (id, created, model) = (new_id("chatcmpl"), now(), s.model_id.clone());
+    if !req.stream {
+        let c = collect(rx).await?;
+        let logprobs = if req.logprobs {
+            chat_logprobs(&c.logprobs)
+        } else {
+            Value::Null
+        };
+        return Ok(Json(json!({
+            "id": id, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
+                         "logprobs": logprobs, "finish_reason": c.finish}],
+            "usage": c.usage,
+        }))
+        .into_response());
+    }
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let want_logprobs = req.logprobs;
+    let mut first = true;
+    Ok(sse(rx, move |ev| {
+        let base = |choices: Value| json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices});
+        let mut out = Vec::new();
+        if first {
+            first = false;
+            out.push(base(json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}])));
+        }
+        match ev {
+            GenEvent::Text { text, logprobs } => {
+                let lp = if want_logprobs {
+                    chat_logprobs(&logprobs)
+                } else {
+                    Value::Null
+                };
+                out.push(base(json!([{"index": 0, "delta": {"content": text}, "logprobs": lp, "finish_reason": null}])));
+            }
+            GenEvent::Done {
+                finish_reason,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                out.push(base(json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish_reason}])));
+                if include_usage {
+                    let mut u = base(json!([]));
+                    u["usage"] = json!(Usage::new(prompt_tokens, completion_tokens));
+                    out.push(u);
+                }
+            }
+            GenEvent::Error(e) => out.push(error_chunk(e)),
+        }
+        out
+    }))
+}
+
+pub async fn completions(
+    State(s): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    check_auth(&s, &headers)?;
+    let req: CompletionRequest = parse(&s, body)?;
+    check_model(&s, &req.model)?;
+    let prompts = req.prompt.into_vec();
+    if prompts.len() != 1 {
+        return Err(ApiError::bad_request(
+            "send exactly one prompt per request",
+            Some("prompt"),
+        ));
+    }
+    let prompt = s
+        .tok
+        .encode(&prompts[0])
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?;
+    let sampling = sampling(Knobs {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        min_p: req.min_p,
+        repetition_penalty: req.repetition_penalty,
+        seed: req.seed,
+        n: req.n,
+    })?;
+    if req.logprobs.is_some_and(|n| n > 5) {
+        return Err(ApiError::bad_request(
+            "logprobs must be at most 5",
+            Some("logprobs"),
+        ));
+    }
+    let opts = GenerateOptions {
+        max_new_tokens: 0,
+        sampling,
+        stop_ids: s.tok.eot_id().into_iter().collect(),
+        stop_strings: req.stop.map(StringOrList::into_vec).unwrap_or_default(),
+    };
+    let (rx, _) = submit(&s, prompt, req.max_tokens, 16, opts, req.logprobs)?;
+    let (id, created, model) = (new_id("cmpl"), now(), s.model_id.clone());
+    if !req.stream {
+        let c = collect(rx).await?;
+        let logprobs = if req.logprobs.is_some() {
+            completion_logprobs(&c.logprobs, 0)
+        } else {
+            Value::Null
+        };
+        return Ok(Json(json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": c.text, "logprobs": logprobs, "finish_reason": c.finish}],
+            "usage": c.usage,
+        }))
+        .into_response());
+    }
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let want_logprobs = req.logprobs.is_some();
+    let mut offset = 0;
+    Ok(sse(rx, move |ev| {
+        let base = |choices: Value| json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices});
+        match ev {
+            GenEvent::Text { text, logprobs } => {
+                let lp = if want_logprobs {
+                    completion_logprobs(&logprobs, offset)
+                } else {
+                    Value::Null
+                };
+                offset += text.len();
+                vec![base(
+                    json!([{"index": 0, "text": text, "logprobs": lp, "finish_reason": null}]),
+                )]
+            }
+            GenEvent::Done {
+                finish_reason,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                let mut v = vec![base(
+                    json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": finish_reason}]),
+                )];
+                if include_usage {
+                    let mut u = base(json!([]));
+                    u["usage"] = json!(Usage::new(prompt_tokens, completion_tokens));
+                    v.push(u);
+                }
+                v
+            }
+            GenEvent::Error(e) => vec![error_chunk(e)],
+        }
+    }))
+}
