@@ -136,7 +136,7 @@ pub fn speedrun(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
     eprintln!(
-        "[1/3] tokenizer: byte-level BPE, {SPEEDRUN_VOCAB} tokens, on {}",
+        "[1/3] tokenizer: byte-level BPE, {vocab_size} tokens, on {}",
         corpus.display()
     );
     let t0 = Instant::now();

@@ -26,6 +26,8 @@ fn speedrun_runs_the_pipeline_and_writes_a_report() {
         "--set",
         "model.n_embd=64",
         "--set",
+        "model.n_head=4",
+        "--set",
         "train.context=64",
         "--set",
         "eval.every=15",
