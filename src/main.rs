@@ -454,7 +454,9 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     };
     let mut opts = a.sampling.options();
     let t0 = std::time::Instant::now();
+    let mut first: Option<f64> = None;
     let mut print = |piece: &str| -> chatforge::Result<()> {
+        first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
         let mut out = std::io::stdout().lock();
         out.write_all(piece.as_bytes())
             .and_then(|_| out.flush())
@@ -478,12 +480,13 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     };
     println!();
     let secs = t0.elapsed().as_secs_f64();
+    let ttft = first.unwrap_or(secs);
     eprintln!(
-        "[{} prompt + {} new tokens in {:.2}s, {:.1} tok/s, finish: {:?}]",
+        "[{} prompt tokens, first token after {:.2}s | {} new tokens, {:.1} tok/s decoding | finish: {:?}]",
         g.prompt_tokens,
+        ttft,
         g.ids.len(),
-        secs,
-        g.ids.len() as f64 / secs,
+        g.ids.len().saturating_sub(1) as f64 / (secs - ttft).max(1e-9),
         g.finish_reason
     );
     Ok(())

@@ -79,3 +79,31 @@ fn gelu_matches_candle_gelu() {
     assert_close("gelu value", &y1, &y2, 1e-5);
     assert_close("gelu grad", &g1, &g2, 1e-5);
 }
+
+#[test]
+fn small_matmul_matches_gemm() {
+    for (m, k, n) in [(1, 576, 1536), (3, 100, 77), (16, 64, 1000)] {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let fast = ops::small_matmul_t(&x, &w)
+            .unwrap()
+            .expect("the fast path applies");
+        let gemm = x.matmul(&w.t().unwrap()).unwrap();
+        assert_close("small_matmul_t", &fast, &gemm, 1e-3);
+    }
+    // Not for many rows, nor when a gradient is tracked.
+    let w = Tensor::randn(0f32, 1.0, (8, 8), &Device::Cpu).unwrap();
+    assert!(ops::small_matmul_t(
+        &Tensor::zeros((64, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        &w
+    )
+    .unwrap()
+    .is_none());
+    let v = Var::from_tensor(&w).unwrap();
+    assert!(ops::small_matmul_t(
+        &Tensor::zeros((1, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        v.as_tensor()
+    )
+    .unwrap()
+    .is_none());
+}

@@ -215,6 +215,18 @@ def check_chatforge(binary):
             diff = (logits - exp["logits"]).abs().max().item()
             print(f"transformers loaded chatforge's {name}: max |logit diff| {diff:.2e}")
             assert diff < 1e-5, diff
+    # A GGUF converted by chatforge loads in transformers and computes what transformers computes
+    # from the GGUF itself (both dequantised).
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "smollm2")
+        subprocess.run([binary, "convert", "--input", os.path.join(DATA, SMOLLM2), "--output", out], check=True)
+        ours = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        ref = AutoModelForCausalLM.from_pretrained(DATA, gguf_file=SMOLLM2, dtype=torch.float32).eval()
+        ids = torch.tensor([json.load(open(os.path.join(FIX, "smollm2_greedy.json")))[0]["prompt_ids"]])
+        with torch.no_grad():
+            diff = (ours(input_ids=ids).logits - ref(input_ids=ids).logits).abs().max().item()
+        print(f"transformers loaded chatforge's conversion of {SMOLLM2}: max |logit diff| {diff:.2e}")
+        assert diff < 1e-3, diff
 
 
 def main():

@@ -308,3 +308,101 @@ pub mod reference {
         candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)
     }
 }
+
+/// y = x @ w^T for a handful of rows of x (decoding): every output is a dot product of a
+/// contiguous weight row with x, split over the cores. GEMM kernels are built for large M and run
+/// this shape on one core. Inference only (no backward): `linear` uses it when no gradient is tracked.
+struct MatVec;
+
+/// Sum of a[i] * b[i] with 32 independent accumulators (four 8-wide vectors, enough to hide the
+/// FMA latency) so that the compiler vectorises it.
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 32];
+    let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..32 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_body(a, b)
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_body(a, b)
+}
+
+impl CustomOp2 for MatVec {
+    fn name(&self) -> &'static str {
+        "matvec"
+    }
+
+    /// x: (M, K), w: (N, K) -> (M, N).
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("matvec: x has {k} columns but w has {k2}")
+        }
+        let x = f32_slice(s1, l1, self.name())?;
+        let w = f32_slice(s2, l2, self.name())?;
+        let mut out = vec![0f32; m * n];
+        // Parallel over output columns (weight rows), so each weight row is read once for all M rows.
+        let chunk = n.div_ceil(rayon::current_num_threads() * 8).max(64);
+        let cols: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(chunk))
+            .into_par_iter()
+            .map(|c| {
+                let (lo, hi) = (c * chunk, ((c + 1) * chunk).min(n));
+                let mut part = vec![0f32; m * (hi - lo)];
+                for j in lo..hi {
+                    let wr = &w[j * k..(j + 1) * k];
+                    for r in 0..m {
+                        part[r * (hi - lo) + j - lo] = dot(&x[r * k..(r + 1) * k], wr);
+                    }
+                }
+                (lo, part)
+            })
+            .collect();
+        for (lo, part) in cols {
+            let width = part.len() / m;
+            for r in 0..m {
+                out[r * n + lo..r * n + lo + width]
+                    .copy_from_slice(&part[r * width..(r + 1) * width]);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+/// x @ w^T for x: (M, K), w: (N, K) when M is small and nothing needs a gradient; `None` when the
+/// fast path does not apply.
+pub fn small_matmul_t(x: &Tensor, w: &Tensor) -> CResult<Option<Tensor>> {
+    let m = x.dim(0)?;
+    if m > 16 || !fused_ok(x) || !fused_ok(w) || !w.is_contiguous() || w.track_op() || x.track_op()
+    {
+        return Ok(None);
+    }
+    Ok(Some(x.contiguous()?.apply_op2_no_bwd(w, &MatVec)?))
+}

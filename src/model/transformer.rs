@@ -15,7 +15,11 @@ use std::collections::BTreeMap;
 /// y = x @ w^T (+ b). x: (B, T, in), w: (out, in) -> (B, T, out).
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (bsz, t, cin) = x.dims3()?;
-    let y = x.reshape((bsz * t, cin))?.matmul(&w.t()?)?;
+    let x2 = x.reshape((bsz * t, cin))?;
+    let y = match super::ops::small_matmul_t(&x2, w)? {
+        Some(y) => y, // decoding a few tokens: a parallel matrix-vector product
+        None => x2.matmul(&w.t()?)?,
+    };
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,
