@@ -75,3 +75,19 @@ pub fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text = read_to_string(path)?;
     serde_json::from_str(&text).map_err(|e| Error::bad_file(path, format!("malformed JSON: {e}")))
 }
+
+/// Refuses an output directory that already holds something, so that nothing is overwritten.
+pub fn ensure_new_or_empty(dir: &Path, what: &str) -> Result<()> {
+    if dir.exists()
+        && std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::bad_file(
+            dir,
+            format!("{what} exists and is not empty; choose a new --out (nothing was overwritten)"),
+        ));
+    }
+    Ok(())
+}

@@ -114,17 +114,7 @@ pub fn speedrun(
     vocab_size: usize,
     overrides: &[String],
 ) -> Result<PathBuf> {
-    if out.exists()
-        && std::fs::read_dir(out)
-            .map_err(|e| Error::io(out, e))?
-            .next()
-            .is_some()
-    {
-        return Err(Error::bad_file(
-            out,
-            "exists and is not empty; choose a new --out (nothing was overwritten)",
-        ));
-    }
+    crate::fsutil::ensure_new_or_empty(out, "the run directory")?;
     let t_all = Instant::now();
     let corpus = match corpus {
         Some(c) => c.to_path_buf(),

@@ -104,17 +104,7 @@ pub fn prepare(
             opts.val_fraction
         )));
     }
-    if out.exists()
-        && std::fs::read_dir(out)
-            .map_err(|e| Error::io(out, e))?
-            .next()
-            .is_some()
-    {
-        return Err(Error::bad_file(
-            out,
-            "output folder exists and is not empty; choose a new --out (nothing was overwritten)",
-        ));
-    }
+    crate::fsutil::ensure_new_or_empty(out, "output folder")?;
     let eot = tok.eot_id().ok_or_else(|| {
         Error::Tokenizer("the tokenizer has no <|endoftext|> token to separate documents".into())
     })?;

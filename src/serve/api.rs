@@ -29,26 +29,33 @@ pub struct ChatMessageIn {
     pub content: Value,
 }
 
+/// The sampling and streaming fields both endpoints share.
 #[derive(Debug, Deserialize)]
-pub struct ChatRequest {
-    pub model: Option<String>,
-    pub messages: Vec<ChatMessageIn>,
-    pub max_tokens: Option<usize>,
-    pub max_completion_tokens: Option<usize>,
+pub struct SamplingFields {
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub top_k: Option<usize>,
     pub min_p: Option<f64>,
     pub repetition_penalty: Option<f64>,
     pub seed: Option<u64>,
+    pub n: Option<usize>,
     pub stop: Option<StringOrList>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessageIn>,
+    pub max_tokens: Option<usize>,
+    pub max_completion_tokens: Option<usize>,
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<usize>,
-    pub n: Option<usize>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,19 +69,10 @@ pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: StringOrList,
     pub max_tokens: Option<usize>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub top_k: Option<usize>,
-    pub min_p: Option<f64>,
-    pub repetition_penalty: Option<f64>,
-    pub seed: Option<u64>,
-    pub stop: Option<StringOrList>,
-    #[serde(default)]
-    pub stream: bool,
-    pub stream_options: Option<StreamOptions>,
     /// Number of most likely alternatives to report per token (0 = only the chosen token's).
     pub logprobs: Option<usize>,
-    pub n: Option<usize>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
 }
 
 #[derive(Debug, Serialize)]

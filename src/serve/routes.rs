@@ -120,17 +120,7 @@ fn check_model(s: &AppState, model: &Option<String>) -> Result<(), ApiError> {
     }
 }
 
-struct Knobs {
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    top_k: Option<usize>,
-    min_p: Option<f64>,
-    repetition_penalty: Option<f64>,
-    seed: Option<u64>,
-    n: Option<usize>,
-}
-
-fn sampling(k: Knobs) -> Result<SamplingParams, ApiError> {
+fn sampling(k: &SamplingFields) -> Result<SamplingParams, ApiError> {
     let temperature = k.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::bad_request(
@@ -335,15 +325,7 @@ pub async fn chat_completions(
     let prompt = format
         .prompt_ids(&s.tok, &messages)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
-    let sampling = sampling(Knobs {
-        temperature: req.temperature,
-        top_p: req.top_p,
-        top_k: req.top_k,
-        min_p: req.min_p,
-        repetition_penalty: req.repetition_penalty,
-        seed: req.seed,
-        n: req.n,
-    })?;
+    let sampling = sampling(&req.sampling)?;
     let top = req.top_logprobs.unwrap_or(0);
     if top > 20 {
         return Err(ApiError::bad_request(
@@ -355,7 +337,12 @@ pub async fn chat_completions(
         max_new_tokens: 0,
         sampling,
         stop_ids: format.stop_ids.clone(),
-        stop_strings: req.stop.map(StringOrList::into_vec).unwrap_or_default(),
+        stop_strings: req
+            .sampling
+            .stop
+            .clone()
+            .map(StringOrList::into_vec)
+            .unwrap_or_default(),
     };
     let max = req.max_completion_tokens.or(req.max_tokens);
     let (rx, _) = submit(
@@ -367,7 +354,7 @@ pub async fn chat_completions(
         req.logprobs.then_some(top),
     )?;
     let (id, created, model) = (new_id("chatcmpl"), now(), s.model_id.clone());
-    if !req.stream {
+    if !req.sampling.stream {
         let c = collect(rx).await?;
         let logprobs = if req.logprobs {
             chat_logprobs(&c.logprobs)
@@ -382,7 +369,11 @@ pub async fn chat_completions(
         }))
         .into_response());
     }
-    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let include_usage = req
+        .sampling
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
     let want_logprobs = req.logprobs;
     let mut first = true;
     Ok(sse(rx, move |ev| {
@@ -438,15 +429,7 @@ pub async fn completions(
         .tok
         .encode(&prompts[0])
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?;
-    let sampling = sampling(Knobs {
-        temperature: req.temperature,
-        top_p: req.top_p,
-        top_k: req.top_k,
-        min_p: req.min_p,
-        repetition_penalty: req.repetition_penalty,
-        seed: req.seed,
-        n: req.n,
-    })?;
+    let sampling = sampling(&req.sampling)?;
     if req.logprobs.is_some_and(|n| n > 5) {
         return Err(ApiError::bad_request(
             "logprobs must be at most 5",
@@ -457,11 +440,16 @@ pub async fn completions(
         max_new_tokens: 0,
         sampling,
         stop_ids: s.tok.eot_id().into_iter().collect(),
-        stop_strings: req.stop.map(StringOrList::into_vec).unwrap_or_default(),
+        stop_strings: req
+            .sampling
+            .stop
+            .clone()
+            .map(StringOrList::into_vec)
+            .unwrap_or_default(),
     };
     let (rx, _) = submit(&s, prompt, req.max_tokens, 16, opts, req.logprobs)?;
     let (id, created, model) = (new_id("cmpl"), now(), s.model_id.clone());
-    if !req.stream {
+    if !req.sampling.stream {
         let c = collect(rx).await?;
         let logprobs = if req.logprobs.is_some() {
             completion_logprobs(&c.logprobs, 0)
@@ -475,7 +463,11 @@ pub async fn completions(
         }))
         .into_response());
     }
-    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let include_usage = req
+        .sampling
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
     let want_logprobs = req.logprobs.is_some();
     let mut offset = 0;
     Ok(sse(rx, move |ev| {
