@@ -51,7 +51,23 @@ impl ChatFormat {
 
     /// The prompt ids for `messages`, ending where the assistant's reply starts.
     pub fn prompt_ids(&self, tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>> {
-        tok.encode(&render(&self.template, messages, true, "", &self.eos)?)
+        self.ids(tok, messages, true)
+    }
+
+    /// The ids of `messages` rendered with the template.
+    pub fn ids(
+        &self,
+        tok: &Tokenizer,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        tok.encode(&render(
+            &self.template,
+            messages,
+            add_generation_prompt,
+            "",
+            &self.eos,
+        )?)
     }
 }
 

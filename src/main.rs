@@ -252,9 +252,15 @@ struct EvalArgs {
     /// Model directory.
     #[arg(long)]
     model: PathBuf,
-    /// Task: ppl (loss and bits per byte of a text file).
+    /// Task: ppl (loss and bits per byte of a text file), hellaswag, arc, lambada or gsm8k.
     #[arg(long, default_value = "ppl")]
     task: String,
+    /// Score only the first N items.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// GSM8K: longest answer in tokens.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
     /// The task's data file.
     #[arg(long)]
     data: PathBuf,
@@ -493,28 +499,72 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
 }
 
 fn eval_cmd(a: EvalArgs) -> Result<()> {
-    if a.task != "ppl" {
-        bail!("unknown task '{}'; available: ppl", a.task);
+    use chatforge::eval::tasks;
+    const TASKS: &str = "ppl, hellaswag, arc, lambada, gsm8k";
+    if !matches!(
+        a.task.as_str(),
+        "ppl" | "hellaswag" | "arc" | "lambada" | "gsm8k"
+    ) {
+        bail!("unknown task '{}'; available: {TASKS}", a.task);
     }
     let device = chatforge::device(&a.device)?;
     let m = LoadedModel::load(&a.model, &device)?;
     let tok = m.tokenizer(&a.model)?;
-    let text = chatforge::fsutil::read_to_string(&a.data)?;
-    if text.trim().is_empty() {
-        bail!("{}: file is empty: nothing to score", a.data.display());
-    }
-    let r = chatforge::eval::text_perplexity(&m.transformer()?, tok, &text, a.batch_size)?;
+    let model = m.transformer()?;
+    let t0 = std::time::Instant::now();
+    let (json, line) = match a.task.as_str() {
+        "ppl" => {
+            let text = chatforge::fsutil::read_to_string(&a.data)?;
+            if text.trim().is_empty() {
+                bail!("{}: file is empty: nothing to score", a.data.display());
+            }
+            let r = chatforge::eval::text_perplexity(&model, tok, &text, a.batch_size)?;
+            let line = format!(
+                "ppl on {}: loss {:.4} | perplexity {:.2} | {:.4} bits/byte | {} tokens",
+                a.data.display(),
+                r.loss,
+                r.loss.exp(),
+                r.bits_per_byte,
+                r.tokens
+            );
+            (serde_json::to_value(&r)?, line)
+        }
+        "hellaswag" | "arc" => {
+            let items = if a.task == "hellaswag" {
+                tasks::load_hellaswag(&a.data, a.limit)?
+            } else {
+                tasks::load_arc(&a.data, a.limit)?
+            };
+            let bar = chatforge::progress::steps_bar(items.len() as u64);
+            let r = tasks::multiple_choice(&model, tok, &a.task, &items, |_, _| bar.inc(1))?;
+            bar.finish_and_clear();
+            let line = format!(
+                "{} ({} items): acc {:.4} | acc_norm {:.4}",
+                a.task, r.items, r.acc, r.acc_norm
+            );
+            (serde_json::to_value(&r)?, line)
+        }
+        "lambada" => {
+            let r = tasks::lambada(&model, tok, &a.data, a.limit)?;
+            let line = format!(
+                "lambada ({} items): acc {:.4} | ppl {:.2}",
+                r.items, r.acc, r.ppl
+            );
+            (serde_json::to_value(&r)?, line)
+        }
+        _ => {
+            let r = tasks::gsm8k(&model, tok, &a.data, a.limit, a.max_tokens)?;
+            let line = format!(
+                "gsm8k ({} items): exact match {:.4}",
+                r.items, r.exact_match
+            );
+            (serde_json::to_value(&r)?, line)
+        }
+    };
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        println!("{json}");
     } else {
-        println!(
-            "ppl on {}: loss {:.4} | perplexity {:.2} | {:.4} bits/byte | {} tokens",
-            a.data.display(),
-            r.loss,
-            r.loss.exp(),
-            r.bits_per_byte,
-            r.tokens
-        );
+        println!("{line} ({:.1}s)", t0.elapsed().as_secs_f64());
     }
     Ok(())
 }

@@ -146,3 +146,46 @@ fn chat_repl_keeps_the_conversation_and_saves_it() {
         .collect();
     assert_eq!(roles, ["system", "user", "assistant"]);
 }
+
+#[test]
+fn multiple_choice_log_likelihoods_equal_transformers() {
+    use chatforge::eval::tasks::{load_arc, load_hellaswag, multiple_choice};
+    let m = smollm2();
+    let model = m.transformer().unwrap();
+    let tok = m.tokenizer.as_ref().unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("smollm2_multiple_choice.json")).unwrap(),
+    )
+    .unwrap();
+    for (task, items) in [
+        (
+            "hellaswag",
+            load_hellaswag(&shared_data().join("hellaswag_val.jsonl"), Some(25)).unwrap(),
+        ),
+        (
+            "arc_easy",
+            load_arc(&shared_data().join("arc_easy_test.jsonl"), Some(25)).unwrap(),
+        ),
+    ] {
+        let want = &fixture[task];
+        let mut worst = 0f64;
+        let r = multiple_choice(&model, tok, task, &items, |i, lls| {
+            let w = &want["items"][i]["lls"];
+            for (j, ll) in lls.iter().enumerate() {
+                worst = worst.max((ll - w[j].as_f64().unwrap()).abs());
+            }
+        })
+        .unwrap();
+        eprintln!(
+            "{task}: acc {} acc_norm {}, worst |log-likelihood - transformers| {worst:.2e}",
+            r.acc, r.acc_norm
+        );
+        assert!(worst < 2e-3, "{task}: log-likelihoods differ by {worst}");
+        assert_eq!(r.acc, want["acc"].as_f64().unwrap(), "{task} acc");
+        assert_eq!(
+            r.acc_norm,
+            want["acc_norm"].as_f64().unwrap(),
+            "{task} acc_norm"
+        );
+    }
+}

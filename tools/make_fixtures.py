@@ -13,6 +13,8 @@ Fixtures (all small):
   gpt2-tiny-eval/, eval_text.txt a GPT-2 with its own BPE tokenizer, and a text to score
   gpt2-tiny-eval-expected.json   loss / tokens / bits per byte of that text under transformers
   smollm2_greedy.json            SmolLM2-135M-Instruct (GGUF, dequantised): chat prompt ids, 32 greedy ids
+  smollm2_multiple_choice.json   its HellaSwag / ARC-Easy choice log-likelihoods (25 items) and
+                                 acc / acc_norm on the first 500 items
 """
 import argparse
 import json
@@ -199,6 +201,59 @@ def smollm2_fixture():
         json.dump(cases, f, ensure_ascii=False, indent=1)
 
 
+def mc_items(task, limit):
+    """Multiple-choice items formatted as chatforge formats them (see src/eval/tasks.rs)."""
+    path = os.path.join(DATA, "hellaswag_val.jsonl" if task == "hellaswag" else "arc_easy_test.jsonl")
+    items = []
+    for line in open(path, encoding="utf-8"):
+        if len(items) == limit:
+            break
+        v = json.loads(line)
+        if task == "hellaswag":
+            items.append((f"{v['activity_label']}: {v['ctx']}", [" " + e for e in v["endings"]], int(v["label"])))
+        else:
+            items.append((v["query"] + "\nAnswer:", [" " + c for c in v["choices"]], int(v["gold"])))
+    return items
+
+
+def mc_scores(model, tok, items):
+    """Per-choice summed log-likelihoods (context and continuation tokenized separately, as
+    lm-evaluation-harness does), with acc and length-normalised acc_norm."""
+    out, acc, acc_norm = [], 0, 0
+    for ctx, choices, gold in items:
+        c_ids = tok(ctx, add_special_tokens=False)["input_ids"]
+        lls = []
+        for ch in choices:
+            k_ids = tok(ch, add_special_tokens=False)["input_ids"]
+            x = torch.tensor([c_ids + k_ids])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=x).logits[0].double(), -1)
+            lls.append(sum(logp[len(c_ids) - 1 + j, t].item() for j, t in enumerate(k_ids)))
+        acc += max(range(len(lls)), key=lambda j: lls[j]) == gold
+        acc_norm += max(range(len(lls)), key=lambda j: lls[j] / len(choices[j].encode())) == gold
+        out.append({"lls": lls, "gold": gold})
+    return out, acc / len(items), acc_norm / len(items)
+
+
+def smollm2_mc_fixture(limit=25, summary=500):
+    """SmolLM2 (dequantised) on HellaSwag and ARC-Easy: per-choice log-likelihoods of the first
+    `limit` items (tests compare them), and acc / acc_norm on the first `summary` items."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(DATA, gguf_file=SMOLLM2)
+    model = AutoModelForCausalLM.from_pretrained(DATA, gguf_file=SMOLLM2, dtype=torch.float32).eval()
+    fixture = {}
+    for task in ["hellaswag", "arc_easy"]:
+        scores, acc, acc_norm = mc_scores(model, tok, mc_items(task, limit))
+        fixture[task] = {"items": scores, "acc": acc, "acc_norm": acc_norm}
+        if summary:
+            _, acc, acc_norm = mc_scores(model, tok, mc_items(task, summary))
+            fixture[task][f"first_{summary}"] = {"acc": acc, "acc_norm": acc_norm}
+        print(task, {k: v for k, v in fixture[task].items() if k != "items"})
+    with open(os.path.join(FIX, "smollm2_multiple_choice.json"), "w") as f:
+        json.dump(fixture, f, indent=1)
+
+
 def check_chatforge(binary):
     """transformers must load what chatforge saves, unchanged, and compute the same logits."""
     from safetensors.torch import load_file
@@ -231,14 +286,15 @@ def check_chatforge(binary):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["models", "tokenizer", "eval", "smollm2"], help="regenerate one fixture group")
+    ap.add_argument("--only", choices=["models", "tokenizer", "eval", "smollm2", "mc"], help="regenerate one fixture group")
     ap.add_argument("--check-chatforge", metavar="BIN", help="chatforge binary whose saved models transformers must load")
     args = ap.parse_args()
     if args.check_chatforge:
         check_chatforge(args.check_chatforge)
         return
     os.makedirs(FIX, exist_ok=True)
-    groups = {"models": make_models, "tokenizer": gpt2_tokenizer, "eval": eval_fixture, "smollm2": smollm2_fixture}
+    groups = {"models": make_models, "tokenizer": gpt2_tokenizer, "eval": eval_fixture, "smollm2": smollm2_fixture,
+              "mc": smollm2_mc_fixture}
     for name, fn in groups.items():
         if args.only in (None, name):
             fn()

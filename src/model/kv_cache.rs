@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+#[derive(Clone)]
 pub struct KvCache {
     /// Per layer: keys and values, each (B, K, S, D) after RoPE.
     layers: Vec<(Tensor, Tensor)>,
