@@ -13,8 +13,8 @@ Fixtures (all small):
   gpt2-tiny-eval/, eval_text.txt a GPT-2 with its own BPE tokenizer, and a text to score
   gpt2-tiny-eval-expected.json   loss / tokens / bits per byte of that text under transformers
   smollm2_greedy.json            SmolLM2-135M-Instruct (GGUF, dequantised): chat prompt ids, 32 greedy ids
-  smollm2_multiple_choice.json   its HellaSwag / ARC-Easy choice log-likelihoods (25 items) and
-                                 acc / acc_norm on the first 500 items
+  smollm2_multiple_choice.json   its HellaSwag / ARC-Easy choice log-likelihoods (25 items), with
+                                 acc / acc_norm; `summary=N` adds them on the first N items
 """
 import argparse
 import json
@@ -235,7 +235,7 @@ def mc_scores(model, tok, items):
     return out, acc / len(items), acc_norm / len(items)
 
 
-def smollm2_mc_fixture(limit=25, summary=500):
+def smollm2_mc_fixture(limit=25, summary=0):
     """SmolLM2 (dequantised) on HellaSwag and ARC-Easy: per-choice log-likelihoods of the first
     `limit` items (tests compare them), and acc / acc_norm on the first `summary` items."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
