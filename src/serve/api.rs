@@ -45,6 +45,15 @@ pub struct SamplingFields {
     pub stream_options: Option<StreamOptions>,
 }
 
+impl SamplingFields {
+    /// Whether a streamed response ends with a usage chunk (`stream_options.include_usage`).
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub model: Option<String>,

@@ -369,11 +369,7 @@ pub async fn chat_completions(
         }))
         .into_response());
     }
-    let include_usage = req
-        .sampling
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
+    let include_usage = req.sampling.include_usage();
     let want_logprobs = req.logprobs;
     let mut first = true;
     Ok(sse(rx, move |ev| {
@@ -463,11 +459,7 @@ pub async fn completions(
         }))
         .into_response());
     }
-    let include_usage = req
-        .sampling
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
+    let include_usage = req.sampling.include_usage();
     let want_logprobs = req.logprobs.is_some();
     let mut offset = 0;
     Ok(sse(rx, move |ev| {
