@@ -12,7 +12,7 @@ use crate::chat::ChatFormat;
 use crate::chat_template::Message;
 use crate::error::{Error, Result};
 use crate::infer::{generate_text, GenerateOptions, SamplingParams};
-use crate::model::{KvCache, Transformer};
+use crate::model::Transformer;
 use crate::tokenizer::Tokenizer;
 use candle_core::{Tensor, D};
 use serde::Serialize;
@@ -146,11 +146,8 @@ pub fn score_continuations(
         .min(cfg.context.saturating_sub(longest))
         .max(1);
     let ctx_ids = &ctx_ids[ctx_ids.len() - keep..];
-    let mut cache = KvCache::new(cfg.n_layer, 1, cfg.n_kv_head, cfg.head_dim, model.device())?;
-    let x = Tensor::from_slice(ctx_ids, (1, ctx_ids.len()), model.device())?;
-    let first =
-        candle_nn::ops::log_softmax(&model.forward_last(&x, 0, Some(&mut cache))?, D::Minus1)?
-            .squeeze(0)?;
+    let (cache, last) = model.prefill(ctx_ids)?;
+    let first = candle_nn::ops::log_softmax(&last, D::Minus1)?.squeeze(0)?;
     let mut out = Vec::new();
     for c in &conts {
         // Row j of `rows` predicts c[j]: the context's last position, then the continuation's own.

@@ -4,7 +4,7 @@
 use super::sampler::{Sampler, SamplingParams};
 use super::stream::TextOutput;
 use crate::error::{Error, Result};
-use crate::model::{KvCache, Transformer};
+use crate::model::Transformer;
 use crate::tokenizer::Tokenizer;
 use candle_core::Tensor;
 
@@ -28,9 +28,7 @@ pub fn decode_loop(
             cfg.context
         )));
     }
-    let mut cache = KvCache::new(cfg.n_layer, 1, cfg.n_kv_head, cfg.head_dim, model.device())?;
-    let x = Tensor::from_slice(prompt, (1, prompt.len()), model.device())?;
-    let mut logits = model.forward_last(&x, 0, Some(&mut cache))?;
+    let (mut cache, mut logits) = model.prefill(prompt)?;
     let mut context = prompt.to_vec();
     let mut out = Vec::new();
     while out.len() < max_new {

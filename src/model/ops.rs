@@ -38,7 +38,7 @@ fn fused_ok(t: &Tensor) -> bool {
 }
 
 /// log(sum(exp(row))) computed stably.
-fn logsumexp(row: &[f32]) -> f32 {
+pub fn logsumexp(row: &[f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
     max + sum.ln()

@@ -143,20 +143,31 @@ impl CausalSelfAttention {
         let (b, t, _) = x.dims3()?;
         let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
         let qkv = linear(x, &self.qkv_w, self.qkv_b.as_ref())?.reshape((b, t, h + 2 * k, d))?;
-        // (B, T, heads, D) -> (B, heads, T, D)
-        let q = qkv.narrow(2, 0, h)?.transpose(1, 2)?.contiguous()?;
-        let kk = qkv.narrow(2, h, k)?.transpose(1, 2)?.contiguous()?;
-        let v = qkv.narrow(2, h + k, k)?.transpose(1, 2)?.contiguous()?;
-        let (q, kk) = match rope {
-            Some(r) => (r.apply(&q, start)?, r.apply(&kk, start)?),
-            None => (q, kk),
-        };
+        let (q, kk, v) = self.split_heads(&qkv, rope, start)?;
         let (kk, v) = match cache {
             Some(c) => append_kv(c, kk, v)?,
             None => (kk, v),
         };
         let y = self.attend(&q, &kk, &v)?;
         linear(&y, &self.proj_w, self.proj_b.as_ref())
+    }
+
+    /// Query, key and value heads from the fused projection, RoPE applied at positions start...
+    /// qkv: (B, T, H + 2K, D) -> q: (B, H, T, D), k, v: (B, K, T, D).
+    fn split_heads(
+        &self,
+        qkv: &Tensor,
+        rope: Option<&Rope>,
+        start: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (h, k) = (self.n_head, self.n_kv_head);
+        let q = qkv.narrow(2, 0, h)?.transpose(1, 2)?.contiguous()?;
+        let kk = qkv.narrow(2, h, k)?.transpose(1, 2)?.contiguous()?;
+        let v = qkv.narrow(2, h + k, k)?.transpose(1, 2)?.contiguous()?;
+        Ok(match rope {
+            Some(r) => (r.apply(&q, start)?, r.apply(&kk, start)?, v),
+            None => (q, kk, v),
+        })
     }
 
     /// Causal attention of T new queries over S keys (the last T of them are the new tokens).
@@ -189,14 +200,7 @@ impl CausalSelfAttention {
         let qkv = linear(x, &self.qkv_w, self.qkv_b.as_ref())?.reshape((b, 1, h + 2 * k, d))?;
         let mut rows = Vec::with_capacity(b);
         for (i, cache) in caches.iter_mut().enumerate() {
-            let row = qkv.narrow(0, i, 1)?;
-            let q = row.narrow(2, 0, h)?.transpose(1, 2)?.contiguous()?;
-            let kk = row.narrow(2, h, k)?.transpose(1, 2)?.contiguous()?;
-            let v = row.narrow(2, h + k, k)?.transpose(1, 2)?.contiguous()?;
-            let (q, kk) = match rope {
-                Some(r) => (r.apply(&q, positions[i])?, r.apply(&kk, positions[i])?),
-                None => (q, kk),
-            };
+            let (q, kk, v) = self.split_heads(&qkv.narrow(0, i, 1)?, rope, positions[i])?;
             let (kk, v) = append_kv(cache, kk, v)?;
             rows.push(self.attend(&q, &kk, &v)?);
         }
@@ -396,6 +400,16 @@ impl Transformer {
         let t = h.dim(1)?;
         let last = h.narrow(1, t - 1, 1)?;
         Ok(linear(&last, &self.lm_head, None)?.squeeze(1)?)
+    }
+
+    /// Runs a prompt (1, T) through the model into a fresh KV cache: the cache and the next-token
+    /// logits (1, V), where every decoding loop starts.
+    pub fn prefill(&self, prompt: &[u32]) -> Result<(KvCache, Tensor)> {
+        let cfg = &self.cfg;
+        let mut cache = KvCache::new(cfg.n_layer, 1, cfg.n_kv_head, cfg.head_dim, self.device())?;
+        let x = Tensor::from_slice(prompt, (1, prompt.len()), self.device())?;
+        let logits = self.forward_last(&x, 0, Some(&mut cache))?;
+        Ok((cache, logits))
     }
 
     /// Next-token logits for B independent sequences that each add one token at the end of their

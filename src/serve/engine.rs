@@ -8,7 +8,6 @@ use crate::infer::stream::TextOutput;
 use crate::infer::{FinishReason, GenerateOptions, Sampler};
 use crate::model::{KvCache, Transformer};
 use crate::tokenizer::Tokenizer;
-use candle_core::Tensor;
 use std::sync::mpsc;
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
@@ -147,9 +146,7 @@ fn admit<'t>(
 ) {
     let cfg = &model.cfg;
     let prefill = || -> Result<(KvCache, Vec<f32>)> {
-        let mut cache = KvCache::new(cfg.n_layer, 1, cfg.n_kv_head, cfg.head_dim, model.device())?;
-        let x = Tensor::from_slice(&r.prompt_ids, (1, r.prompt_ids.len()), model.device())?;
-        let logits = model.forward_last(&x, 0, Some(&mut cache))?;
+        let (cache, logits) = model.prefill(&r.prompt_ids)?;
         Ok((cache, logits.squeeze(0)?.to_vec1::<f32>()?))
     };
     let (cache, row) = match prefill() {
@@ -251,8 +248,7 @@ fn finish(s: &mut Seq, reason: FinishReason) {
 
 /// log softmax(row)[id] and the `n` most likely tokens.
 fn token_logprob(tok: &Tokenizer, row: &[f32], id: u32, n: usize) -> TokenLogprob {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    let lse = crate::model::ops::logsumexp(row);
     let name = |i: u32| tok.decode(&[i]).unwrap_or_default();
     let mut top = Vec::new();
     if n > 0 {
