@@ -13,6 +13,64 @@ pub struct RunConfig {
     pub train: TrainSection,
     pub eval: EvalSection,
     pub checkpoint: CheckpointSection,
+    pub sft: SftSection,
+    pub lora: LoraSection,
+}
+
+/// Supervised fine-tuning on chat data (`chatforge sft`); unused by pre-training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftSection {
+    /// Chat files (.jsonl or .json): OpenAI messages, ShareGPT conversations or prompt/completion.
+    pub data: Vec<PathBuf>,
+    /// Field names of prompt/completion records.
+    pub prompt_field: String,
+    pub completion_field: String,
+    /// Fraction of the conversations held out for validation.
+    pub val_fraction: f64,
+    /// Passes over the training conversations (when train.max_steps is 0).
+    pub epochs: f64,
+    /// Replace every occurrence of a word in the data, `FROM=TO;FROM2=TO2` (e.g. renaming the
+    /// assistant of an identity dataset: `Vicuna=chatforge`).
+    pub replace: String,
+}
+
+/// LoRA adapters instead of training every weight (rank 0 = full fine-tuning).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraSection {
+    pub rank: usize,
+    pub alpha: f64,
+    /// PEFT module names (q_proj, v_proj, c_attn, ...) or all-linear.
+    pub targets: Vec<String>,
+    pub dropout: f64,
+    /// Also write the merged full model (OUT/model) next to the adapter (OUT/adapter).
+    pub merge: bool,
+}
+
+impl Default for SftSection {
+    fn default() -> Self {
+        SftSection {
+            data: vec![],
+            prompt_field: "prompt".into(),
+            completion_field: "completion".into(),
+            val_fraction: 0.05,
+            epochs: 1.0,
+            replace: String::new(),
+        }
+    }
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        LoraSection {
+            rank: 0,
+            alpha: 16.0,
+            targets: vec!["all-linear".into()],
+            dropout: 0.0,
+            merge: false,
+        }
+    }
 }
 
 /// The model: a preset, optionally reshaped, or a model directory to start from.
@@ -184,6 +242,16 @@ impl RunConfig {
     /// Reads a TOML file (or the defaults when `path` is None) and applies `KEY=VALUE` overrides,
     /// where KEY is `section.key` (e.g. `train.lr=3e-4`).
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        Self::load_layered(path, &[], overrides)
+    }
+
+    /// As [`RunConfig::load`], with `base` (`KEY=VALUE`, e.g. a command's own defaults) applied
+    /// to the keys the file does not set, before `overrides`.
+    pub fn load_layered(
+        path: Option<&Path>,
+        base: &[String],
+        overrides: &[String],
+    ) -> Result<Self> {
         let mut table: toml::Table = match path {
             Some(p) => {
                 let text = crate::fsutil::read_to_string(p)?;
@@ -197,7 +265,20 @@ impl RunConfig {
                 toml::Value::Table(t) => t,
                 _ => unreachable!("a struct serializes to a table"),
             };
-        for o in overrides {
+        let in_file = |table: &toml::Table, key: &str| {
+            key.split_once('.').is_some_and(|(sec, field)| {
+                table
+                    .get(sec)
+                    .and_then(|t| t.as_table())
+                    .is_some_and(|t| t.contains_key(field))
+            })
+        };
+        let layered: Vec<&String> = base
+            .iter()
+            .filter(|d| !in_file(&table, d.split_once('=').map_or(d.as_str(), |x| x.0)))
+            .chain(overrides)
+            .collect();
+        for o in layered {
             let (key, raw) = o.split_once('=').ok_or_else(|| {
                 Error::Config(format!(
                     "--set '{o}': expected KEY=VALUE, e.g. train.lr=3e-4"
@@ -260,8 +341,18 @@ impl RunConfig {
                 t.batch_size * t.context
             ));
         }
-        if t.max_steps == 0 && t.total_tokens == 0 {
+        if t.max_steps == 0 && t.total_tokens == 0 && self.sft.data.is_empty() {
             return err("set train.max_steps or train.total_tokens".into());
+        }
+        if !self.sft.data.is_empty() && !(self.sft.epochs > 0.0) && t.max_steps == 0 {
+            return err("sft.epochs must be positive (or set train.max_steps)".into());
+        }
+        if !(0.0..1.0).contains(&self.sft.val_fraction) {
+            return err("sft.val_fraction must be in [0, 1)".into());
+        }
+        let l = &self.lora;
+        if l.rank > 0 && (!(l.alpha > 0.0) || !(0.0..1.0).contains(&l.dropout)) {
+            return err("lora.alpha must be positive and lora.dropout in [0, 1)".into());
         }
         if !matches!(t.schedule.as_str(), "cosine" | "wsd" | "constant") {
             return err(format!(
@@ -293,6 +384,11 @@ impl RunConfig {
     /// Micro-batches per optimizer step.
     pub fn accumulation(&self) -> usize {
         self.step_tokens() / (self.train.batch_size * self.train.context)
+    }
+
+    /// Whether this is a fine-tuning run (on chat files) rather than pre-training (on shards).
+    pub fn is_sft(&self) -> bool {
+        !self.sft.data.is_empty()
     }
 
     pub fn total_steps(&self) -> usize {

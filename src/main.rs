@@ -1,5 +1,7 @@
 //! The `chatforge` command line: parse, then call the library.
 
+mod cli;
+
 use anyhow::{bail, Context, Result};
 
 // candle allocates a fresh buffer for every op; glibc hands large ones back to the kernel each time
@@ -35,7 +37,9 @@ enum Command {
     #[command(subcommand)]
     Data(DataCmd),
     /// Pre-train a model from a run config (or continue one with --resume).
-    Pretrain(PretrainArgs),
+    Pretrain(cli::train::PretrainArgs),
+    /// Fine-tune a model on chat data, every weight or LoRA adapters (or continue with --resume).
+    Sft(cli::train::SftArgs),
     /// The whole pipeline on a small corpus: tokenizer, shards, pre-training, report.
     Speedrun(SpeedrunArgs),
     /// Continue a prompt (streamed to stdout).
@@ -173,25 +177,6 @@ enum DataCmd {
 }
 
 #[derive(Args)]
-struct PretrainArgs {
-    /// Run config (TOML). Without it the defaults are used (tiny preset).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Override a config key, e.g. --set train.lr=3e-4 (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
-    /// Run directory (config.toml, metrics.jsonl, checkpoints/, model/, loss.png).
-    #[arg(long, required_unless_present = "resume")]
-    out: Option<PathBuf>,
-    /// Continue from a checkpoint directory or a run directory's newest checkpoint.
-    #[arg(long, conflicts_with_all = ["config", "out"])]
-    resume: Option<PathBuf>,
-    /// Shorthand for --set train.device=...
-    #[arg(long)]
-    device: Option<String>,
-}
-
-#[derive(Args)]
 struct SpeedrunArgs {
     /// Text corpus (default: tiny Shakespeare, downloaded once into the cache).
     #[arg(long)]
@@ -252,7 +237,8 @@ struct EvalArgs {
     /// Model directory.
     #[arg(long)]
     model: PathBuf,
-    /// Task: ppl (loss and bits per byte of a text file), hellaswag, arc, lambada or gsm8k.
+    /// Task: ppl (loss and bits per byte of a text file), hellaswag, arc, lambada, gsm8k, or chat
+    /// (exact match of the last assistant reply of each conversation in a chat file).
     #[arg(long, default_value = "ppl")]
     task: String,
     /// Score only the first N items.
@@ -340,33 +326,8 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Pretrain(a) => {
-            let mut set = a.set;
-            if let Some(d) = a.device {
-                set.push(format!("train.device={d}"));
-            }
-            let summary = match a.resume {
-                Some(r) => chatforge::train::resume(&r, &set)?,
-                None => {
-                    let cfg = chatforge::config::RunConfig::load(a.config.as_deref(), &set)?;
-                    chatforge::train::pretrain(cfg, a.out.as_deref().expect("clap requires --out"))?
-                }
-            };
-            eprintln!(
-                "done: {} steps, {} tokens in {} | {:.0} tok/s | final loss {:.4}{} | model in {}",
-                summary.steps,
-                summary.tokens_seen,
-                chatforge::progress::duration(summary.seconds),
-                summary.tokens_per_sec,
-                summary.final_loss,
-                summary
-                    .val_loss
-                    .map(|v| format!(" | val loss {v:.4}"))
-                    .unwrap_or_default(),
-                summary.model_dir.display()
-            );
-            Ok(())
-        }
+        Command::Pretrain(a) => cli::train::pretrain(a),
+        Command::Sft(a) => cli::train::sft(a),
         Command::Speedrun(a) => {
             let report =
                 chatforge::speedrun::speedrun(a.corpus.as_deref(), &a.out, a.vocab_size, &a.set)?;
@@ -500,10 +461,10 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
 
 fn eval_cmd(a: EvalArgs) -> Result<()> {
     use chatforge::eval::tasks;
-    const TASKS: &str = "ppl, hellaswag, arc, lambada, gsm8k";
+    const TASKS: &str = "ppl, hellaswag, arc, lambada, gsm8k, chat";
     if !matches!(
         a.task.as_str(),
-        "ppl" | "hellaswag" | "arc" | "lambada" | "gsm8k"
+        "ppl" | "hellaswag" | "arc" | "lambada" | "gsm8k" | "chat"
     ) {
         bail!("unknown task '{}'; available: {TASKS}", a.task);
     }
@@ -550,6 +511,16 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
                 "lambada ({} items): acc {:.4} | ppl {:.2}",
                 r.items, r.acc, r.ppl
             );
+            (serde_json::to_value(&r)?, line)
+        }
+        "chat" => {
+            let mut convs = chatforge::data::chat::load_conversations(
+                &a.data,
+                &chatforge::data::chat::ChatFields::default(),
+            )?;
+            convs.truncate(a.limit.unwrap_or(usize::MAX));
+            let r = tasks::chat_exact_match(&model, tok, &convs, a.max_tokens)?;
+            let line = format!("chat ({} items): exact match {:.4}", r.items, r.exact_match);
             (serde_json::to_value(&r)?, line)
         }
         _ => {

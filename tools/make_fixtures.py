@@ -13,6 +13,9 @@ Fixtures (all small):
   gpt2-tiny-eval/, eval_text.txt a GPT-2 with its own BPE tokenizer, and a text to score
   gpt2-tiny-eval-expected.json   loss / tokens / bits per byte of that text under transformers
   smollm2_greedy.json            SmolLM2-135M-Instruct (GGUF, dequantised): chat prompt ids, 32 greedy ids
+  *-lora/, *-lora-expected.safetensors
+                                 PEFT LoRA adapters (r=4, all linear layers) on the tiny models, with
+                                 logits, loss and adapter gradients
   smollm2_multiple_choice.json   its HellaSwag / ARC-Easy choice log-likelihoods (25 items), with
                                  acc / acc_norm; `summary=N` adds them on the first N items
 """
@@ -254,6 +257,47 @@ def smollm2_mc_fixture(limit=25, summary=0):
         json.dump(fixture, f, indent=1)
 
 
+def lora_fixture():
+    """PEFT LoRA adapters (random A and B, so they change the logits) on the tiny models, their logits,
+    loss, and the gradients of the adapter weights."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    targets = {"gpt2-tiny": ["c_attn", "c_proj", "c_fc"],
+               "llama-tiny": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    for seed, (name, mods) in enumerate(targets.items()):
+        torch.manual_seed(10 + seed)
+        base = AutoModelForCausalLM.from_pretrained(os.path.join(FIX, name), dtype=torch.float32).eval()
+        cfg = LoraConfig(r=4, lora_alpha=8, target_modules=mods, lora_dropout=0.0, init_lora_weights=False,
+                         fan_in_fan_out=name.startswith("gpt2"), task_type="CAUSAL_LM")
+        model = get_peft_model(base, cfg).eval()
+        from safetensors.torch import load_file
+        ref = load_file(os.path.join(FIX, f"{name}-expected.safetensors"))
+        ids, targets_ = ref["input_ids"], ref["targets"]
+        model.zero_grad()
+        logits = model(input_ids=ids).logits
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), targets_.reshape(-1), ignore_index=-100)
+        loss.backward()
+        out = {"input_ids": ids, "targets": targets_, "logits": logits.detach().contiguous(),
+               "loss": loss.detach().reshape(1)}
+        for pname, p in model.named_parameters():
+            if p.requires_grad:
+                out["grad." + pname.replace(".default", "")] = p.grad.detach().contiguous()
+        save_file(out, os.path.join(FIX, f"{name}-lora-expected.safetensors"))
+        adir = os.path.join(FIX, f"{name}-lora")
+        model.save_pretrained(adir)
+        os.remove(os.path.join(adir, "README.md"))
+        acfg_path = os.path.join(adir, "adapter_config.json")
+        acfg = json.load(open(acfg_path))
+        acfg["base_model_name_or_path"] = f"../{name}"  # relative to the adapter directory
+        json.dump(acfg, open(acfg_path, "w"), indent=2)
+        merged = model.merge_and_unload()
+        with torch.no_grad():
+            mdiff = (merged(input_ids=ids).logits - logits).abs().max().item()
+        print(f"{name}-lora: loss {loss.item():.6f}, {sum(1 for k in out if k.startswith('grad.'))} adapter tensors, "
+              f"merged-vs-adapter max diff {mdiff:.2e}")
+
+
 def check_chatforge(binary):
     """transformers must load what chatforge saves, unchanged, and compute the same logits."""
     from safetensors.torch import load_file
@@ -286,7 +330,7 @@ def check_chatforge(binary):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["models", "tokenizer", "eval", "smollm2", "mc"], help="regenerate one fixture group")
+    ap.add_argument("--only", choices=["models", "tokenizer", "eval", "smollm2", "mc", "lora"], help="regenerate one fixture group")
     ap.add_argument("--check-chatforge", metavar="BIN", help="chatforge binary whose saved models transformers must load")
     args = ap.parse_args()
     if args.check_chatforge:
@@ -294,7 +338,7 @@ def main():
         return
     os.makedirs(FIX, exist_ok=True)
     groups = {"models": make_models, "tokenizer": gpt2_tokenizer, "eval": eval_fixture, "smollm2": smollm2_fixture,
-              "mc": smollm2_mc_fixture}
+              "mc": smollm2_mc_fixture, "lora": lora_fixture}
     for name, fn in groups.items():
         if args.only in (None, name):
             fn()

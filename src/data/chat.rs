@@ -147,3 +147,13 @@ pub fn tokenize_conversation(
     }
     Ok((ids, train))
 }
+
+/// Writes conversations as JSONL in the OpenAI `messages` form (atomically).
+pub fn save_conversations(path: &Path, convs: &[Conversation]) -> Result<()> {
+    let mut text = String::new();
+    for c in convs {
+        text.push_str(&serde_json::json!({ "messages": c.messages }).to_string());
+        text.push('\n');
+    }
+    crate::fsutil::write_atomic(path, text.as_bytes())
+}

@@ -4,6 +4,7 @@ pub mod chat;
 pub mod loader;
 pub mod parquet;
 pub mod prepare;
+pub mod sft;
 pub mod shard;
 pub mod sources;
 pub mod synthetic;

@@ -325,3 +325,45 @@ pub fn gsm8k(
         exact_match: hits as f64 / items.len() as f64,
     })
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatMatchResult {
+    pub task: String,
+    pub items: usize,
+    pub exact_match: f64,
+}
+
+/// Chat conversations whose last message is the assistant's answer: the greedy reply to the
+/// messages before it, through the chat template, must equal it (surrounding whitespace aside).
+pub fn chat_exact_match(
+    model: &Transformer,
+    tok: &Tokenizer,
+    convs: &[crate::data::chat::Conversation],
+    max_tokens: usize,
+) -> Result<ChatMatchResult> {
+    let format = ChatFormat::new(tok, model.cfg.eos_token_id)?;
+    let mut hits = 0;
+    for c in convs {
+        let (gold, prompt) = c
+            .messages
+            .split_last()
+            .filter(|(last, _)| last.role == "assistant")
+            .ok_or_else(|| {
+                Error::Config("every conversation must end with the assistant's answer".into())
+            })?;
+        let ids = format.prompt_ids(tok, prompt)?;
+        let opts = GenerateOptions {
+            max_new_tokens: max_tokens.min(model.cfg.context.saturating_sub(ids.len() + 1)),
+            sampling: SamplingParams::greedy(),
+            stop_ids: format.stop_ids.clone(),
+            stop_strings: vec![],
+        };
+        let g = generate_text(model, tok, &ids, &opts, |_| Ok(()))?;
+        hits += (g.text.trim() == gold.content.trim()) as usize;
+    }
+    Ok(ChatMatchResult {
+        task: "chat".into(),
+        items: convs.len(),
+        exact_match: hits as f64 / convs.len().max(1) as f64,
+    })
+}

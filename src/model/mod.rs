@@ -5,6 +5,7 @@ pub mod gguf;
 pub mod hf;
 pub mod hf_config;
 pub mod kv_cache;
+pub mod lora;
 pub mod loss;
 pub mod ops;
 pub mod params;
@@ -57,6 +58,9 @@ impl LoadedModel {
                 "a model is a Hugging Face model directory or a .gguf file",
             ));
         }
+        if path.join(lora::ADAPTER_CONFIG).exists() {
+            return Self::load_adapter(path, device);
+        }
         let (cfg, weights) = hf::load_model_dir(path, device)?;
         let has_tok = path.join("tokenizer.json").exists() || path.join("vocab.json").exists();
         let tokenizer = if has_tok {
@@ -69,6 +73,32 @@ impl LoadedModel {
         }
         Ok(LoadedModel {
             cfg,
+            weights,
+            tokenizer,
+        })
+    }
+
+    /// A PEFT LoRA directory: its base model with the adapter merged in (the adapter directory's own
+    /// tokenizer files, if any, take precedence over the base's).
+    fn load_adapter(dir: &Path, device: &Device) -> Result<Self> {
+        let peft = lora::read_peft_config(dir)?;
+        let base_path = lora::base_model_path(dir, &peft)?;
+        if base_path.join(lora::ADAPTER_CONFIG).exists() {
+            return Err(Error::bad_file(
+                dir,
+                "the base model is itself an adapter; merge it first (chatforge convert)",
+            ));
+        }
+        let base = Self::load(&base_path, device)?;
+        let (lcfg, _, adapter) = lora::load_adapter(dir, &base.cfg, device)?;
+        let weights = lora::merge(&base.cfg, &lcfg, &base.weights, &adapter)?;
+        let tokenizer = if dir.join("tokenizer.json").exists() {
+            Some(Tokenizer::load(dir)?)
+        } else {
+            base.tokenizer
+        };
+        Ok(LoadedModel {
+            cfg: base.cfg,
             weights,
             tokenizer,
         })

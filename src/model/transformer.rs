@@ -14,6 +14,16 @@ use std::collections::BTreeMap;
 
 /// y = x @ w^T (+ b). x: (B, T, in), w: (out, in) -> (B, T, out).
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    linear_with(x, w, b, None)
+}
+
+/// x: (B, T, in) -> (B, T, out) through `w` [out, in], an optional bias and an optional LoRA adapter.
+fn linear_with(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    lora: Option<&super::lora::Adapter>,
+) -> Result<Tensor> {
     let (bsz, t, cin) = x.dims3()?;
     let x2 = x.reshape((bsz * t, cin))?;
     let y = match super::ops::small_matmul_t(&x2, w)? {
@@ -24,8 +34,39 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };
+    let y = match lora {
+        Some(a) => a.apply(&x2, y)?,
+        None => y,
+    };
     Ok(y.reshape((bsz, t, ()))?)
 }
+
+/// A linear layer's weight `[out, in]`, bias, and LoRA adapter.
+struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+    lora: Option<super::lora::Adapter>,
+}
+
+impl Linear {
+    fn new(w: &BTreeMap<String, Tensor>, name: &str, adapters: &mut Adapters) -> Self {
+        Linear {
+            w: w[&format!("{name}.weight")].clone(),
+            b: w.get(&format!("{name}.bias")).cloned(),
+            lora: adapters.remove(name),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        linear_with(x, &self.w, self.b.as_ref(), self.lora.as_ref())
+    }
+
+    fn adapters_mut(&mut self) -> Option<&mut super::lora::Adapter> {
+        self.lora.as_mut()
+    }
+}
+
+type Adapters = BTreeMap<String, super::lora::Adapter>;
 
 pub struct Norm {
     kind: NormKind,
@@ -109,22 +150,18 @@ impl Rope {
 }
 
 pub struct CausalSelfAttention {
-    qkv_w: Tensor,
-    qkv_b: Option<Tensor>,
-    proj_w: Tensor,
-    proj_b: Option<Tensor>,
+    qkv: Linear,
+    proj: Linear,
     n_head: usize,
     n_kv_head: usize,
     head_dim: usize,
 }
 
 impl CausalSelfAttention {
-    fn new(w: &BTreeMap<String, Tensor>, p: &str, cfg: &ModelConfig) -> Self {
+    fn new(w: &BTreeMap<String, Tensor>, p: &str, cfg: &ModelConfig, ad: &mut Adapters) -> Self {
         CausalSelfAttention {
-            qkv_w: w[&format!("{p}.qkv.weight")].clone(),
-            qkv_b: w.get(&format!("{p}.qkv.bias")).cloned(),
-            proj_w: w[&format!("{p}.proj.weight")].clone(),
-            proj_b: w.get(&format!("{p}.proj.bias")).cloned(),
+            qkv: Linear::new(w, &format!("{p}.qkv"), ad),
+            proj: Linear::new(w, &format!("{p}.proj"), ad),
             n_head: cfg.n_head,
             n_kv_head: cfg.n_kv_head,
             head_dim: cfg.head_dim,
@@ -142,14 +179,14 @@ impl CausalSelfAttention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
-        let qkv = linear(x, &self.qkv_w, self.qkv_b.as_ref())?.reshape((b, t, h + 2 * k, d))?;
+        let qkv = self.qkv.forward(x)?.reshape((b, t, h + 2 * k, d))?;
         let (q, kk, v) = self.split_heads(&qkv, rope, start)?;
         let (kk, v) = match cache {
             Some(c) => append_kv(c, kk, v)?,
             None => (kk, v),
         };
         let y = self.attend(&q, &kk, &v)?;
-        linear(&y, &self.proj_w, self.proj_b.as_ref())
+        self.proj.forward(&y)
     }
 
     /// Query, key and value heads from the fused projection, RoPE applied at positions start...
@@ -197,14 +234,14 @@ impl CausalSelfAttention {
     ) -> Result<Tensor> {
         let b = x.dim(0)?;
         let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
-        let qkv = linear(x, &self.qkv_w, self.qkv_b.as_ref())?.reshape((b, 1, h + 2 * k, d))?;
+        let qkv = self.qkv.forward(x)?.reshape((b, 1, h + 2 * k, d))?;
         let mut rows = Vec::with_capacity(b);
         for (i, cache) in caches.iter_mut().enumerate() {
             let (q, kk, v) = self.split_heads(&qkv.narrow(0, i, 1)?, rope, positions[i])?;
             let (kk, v) = append_kv(cache, kk, v)?;
             rows.push(self.attend(&q, &kk, &v)?);
         }
-        linear(&Tensor::cat(&rows, 0)?, &self.proj_w, self.proj_b.as_ref())
+        self.proj.forward(&Tensor::cat(&rows, 0)?)
     }
 }
 
@@ -226,28 +263,24 @@ fn append_kv(c: &mut (Tensor, Tensor), kk: Tensor, v: Tensor) -> Result<(Tensor,
 
 pub struct Mlp {
     kind: MlpKind,
-    fc_w: Tensor,
-    fc_b: Option<Tensor>,
-    proj_w: Tensor,
-    proj_b: Option<Tensor>,
+    fc: Linear,
+    proj: Linear,
     intermediate: usize,
 }
 
 impl Mlp {
-    fn new(w: &BTreeMap<String, Tensor>, p: &str, cfg: &ModelConfig) -> Self {
+    fn new(w: &BTreeMap<String, Tensor>, p: &str, cfg: &ModelConfig, ad: &mut Adapters) -> Self {
         Mlp {
             kind: cfg.mlp,
-            fc_w: w[&format!("{p}.fc.weight")].clone(),
-            fc_b: w.get(&format!("{p}.fc.bias")).cloned(),
-            proj_w: w[&format!("{p}.proj.weight")].clone(),
-            proj_b: w.get(&format!("{p}.proj.bias")).cloned(),
+            fc: Linear::new(w, &format!("{p}.fc"), ad),
+            proj: Linear::new(w, &format!("{p}.proj"), ad),
             intermediate: cfg.intermediate,
         }
     }
 
     /// x: (B, T, C) -> (B, T, C) through (B, T, I).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let hdn = linear(x, &self.fc_w, self.fc_b.as_ref())?;
+        let hdn = self.fc.forward(x)?;
         let act = match self.kind {
             MlpKind::Gelu => super::ops::gelu(&hdn)?, // tanh approximation, GPT-2's "gelu_new"
             MlpKind::SwiGlu => {
@@ -257,7 +290,7 @@ impl Mlp {
                 (candle_nn::ops::silu(&gate)? * up)?
             }
         };
-        linear(&act, &self.proj_w, self.proj_b.as_ref())
+        self.proj.forward(&act)
     }
 }
 
@@ -311,17 +344,31 @@ impl Transformer {
     /// Builds the model over `weights` (internal names, see `params.rs`). The tensors are shared, not
     /// copied: updating a `Var` behind them updates the model.
     pub fn new(cfg: &ModelConfig, weights: &BTreeMap<String, Tensor>) -> Result<Self> {
+        Self::with_adapters(cfg, weights, BTreeMap::new())
+    }
+
+    /// The model with LoRA adapters (by internal linear name, see `lora::adapters`) on its linears.
+    pub fn with_adapters(
+        cfg: &ModelConfig,
+        weights: &BTreeMap<String, Tensor>,
+        mut ad: Adapters,
+    ) -> Result<Self> {
         cfg.validate()?;
         check_weights(cfg, weights, "model weights")?;
         let device = weights["wte.weight"].device().clone();
         let blocks = (0..cfg.n_layer)
             .map(|i| Block {
                 ln_1: Norm::new(weights, &format!("h.{i}.ln_1"), cfg),
-                attn: CausalSelfAttention::new(weights, &format!("h.{i}.attn"), cfg),
+                attn: CausalSelfAttention::new(weights, &format!("h.{i}.attn"), cfg, &mut ad),
                 ln_2: Norm::new(weights, &format!("h.{i}.ln_2"), cfg),
-                mlp: Mlp::new(weights, &format!("h.{i}.mlp"), cfg),
+                mlp: Mlp::new(weights, &format!("h.{i}.mlp"), cfg, &mut ad),
             })
             .collect();
+        if let Some(name) = ad.keys().next() {
+            return Err(crate::error::Error::Mismatch(format!(
+                "an adapter for '{name}', which is not a linear layer of this model"
+            )));
+        }
         let wte = weights["wte.weight"].clone();
         let lm_head = if cfg.tie_embeddings {
             wte.clone()
@@ -441,6 +488,22 @@ impl Transformer {
         }
         let h = self.ln_f.forward(&x)?;
         Ok(linear(&h, &self.lm_head, None)?.squeeze(1)?)
+    }
+
+    /// Switches LoRA dropout on (training) or off (evaluation, generation).
+    pub fn set_training(&mut self, on: bool) {
+        for b in &mut self.blocks {
+            for l in [
+                &mut b.attn.qkv,
+                &mut b.attn.proj,
+                &mut b.mlp.fc,
+                &mut b.mlp.proj,
+            ] {
+                if let Some(a) = l.adapters_mut() {
+                    a.training = on;
+                }
+            }
+        }
     }
 
     pub fn dtype(&self) -> DType {

@@ -56,18 +56,42 @@ pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }
 
+/// What a checkpoint holds of the model: all of it, or (LoRA) the adapter in PEFT's layout.
+pub enum CheckpointWeights {
+    Model(BTreeMap<String, Tensor>),
+    Adapter {
+        config_json: String,
+        weights: BTreeMap<String, Tensor>,
+    },
+}
+
+impl CheckpointWeights {
+    fn tensors(&self) -> &BTreeMap<String, Tensor> {
+        match self {
+            CheckpointWeights::Model(w) => w,
+            CheckpointWeights::Adapter { weights, .. } => weights,
+        }
+    }
+}
+
 /// Writes `run_dir/checkpoints/step_NNNNNN` and keeps only the `keep` most recent checkpoints.
 pub fn save_checkpoint(
     run_dir: &Path,
     state: &TrainerState,
-    weights: &BTreeMap<String, Tensor>,
+    weights: &CheckpointWeights,
     tokenizer: Option<&Tokenizer>,
     opt: &AdamW,
     keep: usize,
 ) -> Result<PathBuf> {
     let dir = checkpoints_dir(run_dir).join(format!("step_{:06}", state.step));
     crate::fsutil::write_dir_atomic(&dir, |tmp| {
-        write_model_files(tmp, &state.model, weights)?;
+        match weights {
+            CheckpointWeights::Model(w) => write_model_files(tmp, &state.model, w)?,
+            CheckpointWeights::Adapter {
+                config_json,
+                weights,
+            } => crate::model::lora::write_adapter_files(tmp, config_json, weights)?,
+        }
         if let Some(t) = tokenizer {
             t.save_to_dir(tmp, state.model.context)?;
         }
@@ -80,6 +104,7 @@ pub fn save_checkpoint(
                 }
             }
         }
+        debug_assert!(weights.tensors().keys().eq(opt.m.keys()));
         let mut moments: Vec<(String, Tensor)> = Vec::new();
         for (k, m) in &opt.m {
             moments.push((format!("m.{k}"), m.contiguous()?));
@@ -173,13 +198,24 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<LoadedCheckpoint> 
             format!("unknown trainer state format '{}'", state.format),
         ));
     }
-    let (cfg, weights) = crate::model::hf::load_model_dir(dir, device)?;
-    if cfg != state.model {
-        return Err(Error::bad_file(
-            dir,
-            "config.json disagrees with trainer_state.json's model config",
-        ));
-    }
+    let adapter = dir.join(crate::model::lora::ADAPTER_WEIGHTS);
+    let weights = if adapter.exists() {
+        let files = SafetensorsFiles::open(std::slice::from_ref(&adapter))?;
+        let mut w = BTreeMap::new();
+        for name in files.names() {
+            w.insert(name.clone(), files.load(name, None, device)?);
+        }
+        w
+    } else {
+        let (cfg, weights) = crate::model::hf::load_model_dir(dir, device)?;
+        if cfg != state.model {
+            return Err(Error::bad_file(
+                dir,
+                "config.json disagrees with trainer_state.json's model config",
+            ));
+        }
+        weights
+    };
     let files = SafetensorsFiles::open(&[dir.join(OPTIMIZER_FILE)])?;
     let mut m = BTreeMap::new();
     let mut v = BTreeMap::new();

@@ -6,6 +6,9 @@ pub mod optim;
 pub mod plot;
 pub mod schedule;
 mod setup;
+pub mod sft;
+mod source;
 pub mod trainer;
 
+pub use sft::sft;
 pub use trainer::{pretrain, resume, RunSummary};

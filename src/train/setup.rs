@@ -4,12 +4,14 @@
 use super::checkpoint::{load_checkpoint, resolve_checkpoint, TrainerState};
 use super::metrics::MetricsLog;
 use super::optim::{AdamW, AdamWConfig};
-use super::trainer::Run;
+use super::source::Source;
+use super::trainer::{build_model, LoraRun, Run};
 use crate::config::RunConfig;
 use crate::data::{load_meta, BatchLoader, DataMeta, ShardSet};
 use crate::error::{Error, Result};
+use crate::model::lora::{self, LoraConfig};
 use crate::model::params::{init_weights, Params};
-use crate::model::{LoadedModel, ModelConfig, Transformer};
+use crate::model::{LoadedModel, ModelConfig};
 use crate::tokenizer::Tokenizer;
 use candle_core::Device;
 use std::path::{Path, PathBuf};
@@ -101,8 +103,73 @@ pub fn model_config_for(cfg: &RunConfig, data_vocab: usize) -> Result<ModelConfi
     Ok(mc)
 }
 
+/// What a run trains: its model config, the starting weights of the trainable parameters, the
+/// LoRA parts, and the tokenizer (fine-tuning takes the base model's).
+struct Start {
+    model: ModelConfig,
+    params: Params,
+    lora: Option<LoraRun>,
+    tokenizer: Option<Tokenizer>,
+}
+
+/// The base model of a fine-tuning run.
+fn load_base(cfg: &RunConfig, device: &Device) -> Result<(PathBuf, LoadedModel)> {
+    if cfg.model.init_from.is_empty() {
+        return Err(Error::Config(
+            "fine-tuning needs a base model: --model PATH (model.init_from)".into(),
+        ));
+    }
+    let p = PathBuf::from(&cfg.model.init_from);
+    let lm = LoadedModel::load(&p, device)?;
+    lm.tokenizer(&p)?;
+    Ok((p, lm))
+}
+
+fn lora_config(cfg: &RunConfig) -> LoraConfig {
+    LoraConfig {
+        rank: cfg.lora.rank,
+        alpha: cfg.lora.alpha,
+        targets: cfg.lora.targets.clone(),
+        dropout: cfg.lora.dropout,
+    }
+}
+
+/// Fine-tuning's parameters: the whole base model, or fresh adapters over a frozen base.
+fn sft_start(cfg: &RunConfig, lm: LoadedModel, base: &Path, device: &Device) -> Result<Start> {
+    let tokenizer = lm.tokenizer.clone();
+    if cfg.lora.rank == 0 {
+        return Ok(Start {
+            params: Params::from_tensors(&lm.weights)?,
+            model: lm.cfg,
+            lora: None,
+            tokenizer,
+        });
+    }
+    let lcfg = lora_config(cfg);
+    let slots = lora::slots(&lm.cfg, &lcfg.targets)?;
+    let adapter = lora::init(&slots, lcfg.rank, cfg.train.seed, device)?;
+    Ok(Start {
+        params: Params::from_tensors(&adapter)?,
+        lora: Some(LoraRun {
+            cfg: lcfg,
+            base: lm.weights,
+            base_path: absolute(base),
+        }),
+        model: lm.cfg,
+        tokenizer,
+    })
+}
+
+/// A local path as an absolute path (what adapter_config.json records as the base model).
+fn absolute(p: &Path) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
 impl Run {
-    pub(super) fn new_fresh(cfg: RunConfig, run_dir: &Path) -> Result<Run> {
+    pub(super) fn new_fresh(mut cfg: RunConfig, run_dir: &Path) -> Result<Run> {
         if run_dir.join("config.toml").exists() || run_dir.join("checkpoints").exists() {
             return Err(Error::bad_file(
                 run_dir,
@@ -110,11 +177,21 @@ impl Run {
             ));
         }
         let device = crate::device(&cfg.train.device)?;
-        let meta = load_meta(&cfg.data.dir)?;
-        let (model_cfg, weights) = if cfg.model.init_from.is_empty() {
+        let start = if cfg.is_sft() {
+            let (p, lm) = load_base(&cfg, &device)?;
+            // Fine-tuning rows are at most the model's context long.
+            cfg.train.context = cfg.train.context.min(lm.cfg.context);
+            sft_start(&cfg, lm, &p, &device)?
+        } else if cfg.model.init_from.is_empty() {
+            let meta = load_meta(&cfg.data.dir)?;
             let mc = model_config_for(&cfg, meta.vocab_size)?;
             let w = init_weights(&mc, cfg.train.seed, &device)?;
-            (mc, w)
+            Start {
+                model: mc,
+                params: Params::from_tensors(&w)?,
+                lora: None,
+                tokenizer: None,
+            }
         } else {
             let p = PathBuf::from(&cfg.model.init_from);
             let lm = LoadedModel::load(&p, &device)?;
@@ -126,15 +203,23 @@ impl Run {
                     lm.cfg.context
                 )));
             }
-            (lm.cfg, lm.weights)
+            Start {
+                model: lm.cfg,
+                params: Params::from_tensors(&lm.weights)?,
+                lora: None,
+                tokenizer: None,
+            }
         };
+        let source = open_source(&cfg, &start.model, start.tokenizer.as_ref(), 0, 1)?;
+        if cfg.is_sft() && cfg.train.max_steps == 0 {
+            let per_epoch = source.batches_per_epoch() as f64 / cfg.accumulation() as f64;
+            cfg.train.max_steps = ((cfg.sft.epochs * per_epoch).ceil() as usize).max(1);
+        }
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
         crate::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-        let state = TrainerState::new(cfg.clone(), model_cfg);
-        let opt_cfg = adam_config(&cfg);
-        let params = Params::from_tensors(&weights)?;
-        let opt = AdamW::new(opt_cfg, &params.vars)?;
-        Run::assemble(cfg, run_dir, device, params, opt, state, None)
+        let state = TrainerState::new(cfg.clone(), start.model.clone());
+        let opt = AdamW::new(adam_config(&cfg), &start.params.vars)?;
+        Run::assemble(cfg, run_dir, device, start, opt, state, source, false)
     }
 
     pub(super) fn new_resumed(path: &Path, overrides: &[String]) -> Result<Run> {
@@ -160,47 +245,106 @@ impl Run {
         let mut state = loaded.state;
         state.config = cfg.clone();
         let params = Params::from_tensors(&loaded.weights)?;
-        let mut opt = AdamW::new(adam_config(&cfg), &params.vars)?;
+        let start = match (cfg.is_sft(), cfg.lora.rank) {
+            (true, 0) => Start {
+                model: state.model.clone(),
+                params,
+                lora: None,
+                tokenizer: Some(Tokenizer::load(&ckpt)?),
+            },
+            (true, _) => {
+                let (p, lm) = load_base(&cfg, &device)?;
+                Start {
+                    model: state.model.clone(),
+                    params,
+                    lora: Some(LoraRun {
+                        cfg: lora_config(&cfg),
+                        base: lm.weights,
+                        base_path: absolute(&p),
+                    }),
+                    tokenizer: lm.tokenizer,
+                }
+            }
+            (false, _) => Start {
+                model: state.model.clone(),
+                params,
+                lora: None,
+                tokenizer: None,
+            },
+        };
+        let mut opt = AdamW::new(adam_config(&cfg), &start.params.vars)?;
         opt.m = loaded.m;
         opt.v = loaded.v;
         opt.t = state.optimizer_t;
+        let mut source = open_source(&cfg, &state.model, start.tokenizer.as_ref(), 0, 1)?;
+        source.set_position(state.loader_position);
         eprintln!("resuming {} from step {}", run_dir.display(), state.step);
-        Run::assemble(cfg, &run_dir, device, params, opt, state, Some(()))
+        state.loader_position = source.position();
+        Run::assemble(cfg, &run_dir, device, start, opt, state, source, true)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         cfg: RunConfig,
         run_dir: &Path,
         device: Device,
-        params: Params,
+        start: Start,
         opt: AdamW,
         state: TrainerState,
-        resumed: Option<()>,
+        source: Source,
+        resumed: bool,
     ) -> Result<Run> {
-        let (_, train, val, tokenizer) = open_data(&cfg, &state.model)?;
-        let model = Transformer::new(&state.model, &params.tensors())?;
-        let mut loader = BatchLoader::new(train, cfg.train.batch_size, state.seed, 0, 1)?;
-        loader.position = state.loader_position;
+        let tokenizer = match start.tokenizer {
+            Some(t) => Some(t),
+            None => data_tokenizer(&cfg)?,
+        };
+        let model = build_model(&state.model, &start.params, start.lora.as_ref())?;
         let token_bytes = tokenizer
             .as_ref()
             .map(|t| t.token_bytes())
             .unwrap_or_default();
-        let metrics = MetricsLog::open(run_dir, resumed.map(|_| state.step))?;
+        let metrics = MetricsLog::open(run_dir, resumed.then_some(state.step))?;
         Ok(Run {
             cfg,
             run_dir: run_dir.to_path_buf(),
             device,
-            params,
+            params: start.params,
+            lora: start.lora,
             model,
             opt,
-            loader,
-            val,
+            source,
             tokenizer,
             token_bytes,
             state,
             metrics,
         })
     }
+}
+
+/// The batches of a run: token shards, or the chat files of a fine-tuning run.
+fn open_source(
+    cfg: &RunConfig,
+    model: &ModelConfig,
+    tokenizer: Option<&Tokenizer>,
+    rank: usize,
+    world: usize,
+) -> Result<Source> {
+    if !cfg.is_sft() {
+        let (_, train, val, _) = open_data(cfg, model)?;
+        let loader = BatchLoader::new(train, cfg.train.batch_size, cfg.train.seed, rank, world)?;
+        return Ok(Source::Tokens { loader, val });
+    }
+    let tok =
+        tokenizer.ok_or_else(|| Error::Config("fine-tuning needs the model's tokenizer".into()))?;
+    super::sft::open_chat(cfg, model, tok, rank, world)
+}
+
+/// The tokenizer saved beside pre-training shards, if any.
+fn data_tokenizer(cfg: &RunConfig) -> Result<Option<Tokenizer>> {
+    if cfg.is_sft() || !cfg.data.dir.join("tokenizer.json").exists() {
+        return Ok(None);
+    }
+    Ok(Some(Tokenizer::load(&cfg.data.dir)?))
 }
 
 fn load_checkpoint_state(dir: &Path) -> Result<TrainerState> {

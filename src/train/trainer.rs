@@ -1,16 +1,16 @@
 //! The training loop shared by pre-training (and, later, fine-tuning): gradient accumulation,
 //! clipping, AdamW, the LR schedule, periodic validation / samples / checkpoints, progress, metrics.
 
-use super::checkpoint::{save_checkpoint, TrainerState};
+use super::checkpoint::{save_checkpoint, CheckpointWeights, TrainerState};
 use super::metrics::MetricsLog;
 use super::optim::{grad_norm, AdamW};
 use super::schedule::LrSchedule;
+use super::source::Source;
 use crate::config::RunConfig;
-use crate::data::{BatchLoader, ShardSet};
 use crate::error::{Error, Result};
-use crate::eval::score_windows;
+use crate::model::lora::LoraConfig;
 use crate::model::params::Params;
-use crate::model::{cross_entropy, Transformer};
+use crate::model::{cross_entropy, ModelConfig, Transformer};
 use crate::progress::{duration, human};
 use crate::tokenizer::Tokenizer;
 use candle_core::{Device, Tensor};
@@ -20,11 +20,37 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// A LoRA run's fixed parts.
+pub(super) struct LoraRun {
+    pub cfg: LoraConfig,
+    pub base: BTreeMap<String, Tensor>,
+    /// The base model as given (written into adapter_config.json).
+    pub base_path: String,
+}
+
+/// The model over the run's parameters: all of them, or a frozen base with trainable adapters.
+pub(super) fn build_model(
+    cfg: &ModelConfig,
+    params: &Params,
+    lora: Option<&LoraRun>,
+) -> Result<Transformer> {
+    match lora {
+        None => Transformer::new(cfg, &params.tensors()),
+        Some(l) => {
+            let ad = crate::model::lora::adapters(cfg, &l.cfg, &params.tensors())?;
+            Transformer::with_adapters(cfg, &l.base, ad)
+        }
+    }
+}
+
 /// What a finished run reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub run_dir: PathBuf,
+    /// The final model (the merged model of a LoRA run with merge, else its adapter).
     pub model_dir: PathBuf,
+    /// A LoRA run's adapter directory (PEFT layout).
+    pub adapter_dir: Option<PathBuf>,
     pub steps: usize,
     pub tokens_seen: u64,
     pub params: usize,
@@ -46,9 +72,10 @@ struct Tally {
     elapsed_before: f64,
     train_secs: f64,
     train_tokens: u64,
+    steps: usize,
     first_loss: f64,
     last_loss: f64,
-    val: Option<(f64, f64)>,
+    val: Option<(f64, Option<f64>)>,
     samples: Vec<String>,
     flops_per_token: f64,
     peak: f64,
@@ -68,8 +95,9 @@ pub(super) struct Run {
     pub(super) params: Params,
     pub(super) model: Transformer,
     pub(super) opt: AdamW,
-    pub(super) loader: BatchLoader,
-    pub(super) val: Option<ShardSet>,
+    pub(super) source: Source,
+    /// Fine-tuning with LoRA: the frozen base and the adapter's config; `params` holds the adapter.
+    pub(super) lora: Option<LoraRun>,
     pub(super) tokenizer: Option<Tokenizer>,
     pub(super) token_bytes: Vec<u32>,
     pub(super) state: TrainerState,
@@ -96,16 +124,17 @@ pub fn resume(path: &Path, overrides: &[String]) -> Result<RunSummary> {
 impl Run {
     /// Forward + backward over one optimizer step's micro-batches. Returns the mean loss and the
     /// summed gradients (each micro-batch's loss is divided by the number of micro-batches).
-    fn step_gradients(&mut self) -> Result<(f64, BTreeMap<String, Tensor>)> {
+    fn step_gradients(&mut self) -> Result<(f64, BTreeMap<String, Tensor>, u64)> {
         let accum = self.cfg.accumulation();
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut loss_sum = 0f64;
+        let mut tokens = 0;
+        self.model.set_training(true);
         for _ in 0..accum {
-            let b = self.loader.next_batch();
-            let x = Tensor::from_vec(b.inputs, (b.batch, b.context), &self.device)?;
-            let y = Tensor::from_vec(b.targets, (b.batch, b.context), &self.device)?;
-            let logits = self.model.forward(&x, 0, None)?;
-            let loss = cross_entropy(&logits, &y)?;
+            let b = self.source.next(&self.device)?;
+            tokens += b.tokens;
+            let logits = self.model.forward(&b.x, 0, None)?;
+            let loss = cross_entropy(&logits, &b.y)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             let scaled = if accum > 1 {
                 (loss / accum as f64)?
@@ -123,38 +152,28 @@ impl Run {
                 }
             }
         }
-        Ok((loss_sum / accum as f64, grads))
+        self.model.set_training(false);
+        Ok((loss_sum / accum as f64, grads, tokens))
     }
 
-    /// Validation loss and bits per byte over the fixed validation windows.
-    fn validate(&self) -> Result<Option<(f64, f64)>> {
-        let Some(val) = &self.val else {
-            return Ok(None);
-        };
-        let n = (self.cfg.eval.tokens / self.cfg.train.context).max(1);
-        let windows = val.sequential_windows(n);
-        if windows.is_empty() {
-            return Ok(None);
-        }
-        let refs: Vec<&[u32]> = windows.iter().map(|w| w.as_slice()).collect();
-        let (nats, count, bytes) = score_windows(
+    /// Validation loss and (for text) bits per byte over the fixed validation set.
+    fn validate(&self) -> Result<Option<(f64, Option<f64>)>> {
+        let windows = (self.cfg.eval.tokens / self.cfg.train.context).max(1);
+        self.source.validate(
             &self.model,
-            &refs,
-            &self.token_bytes,
+            windows,
             self.cfg.train.batch_size,
-        )?;
-        let bpb = if bytes > 0 {
-            nats / std::f64::consts::LN_2 / bytes as f64
-        } else {
-            f64::NAN
-        };
-        Ok(Some((nats / count as f64, bpb)))
+            &self.token_bytes,
+        )
     }
 
     fn sample(&self) -> Result<Option<String>> {
         let Some(tok) = &self.tokenizer else {
             return Ok(None);
         };
+        if let Source::Chat { format, sample, .. } = &self.source {
+            return self.sample_reply(tok, format, sample).map(Some);
+        }
         let mut prompt = if self.cfg.eval.sample_prompt.is_empty() {
             vec![]
         } else {
@@ -182,21 +201,61 @@ impl Run {
         )))
     }
 
+    /// A fine-tuned model's reply to the sample conversation (greedy unless a temperature is set).
+    fn sample_reply(
+        &self,
+        tok: &crate::tokenizer::Tokenizer,
+        format: &crate::chat::ChatFormat,
+        messages: &[crate::chat_template::Message],
+    ) -> Result<String> {
+        let prompt = format.prompt_ids(tok, messages)?;
+        let opts = crate::infer::GenerateOptions {
+            max_new_tokens: self.cfg.eval.sample_tokens,
+            sampling: crate::infer::SamplingParams {
+                temperature: self.cfg.eval.sample_temperature,
+                seed: self.state.seed.wrapping_add(self.state.step as u64),
+                ..Default::default()
+            },
+            stop_ids: format.stop_ids.clone(),
+            stop_strings: vec![],
+        };
+        let g = crate::infer::generate_text(&self.model, tok, &prompt, &opts, |_| Ok(()))?;
+        let user = messages.last().map(|m| m.content.as_str()).unwrap_or("");
+        Ok(format!("user: {user}\nassistant: {}", g.text))
+    }
+
     fn checkpoint(&self) -> Result<PathBuf> {
+        let weights = match &self.lora {
+            None => CheckpointWeights::Model(self.params.tensors()),
+            Some(l) => CheckpointWeights::Adapter {
+                config_json: self.adapter_config_json(l)?,
+                weights: self.params.tensors(),
+            },
+        };
         save_checkpoint(
             &self.run_dir,
             &self.state,
-            &self.params.tensors(),
+            &weights,
             self.tokenizer.as_ref(),
             &self.opt,
             self.cfg.checkpoint.keep,
         )
     }
 
-    fn train(mut self) -> Result<RunSummary> {
+    fn adapter_config_json(&self, l: &LoraRun) -> Result<String> {
+        let targets = crate::model::lora::resolve_targets(&self.state.model, &l.cfg.targets)?;
+        Ok(crate::model::lora::peft_config_json(
+            &self.state.model,
+            &l.cfg,
+            &targets,
+            &l.base_path,
+        ))
+    }
+
+    pub(super) fn train(mut self) -> Result<RunSummary> {
         let total = self.cfg.total_steps();
         let schedule = LrSchedule::from_config(&self.cfg.train, total);
-        let step_tokens = self.cfg.step_tokens() as u64;
+        let planned_step_tokens = self.cfg.step_tokens() as u64;
         let flops_per_token = self.state.model.flops_per_token(self.cfg.train.context);
         let peak = device_peak_flops(&self.cfg, &self.device);
         let n_params = self.params.count();
@@ -208,7 +267,7 @@ impl Run {
             self.state.model.n_embd,
             self.state.model.vocab_size,
             self.cfg.train.context,
-            human(step_tokens as f64),
+            human(planned_step_tokens as f64),
             self.cfg.train.batch_size,
             self.cfg.train.context,
             self.cfg.accumulation(),
@@ -221,6 +280,7 @@ impl Run {
             elapsed_before: self.state.elapsed_seconds,
             train_secs: 0.0,
             train_tokens: 0,
+            steps: 0,
             first_loss: f64::NAN,
             last_loss: f64::NAN,
             val: None,
@@ -240,7 +300,7 @@ impl Run {
         while self.state.step < total {
             let t0 = Instant::now();
             let lr = schedule.lr(self.state.step);
-            let (loss, grads) = self.step_gradients()?;
+            let (loss, grads, step_tokens) = self.step_gradients()?;
             if !loss.is_finite() {
                 bar.abandon();
                 return Err(Error::Training(format!(
@@ -263,11 +323,12 @@ impl Run {
             drop(grads);
             self.state.step += 1;
             self.state.optimizer_t = self.opt.t;
-            self.state.loader_position = self.loader.position;
+            self.state.loader_position = self.source.position();
             self.state.tokens_seen += step_tokens;
             let dt = t0.elapsed().as_secs_f64();
             tally.train_secs += dt;
             tally.train_tokens += step_tokens;
+            tally.steps += 1;
             if tally.first_loss.is_nan() {
                 tally.first_loss = loss;
             }
@@ -281,7 +342,7 @@ impl Run {
                 "elapsed": tally.elapsed(),
             }))?;
             let avg_tps = tally.train_tokens as f64 / tally.train_secs;
-            let eta = (total - step) as f64 * step_tokens as f64 / avg_tps;
+            let eta = (total - step) as f64 * tally.train_secs / tally.steps as f64;
             let msg = format!(
                 "loss {loss:.4} | lr {lr:.2e} | {} tok/s | MFU {:.1}% | norm {norm:.2}",
                 human(avg_tps),
@@ -304,10 +365,10 @@ impl Run {
                     self.metrics.append(
                         json!({"kind": "val", "step": step, "val_loss": vl, "val_bpb": bpb}),
                     )?;
-                    say(
-                        &bar,
-                        format!("step {step}: val loss {vl:.4} | {bpb:.4} bits/byte"),
-                    );
+                    let bpb = bpb
+                        .map(|b| format!(" | {b:.4} bits/byte"))
+                        .unwrap_or_default();
+                    say(&bar, format!("step {step}: val loss {vl:.4}{bpb}"));
                     self.plot()?;
                 }
             }
@@ -338,15 +399,37 @@ impl Run {
             let dir = self.run_dir.join("checkpoints");
             return Ok(self.summary(tally, dir));
         }
-        let model_dir = self.run_dir.join("model");
-        crate::model::save_model_dir(
-            &model_dir,
-            &self.state.model,
-            &self.params.tensors(),
-            self.tokenizer.as_ref(),
-        )?;
+        let (model_dir, adapter_dir) = self.save_final()?;
         self.plot()?;
-        Ok(self.summary(tally, model_dir))
+        let mut summary = self.summary(tally, model_dir);
+        summary.adapter_dir = adapter_dir;
+        Ok(summary)
+    }
+
+    /// OUT/model (the trained or merged model) and, for LoRA, OUT/adapter.
+    fn save_final(&self) -> Result<(PathBuf, Option<PathBuf>)> {
+        let model_dir = self.run_dir.join("model");
+        let tok = self.tokenizer.as_ref();
+        let Some(l) = &self.lora else {
+            let w = self.params.tensors();
+            crate::model::save_model_dir(&model_dir, &self.state.model, &w, tok)?;
+            return Ok((model_dir, None));
+        };
+        let adapter_dir = self.run_dir.join("adapter");
+        let adapter = self.params.tensors();
+        crate::model::lora::save_adapter(
+            &adapter_dir,
+            &self.state.model,
+            &l.cfg,
+            &adapter,
+            &l.base_path,
+        )?;
+        if !self.cfg.lora.merge {
+            return Ok((adapter_dir.clone(), Some(adapter_dir)));
+        }
+        let merged = crate::model::lora::merge(&self.state.model, &l.cfg, &l.base, &adapter)?;
+        crate::model::save_model_dir(&model_dir, &self.state.model, &merged, tok)?;
+        Ok((model_dir, Some(adapter_dir)))
     }
 
     fn summary(&self, t: Tally, model_dir: PathBuf) -> RunSummary {
@@ -358,6 +441,7 @@ impl Run {
         RunSummary {
             run_dir: self.run_dir.clone(),
             model_dir,
+            adapter_dir: None,
             steps: self.state.step,
             tokens_seen: self.state.tokens_seen,
             params: t.params,
@@ -367,7 +451,7 @@ impl Run {
             first_loss: t.first_loss,
             final_loss: t.last_loss,
             val_loss: t.val.map(|v| v.0),
-            val_bpb: t.val.map(|v| v.1),
+            val_bpb: t.val.and_then(|v| v.1),
             samples: t.samples,
         }
     }

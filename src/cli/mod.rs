@@ -1,0 +1,3 @@
+//! Subcommands of the `chatforge` binary that have outgrown `main.rs`.
+
+pub mod train;

@@ -1,0 +1,231 @@
+//! `chatforge pretrain` and `chatforge sft`.
+
+use anyhow::Result;
+use chatforge::config::RunConfig;
+use chatforge::train::RunSummary;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct PretrainArgs {
+    /// Run config (TOML). Without it the defaults are used (tiny preset).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. --set train.lr=3e-4 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Run directory (config.toml, metrics.jsonl, checkpoints/, model/, loss.png).
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue from a checkpoint directory or a run directory's newest checkpoint.
+    #[arg(long, conflicts_with_all = ["config", "out"])]
+    resume: Option<PathBuf>,
+    /// Shorthand for --set train.device=...
+    #[arg(long)]
+    device: Option<String>,
+}
+
+pub fn pretrain(a: PretrainArgs) -> Result<()> {
+    let mut set = a.set;
+    if let Some(d) = a.device {
+        set.push(format!("train.device={d}"));
+    }
+    let summary = match a.resume {
+        Some(r) => chatforge::train::resume(&r, &set)?,
+        None => {
+            let cfg = RunConfig::load(a.config.as_deref(), &set)?;
+            chatforge::train::pretrain(cfg, a.out.as_deref().expect("clap requires --out"))?
+        }
+    };
+    report(&summary);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct SftArgs {
+    /// The model to fine-tune: a chatforge or Hugging Face model directory, or a .gguf file.
+    #[arg(long, required_unless_present = "resume")]
+    model: Option<PathBuf>,
+    /// Chat files (.jsonl or .json): OpenAI `messages`, ShareGPT `conversations`, or
+    /// prompt/completion records.
+    #[arg(long, num_args = 1.., required_unless_present = "resume")]
+    data: Vec<PathBuf>,
+    /// Run directory (config.toml, metrics.jsonl, checkpoints/, model/ or adapter/).
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue from a checkpoint directory or a run directory's newest checkpoint.
+    #[arg(long, conflicts_with_all = ["config", "out", "model", "data"])]
+    resume: Option<PathBuf>,
+    /// Run config (TOML); flags and --set override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. --set train.warmup_steps=20 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Peak learning rate (default 2e-4 with LoRA, 5e-5 for full fine-tuning).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Passes over the training conversations.
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// Optimizer steps (instead of --epochs).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Conversations per batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Longest conversation in tokens (longer ones are cut; at most the model's context).
+    #[arg(long)]
+    context: Option<usize>,
+    /// Fraction of the conversations held out for validation.
+    #[arg(long)]
+    val_fraction: Option<f64>,
+    /// Field holding the prompt of prompt/completion records (e.g. question).
+    #[arg(long)]
+    prompt_field: Option<String>,
+    /// Field holding the completion of prompt/completion records (e.g. answer).
+    #[arg(long)]
+    completion_field: Option<String>,
+    /// Replace text in the data: FROM=TO, repeatable (e.g. --replace Vicuna=chatforge).
+    #[arg(long, value_name = "FROM=TO")]
+    replace: Vec<String>,
+    /// Train LoRA adapters of this rank instead of every weight.
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA scale numerator: adapters are scaled by alpha / rank.
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    /// Modules to adapt, comma-separated PEFT names (q_proj,v_proj / c_attn) or all-linear.
+    #[arg(long, value_delimiter = ',')]
+    lora_targets: Vec<String>,
+    #[arg(long)]
+    lora_dropout: Option<f64>,
+    /// With LoRA, also write the merged full model to OUT/model.
+    #[arg(long)]
+    merge: bool,
+    /// A prompt to sample a reply to at the end (default: the first held-out conversation's).
+    #[arg(long)]
+    sample_prompt: Option<String>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+/// A TOML literal of a string.
+fn quoted(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// Fine-tuning's own defaults, below the config file.
+fn sft_defaults(lora: bool) -> Vec<String> {
+    [
+        format!("train.lr={}", if lora { 2e-4 } else { 5e-5 }),
+        "train.max_steps=0".into(),
+        "train.batch_size=8".into(),
+        "train.context=2048".into(),
+        "train.warmup_steps=10".into(),
+        "train.weight_decay=0.0".into(),
+        "train.min_lr_ratio=0.0".into(),
+        "train.log_every=5".into(),
+        "eval.every=50".into(),
+        "eval.sample_every=0".into(),
+        "eval.sample_tokens=64".into(),
+        "eval.sample_temperature=0.0".into(),
+        "checkpoint.every=200".into(),
+    ]
+    .into()
+}
+
+impl SftArgs {
+    /// The flags as `--set` overrides (they win over the config file).
+    fn overrides(&self) -> Vec<String> {
+        let mut o = Vec::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                o.push(format!("{k}={v}"));
+            }
+        };
+        put(
+            "model.init_from",
+            self.model
+                .as_ref()
+                .map(|p| quoted(&p.display().to_string())),
+        );
+        if !self.data.is_empty() {
+            let files: Vec<String> = self
+                .data
+                .iter()
+                .map(|p| quoted(&p.display().to_string()))
+                .collect();
+            put("sft.data", Some(format!("[{}]", files.join(", "))));
+        }
+        put("train.lr", self.lr.map(|v| v.to_string()));
+        put("sft.epochs", self.epochs.map(|v| v.to_string()));
+        put("train.max_steps", self.max_steps.map(|v| v.to_string()));
+        put("train.batch_size", self.batch_size.map(|v| v.to_string()));
+        put("train.context", self.context.map(|v| v.to_string()));
+        put("sft.val_fraction", self.val_fraction.map(|v| v.to_string()));
+        put("sft.prompt_field", self.prompt_field.as_deref().map(quoted));
+        put(
+            "sft.completion_field",
+            self.completion_field.as_deref().map(quoted),
+        );
+        if !self.replace.is_empty() {
+            put("sft.replace", Some(quoted(&self.replace.join(";"))));
+        }
+        put("lora.rank", self.lora_rank.map(|v| v.to_string()));
+        put("lora.alpha", self.lora_alpha.map(|v| v.to_string()));
+        if !self.lora_targets.is_empty() {
+            let t: Vec<String> = self.lora_targets.iter().map(|s| quoted(s)).collect();
+            put("lora.targets", Some(format!("[{}]", t.join(", "))));
+        }
+        put("lora.dropout", self.lora_dropout.map(|v| v.to_string()));
+        if self.merge {
+            put("lora.merge", Some("true".into()));
+        }
+        put(
+            "eval.sample_prompt",
+            self.sample_prompt.as_deref().map(quoted),
+        );
+        put("train.device", self.device.clone());
+        o.extend(self.set.iter().cloned());
+        o
+    }
+}
+
+pub fn sft(a: SftArgs) -> Result<()> {
+    let overrides = a.overrides();
+    let summary = match &a.resume {
+        Some(r) => chatforge::train::resume(r, &overrides)?,
+        None => {
+            let lora = a.lora_rank.unwrap_or(0) > 0
+                || a.set
+                    .iter()
+                    .any(|s| s.starts_with("lora.rank=") && s != "lora.rank=0");
+            let cfg =
+                RunConfig::load_layered(a.config.as_deref(), &sft_defaults(lora), &overrides)?;
+            chatforge::train::sft(cfg, a.out.as_deref().expect("clap requires --out"))?
+        }
+    };
+    report(&summary);
+    if let Some(ad) = &summary.adapter_dir {
+        eprintln!("LoRA adapter (PEFT layout) in {}", ad.display());
+    }
+    Ok(())
+}
+
+fn report(summary: &RunSummary) {
+    eprintln!(
+        "done: {} steps, {} tokens in {} | {:.0} tok/s | final loss {:.4}{} | model in {}",
+        summary.steps,
+        summary.tokens_seen,
+        chatforge::progress::duration(summary.seconds),
+        summary.tokens_per_sec,
+        summary.final_loss,
+        summary
+            .val_loss
+            .map(|v| format!(" | val loss {v:.4}"))
+            .unwrap_or_default(),
+        summary.model_dir.display()
+    );
+}

@@ -1,0 +1,118 @@
+//! Where a run's batches and validation come from: token shards (pre-training) or tokenized
+//! conversations (fine-tuning).
+
+use crate::chat::ChatFormat;
+use crate::chat_template::Message;
+use crate::data::sft::{pad_batch, ChatLoader, Example};
+use crate::data::{BatchLoader, ShardSet};
+use crate::error::Result;
+use crate::eval::score_windows;
+use crate::model::loss::token_nll;
+use crate::model::Transformer;
+use candle_core::{Device, Tensor};
+
+pub(super) enum Source {
+    Tokens {
+        loader: BatchLoader,
+        val: Option<ShardSet>,
+    },
+    Chat {
+        loader: ChatLoader,
+        val: Vec<Example>,
+        format: ChatFormat,
+        /// The conversation a sample reply is generated for.
+        sample: Vec<Message>,
+    },
+}
+
+/// One micro-batch on the device: inputs (B, T) u32, targets (B, T), tokens computed.
+pub(super) struct StepBatch {
+    pub x: Tensor,
+    pub y: Tensor,
+    pub tokens: u64,
+}
+
+impl Source {
+    pub fn position(&self) -> u64 {
+        match self {
+            Source::Tokens { loader, .. } => loader.position,
+            Source::Chat { loader, .. } => loader.position,
+        }
+    }
+
+    /// Batches in one pass over the data (fine-tuning; pre-training windows are sampled).
+    pub fn batches_per_epoch(&self) -> usize {
+        match self {
+            Source::Tokens { .. } => 1,
+            Source::Chat { loader, .. } => loader.batches_per_epoch(),
+        }
+    }
+
+    pub fn set_position(&mut self, p: u64) {
+        match self {
+            Source::Tokens { loader, .. } => loader.position = p,
+            Source::Chat { loader, .. } => loader.position = p,
+        }
+    }
+
+    pub fn next(&mut self, device: &Device) -> Result<StepBatch> {
+        Ok(match self {
+            Source::Tokens { loader, .. } => {
+                let b = loader.next_batch();
+                StepBatch {
+                    x: Tensor::from_vec(b.inputs, (b.batch, b.context), device)?,
+                    y: Tensor::from_vec(b.targets, (b.batch, b.context), device)?,
+                    tokens: (b.batch * b.context) as u64,
+                }
+            }
+            Source::Chat { loader, .. } => {
+                let b = loader.next_batch();
+                StepBatch {
+                    x: Tensor::from_vec(b.inputs, (b.batch, b.len), device)?,
+                    y: Tensor::from_vec(b.targets, (b.batch, b.len), device)?,
+                    tokens: (b.batch * b.len) as u64,
+                }
+            }
+        })
+    }
+
+    /// Validation loss per token and, for text, bits per byte.
+    pub fn validate(
+        &self,
+        model: &Transformer,
+        windows: usize,
+        batch: usize,
+        token_bytes: &[u32],
+    ) -> Result<Option<(f64, Option<f64>)>> {
+        match self {
+            Source::Tokens { val: None, .. } => Ok(None),
+            Source::Tokens { val: Some(val), .. } => {
+                let windows = val.sequential_windows(windows);
+                if windows.is_empty() {
+                    return Ok(None);
+                }
+                let refs: Vec<&[u32]> = windows.iter().map(|w| w.as_slice()).collect();
+                let (nats, count, bytes) = score_windows(model, &refs, token_bytes, batch)?;
+                let bpb = (bytes > 0).then(|| nats / std::f64::consts::LN_2 / bytes as f64);
+                Ok(Some((nats / count as f64, bpb)))
+            }
+            Source::Chat { val, .. } if val.is_empty() => Ok(None),
+            Source::Chat { val, .. } => {
+                let (mut nats, mut count) = (0f64, 0usize);
+                for chunk in val.chunks(batch.max(1)) {
+                    let rows: Vec<&Example> = chunk.iter().collect();
+                    let b = pad_batch(&rows, 0);
+                    let dev = model.device();
+                    let x = Tensor::from_vec(b.inputs, (b.batch, b.len), dev)?;
+                    let y = Tensor::from_vec(b.targets, b.batch * b.len, dev)?;
+                    let logits = model.forward(&x, 0, None)?;
+                    let v = logits.dim(2)?;
+                    let (nll, _) = token_nll(&logits.reshape((b.batch * b.len, v))?, &y)?;
+                    nats += nll.sum_all()?.to_scalar::<f32>()? as f64;
+                    count += b.trained;
+                }
+                Ok(Some((nats / count.max(1) as f64, None)))
+            }
+        }
+    }
+}
