@@ -127,6 +127,9 @@ pub struct TrainSection {
     pub seed: u64,
     /// cpu, cuda, cuda:N or auto.
     pub device: String,
+    /// Compute precision: "f32", or "bf16" (bf16 weights and activations in the forward and
+    /// backward passes; f32 master weights, gradients, optimizer state, norms and loss).
+    pub dtype: String,
     /// Print a progress line every this many steps when not on a terminal.
     pub log_every: usize,
     /// Peak FLOP/s of the device for MFU (0 = an estimate for the device).
@@ -201,6 +204,7 @@ impl Default for TrainSection {
             grad_clip: 1.0,
             seed: 1337,
             device: "cpu".into(),
+            dtype: "f32".into(),
             log_every: 10,
             peak_flops: 0.0,
             stop_at_step: 0,
@@ -353,6 +357,9 @@ impl RunConfig {
         let l = &self.lora;
         if l.rank > 0 && (!(l.alpha > 0.0) || !(0.0..1.0).contains(&l.dropout)) {
             return err("lora.alpha must be positive and lora.dropout in [0, 1)".into());
+        }
+        if !matches!(t.dtype.as_str(), "f32" | "bf16") {
+            return err(format!("train.dtype '{}': expected f32 or bf16", t.dtype));
         }
         if !matches!(t.schedule.as_str(), "cosine" | "wsd" | "constant") {
             return err(format!(

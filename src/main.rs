@@ -150,6 +150,23 @@ struct ChatArgs {
 
 #[derive(Subcommand)]
 enum DataCmd {
+    /// Write the built-in synthetic chat tasks (arithmetic, spelling, count_letters) as JSONL:
+    /// OUT/train.jsonl (all tasks) and OUT/test_TASK.jsonl (held-out questions).
+    Synthetic {
+        /// Tasks (default: all).
+        #[arg(long, value_delimiter = ',')]
+        tasks: Vec<String>,
+        /// Training conversations per task.
+        #[arg(long, default_value_t = 2000)]
+        train: usize,
+        /// Held-out conversations per task.
+        #[arg(long, default_value_t = 100)]
+        test: usize,
+        #[arg(long, default_value_t = 1337)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Tokenize text / JSONL / Parquet files or folders into train and validation shards.
     Prepare {
         /// Tokenizer directory or tokenizer.json.
@@ -190,6 +207,21 @@ struct SpeedrunArgs {
     /// Override a config key of the pre-training run (repeatable), e.g. --set train.max_steps=100.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Fine-tuning steps on the synthetic chat tasks after pre-training (0 skips the stage).
+    #[arg(long, default_value_t = 300)]
+    sft_steps: usize,
+    /// Training conversations per synthetic task.
+    #[arg(long, default_value_t = 2000)]
+    sft_train_per_task: usize,
+    /// Held-out questions per synthetic task, scored before and after fine-tuning.
+    #[arg(long, default_value_t = 100)]
+    sft_test_per_task: usize,
+    /// Chat files (.jsonl/.json) to fine-tune on together with the synthetic tasks.
+    #[arg(long, num_args = 1..)]
+    chat_data: Vec<PathBuf>,
+    /// Override a config key of the fine-tuning run (repeatable), e.g. --sft-set train.lr=5e-4.
+    #[arg(long = "sft-set", value_name = "KEY=VALUE")]
+    sft_set: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -295,6 +327,44 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Tokenizer(cmd) => tokenizer_cmd(cmd),
         Command::Eval(a) => eval_cmd(a),
+        Command::Data(DataCmd::Synthetic {
+            tasks,
+            train,
+            test,
+            seed,
+            out,
+        }) => {
+            use chatforge::data::synthetic::{generate, ALL_TASKS};
+            let chosen: Vec<_> = ALL_TASKS
+                .into_iter()
+                .filter(|t| tasks.is_empty() || tasks.iter().any(|n| n == t.name()))
+                .collect();
+            if let Some(bad) = tasks
+                .iter()
+                .find(|n| !ALL_TASKS.iter().any(|t| t.name() == n.as_str()))
+            {
+                let names: Vec<&str> = ALL_TASKS.iter().map(|t| t.name()).collect();
+                bail!("unknown task '{bad}'; available: {}", names.join(", "));
+            }
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let mut all = Vec::new();
+            for t in chosen {
+                let (tr, te) = generate(t, train, test, seed);
+                let p = out.join(format!("test_{}.jsonl", t.name()));
+                chatforge::data::chat::save_conversations(&p, &te)?;
+                eprintln!(
+                    "{}: {} train, {} held out -> {}",
+                    t.name(),
+                    tr.len(),
+                    te.len(),
+                    p.display()
+                );
+                all.extend(tr);
+            }
+            chatforge::data::chat::save_conversations(&out.join("train.jsonl"), &all)?;
+            eprintln!("wrote {}", out.join("train.jsonl").display());
+            Ok(())
+        }
         Command::Data(DataCmd::Prepare {
             tokenizer,
             input,
@@ -329,8 +399,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pretrain(a) => cli::train::pretrain(a),
         Command::Sft(a) => cli::train::sft(a),
         Command::Speedrun(a) => {
-            let report =
-                chatforge::speedrun::speedrun(a.corpus.as_deref(), &a.out, a.vocab_size, &a.set)?;
+            let stage = chatforge::speedrun::SftStage {
+                steps: a.sft_steps,
+                train_per_task: a.sft_train_per_task,
+                test_per_task: a.sft_test_per_task,
+                chat_data: a.chat_data,
+                overrides: a.sft_set,
+            };
+            let report = chatforge::speedrun::speedrun(
+                a.corpus.as_deref(),
+                &a.out,
+                a.vocab_size,
+                &a.set,
+                &stage,
+            )?;
             println!("report: {}", report.display());
             Ok(())
         }

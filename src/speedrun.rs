@@ -1,9 +1,13 @@
 //! `chatforge speedrun`: the whole pipeline on a small corpus in about ten minutes on a laptop CPU —
-//! train a tokenizer, prepare shards, pre-train the tiny preset — ending in `report.md`.
+//! train a tokenizer, prepare shards, pre-train the tiny preset, fine-tune it on synthetic chat
+//! tasks — ending in `report.md` with the report card (scores before and after fine-tuning).
 
 use crate::config::RunConfig;
+use crate::data::chat::{save_conversations, Conversation};
+use crate::data::synthetic::{generate, ALL_TASKS};
 use crate::data::{prepare, PrepareOptions};
 use crate::error::{Error, Result};
+use crate::eval::tasks::chat_exact_match;
 use crate::progress::{duration, human};
 use crate::tokenizer::Tokenizer;
 use crate::train::RunSummary;
@@ -107,12 +111,131 @@ pub fn tiny_shakespeare() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// What the speedrun's fine-tuning stage does.
+#[derive(Debug, Clone)]
+pub struct SftStage {
+    /// Optimizer steps of SFT (0 skips the stage).
+    pub steps: usize,
+    /// Training conversations per synthetic task.
+    pub train_per_task: usize,
+    /// Held-out questions per synthetic task (scored before and after SFT).
+    pub test_per_task: usize,
+    /// Chat files to fine-tune on as well.
+    pub chat_data: Vec<PathBuf>,
+    /// `--set` overrides of the SFT run.
+    pub overrides: Vec<String>,
+}
+
+impl Default for SftStage {
+    fn default() -> Self {
+        SftStage {
+            steps: 300,
+            train_per_task: 2000,
+            test_per_task: 100,
+            chat_data: vec![],
+            overrides: vec![],
+        }
+    }
+}
+
+/// The SFT config of the speedrun, before `--sft-set` overrides.
+pub const SPEEDRUN_SFT_CONFIG: &str = r#"
+[train]
+batch_size = 32
+lr = 1e-3
+min_lr_ratio = 0.0
+schedule = "cosine"
+warmup_steps = 20
+weight_decay = 0.0
+grad_clip = 1.0
+log_every = 25
+[sft]
+val_fraction = 0.02
+[eval]
+every = 100
+sample_every = 0
+sample_tokens = 24
+sample_temperature = 0.0
+sample_prompt = "Spell the word \"garden\" letter by letter."
+[checkpoint]
+every = 0
+keep = 1
+"#;
+
+/// Scores of the synthetic tasks' held-out questions, before and after SFT.
+struct SftResult {
+    summary: RunSummary,
+    scores: Vec<(String, f64, f64)>,
+    items: usize,
+    seconds: f64,
+}
+
+/// Exact-match accuracy of a model on each held-out task file.
+fn score_tasks(model_dir: &Path, tests: &[(String, Vec<Conversation>)]) -> Result<Vec<f64>> {
+    let m = crate::model::LoadedModel::load(model_dir, &candle_core::Device::Cpu)?;
+    let tok = m.tokenizer(model_dir)?;
+    let model = m.transformer()?;
+    tests
+        .iter()
+        .map(|(_, convs)| Ok(chat_exact_match(&model, tok, convs, 24)?.exact_match))
+        .collect()
+}
+
+/// Stage 4: synthetic chat tasks (plus any chat files), scores before, SFT, scores after.
+fn sft_stage(out: &Path, base: &Path, stage: &SftStage, seed: u64) -> Result<SftResult> {
+    let t0 = Instant::now();
+    let dir = out.join("sft-data");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut train = Vec::new();
+    let mut tests = Vec::new();
+    for task in ALL_TASKS {
+        let (tr, te) = generate(task, stage.train_per_task, stage.test_per_task, seed);
+        save_conversations(&dir.join(format!("test_{}.jsonl", task.name())), &te)?;
+        train.extend(tr);
+        tests.push((task.name().to_string(), te));
+    }
+    let train_file = dir.join("train.jsonl");
+    save_conversations(&train_file, &train)?;
+    eprintln!(
+        "      scoring the base model on {} held-out questions",
+        3 * stage.test_per_task
+    );
+    let before = score_tasks(base, &tests)?;
+    let cfg_path = out.join("speedrun-sft.toml");
+    crate::fsutil::write_atomic(&cfg_path, SPEEDRUN_SFT_CONFIG.as_bytes())?;
+    let files: Vec<String> = std::iter::once(&train_file)
+        .chain(&stage.chat_data)
+        .map(|p| toml::Value::String(p.display().to_string()).to_string())
+        .collect();
+    let mut set = vec![
+        format!("model.init_from={}", base.display()),
+        format!("sft.data=[{}]", files.join(", ")),
+        format!("train.max_steps={}", stage.steps),
+    ];
+    set.extend(stage.overrides.iter().cloned());
+    let cfg = RunConfig::load(Some(&cfg_path), &set)?;
+    let summary = crate::train::sft(cfg, &out.join("sft"))?;
+    let after = score_tasks(&summary.model_dir, &tests)?;
+    let scores = tests
+        .iter()
+        .zip(before.iter().zip(&after))
+        .map(|((name, _), (&b, &a))| (name.clone(), b, a))
+        .collect();
+    Ok(SftResult {
+        summary,
+        scores,
+        items: stage.test_per_task,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
 /// Runs the pipeline into `out` and returns the path of `report.md`.
 pub fn speedrun(
     corpus: Option<&Path>,
     out: &Path,
     vocab_size: usize,
     overrides: &[String],
+    stage: &SftStage,
 ) -> Result<PathBuf> {
     crate::fsutil::ensure_new_or_empty(out, "the run directory")?;
     let t_all = Instant::now();
@@ -125,8 +248,9 @@ pub fn speedrun(
         .len();
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
+    let n = if stage.steps > 0 { 4 } else { 3 };
     eprintln!(
-        "[1/3] tokenizer: byte-level BPE, {vocab_size} tokens, on {}",
+        "[1/{n}] tokenizer: byte-level BPE, {vocab_size} tokens, on {}",
         corpus.display()
     );
     let t0 = Instant::now();
@@ -135,7 +259,7 @@ pub fn speedrun(
     crate::fsutil::write_dir_atomic(&tok_dir, |d| tok.save_to_dir(d, 1024))?;
     let t_tok = t0.elapsed().as_secs_f64();
 
-    eprintln!("[2/3] data: tokenizing into shards");
+    eprintln!("[2/{n}] data: tokenizing into shards");
     let t0 = Instant::now();
     let data_dir = out.join("data");
     let meta = prepare(
@@ -146,14 +270,19 @@ pub fn speedrun(
     )?;
     let t_data = t0.elapsed().as_secs_f64();
 
-    eprintln!("[3/3] pre-training");
+    eprintln!("[3/{n}] pre-training");
     let cfg_path = out.join("speedrun.toml");
     crate::fsutil::write_atomic(&cfg_path, SPEEDRUN_CONFIG.as_bytes())?;
     let mut set = vec![format!("data.dir={}", data_dir.display())];
     set.extend(overrides.iter().cloned());
     let cfg = RunConfig::load(Some(&cfg_path), &set)?;
     let summary = crate::train::pretrain(cfg.clone(), &out.join("pretrain"))?;
-
+    let sft = if stage.steps > 0 {
+        eprintln!("[4/4] supervised fine-tuning on the synthetic chat tasks");
+        Some(sft_stage(out, &summary.model_dir, stage, cfg.train.seed)?)
+    } else {
+        None
+    };
     let report = out.join("report.md");
     let text = render_report(&ReportInputs {
         corpus: &corpus,
@@ -165,6 +294,7 @@ pub fn speedrun(
         t_data,
         cfg: &cfg,
         summary: &summary,
+        sft: sft.as_ref(),
         total_secs: t_all.elapsed().as_secs_f64(),
     });
     crate::fsutil::write_atomic(&report, text.as_bytes())?;
@@ -181,6 +311,7 @@ struct ReportInputs<'a> {
     t_data: f64,
     cfg: &'a RunConfig,
     summary: &'a RunSummary,
+    sft: Option<&'a SftResult>,
     total_secs: f64,
 }
 
@@ -212,12 +343,39 @@ fn render_report(r: &ReportInputs) -> String {
     );
     let _ = writeln!(
         o,
-        "| pre-training | {} params, {} steps, {} tokens | {} |\n",
+        "| pre-training | {} params, {} steps, {} tokens | {} |",
         human(s.params as f64),
         s.steps,
         human(s.tokens_seen as f64),
         duration(s.seconds)
     );
+    if let Some(f) = r.sft {
+        let _ = writeln!(
+            o,
+            "| supervised fine-tuning | {} steps, {} tokens, final loss {:.4} | {} |",
+            f.summary.steps,
+            human(f.summary.tokens_seen as f64),
+            f.summary.final_loss,
+            duration(f.seconds)
+        );
+    }
+    let _ = writeln!(o);
+    if let Some(f) = r.sft {
+        let _ = writeln!(o, "## Report card\n");
+        let _ = writeln!(
+            o,
+            "Exact match on {} held-out questions per task (greedy, chat template), before and after SFT.\n",
+            f.items
+        );
+        let _ = writeln!(o, "| task | base model | after SFT |\n| --- | --- | --- |");
+        for (task, b, a) in &f.scores {
+            let _ = writeln!(o, "| {task} | {:.1}% | {:.1}% |", 100.0 * b, 100.0 * a);
+        }
+        let _ = writeln!(o);
+        for s in &f.summary.samples {
+            let _ = writeln!(o, "After SFT:\n\n```text\n{}\n```\n", s.trim_end());
+        }
+    }
     let _ = writeln!(o, "## Results\n");
     let _ = writeln!(o, "| metric | value |\n| --- | --- |");
     let _ = writeln!(o, "| validation loss (nats/token) | {} |", opt(s.val_loss));
@@ -250,5 +408,12 @@ fn render_report(r: &ReportInputs) -> String {
         "```sh\nchatforge eval --model {} --task ppl --data FILE.txt\n```",
         s.model_dir.display()
     );
+    if let Some(f) = r.sft {
+        let _ = writeln!(
+            o,
+            "\n```sh\nchatforge chat --model {}\n```",
+            f.summary.model_dir.display()
+        );
+    }
     o
 }

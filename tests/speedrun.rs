@@ -33,6 +33,14 @@ fn speedrun_runs_the_pipeline_and_writes_a_report() {
         "eval.every=15",
         "--set",
         "eval.tokens=2048",
+        "--sft-steps",
+        "12",
+        "--sft-train-per-task",
+        "40",
+        "--sft-test-per-task",
+        "4",
+        "--sft-set",
+        "train.batch_size=8",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("report.md"), "{stdout}");
@@ -43,6 +51,11 @@ fn speedrun_runs_the_pipeline_and_writes_a_report() {
         "loss curve",
         "Sample 1",
         "[train]",
+        "## Report card",
+        "| arithmetic |",
+        "| spelling |",
+        "| count_letters |",
+        "supervised fine-tuning | 12 steps",
     ] {
         assert!(report.contains(needle), "report lacks {needle}:\n{report}");
     }
@@ -51,6 +64,9 @@ fn speedrun_runs_the_pipeline_and_writes_a_report() {
         "data/meta.json",
         "pretrain/model/model.safetensors",
         "pretrain/loss.png",
+        "sft-data/train.jsonl",
+        "sft-data/test_spelling.jsonl",
+        "sft/model/model.safetensors",
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }

@@ -331,6 +331,7 @@ def check_chatforge(binary):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["models", "tokenizer", "eval", "smollm2", "mc", "lora"], help="regenerate one fixture group")
+    ap.add_argument("--summary", type=int, default=0, help="with --only mc: also acc / acc_norm on the first N items")
     ap.add_argument("--check-chatforge", metavar="BIN", help="chatforge binary whose saved models transformers must load")
     args = ap.parse_args()
     if args.check_chatforge:
@@ -338,7 +339,7 @@ def main():
         return
     os.makedirs(FIX, exist_ok=True)
     groups = {"models": make_models, "tokenizer": gpt2_tokenizer, "eval": eval_fixture, "smollm2": smollm2_fixture,
-              "mc": smollm2_mc_fixture, "lora": lora_fixture}
+              "mc": lambda: smollm2_mc_fixture(summary=args.summary), "lora": lora_fixture}
     for name, fn in groups.items():
         if args.only in (None, name):
             fn()

@@ -207,7 +207,7 @@ impl SyntheticTask {
 
 /// `n_train` training and `n_test` held-out conversations of `task`, deterministic in `seed`; no
 /// held-out question appears in the training set (questions are drawn without repeats, so a task
-/// with fewer distinct questions than asked for returns fewer).
+/// with fewer distinct questions than asked for returns fewer training conversations).
 pub fn generate(
     task: SyntheticTask,
     n_train: usize,
@@ -229,6 +229,7 @@ pub fn generate(
             });
         }
     }
-    let test = out.split_off(n_train.min(out.len()));
-    (out, test)
+    // The held-out set is drawn first, so that a task with few distinct questions still has one.
+    let train = out.split_off(n_test.min(out.len()));
+    (train, out)
 }

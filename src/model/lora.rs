@@ -467,17 +467,18 @@ pub fn load_adapter(
             "rank_pattern, alpha_pattern and layers_to_transform are not supported",
         ));
     }
-    let targets =
-        match &peft.target_modules {
-            TargetModules::List(l) => l.clone(),
-            TargetModules::One(s) if s == "all-linear" => vec![s.clone()],
-            TargetModules::One(s) => return Err(Error::bad_file(
+    let targets = match &peft.target_modules {
+        TargetModules::List(l) => l.clone(),
+        TargetModules::One(s) if s == "all-linear" => vec![s.clone()],
+        TargetModules::One(s) => {
+            return Err(Error::bad_file(
                 &cp,
                 format!(
                     "target_modules '{s}': a regular expression is not supported; list the modules"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let lora = LoraConfig {
         rank: peft.r,
         alpha: peft.lora_alpha,

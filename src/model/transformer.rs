@@ -87,6 +87,9 @@ impl Norm {
 
     /// x: (B, T, C) -> (B, T, C), normalised over C.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Statistics in f32 whatever the compute dtype (bf16 mixed precision).
+        let dtype = x.dtype();
+        let x = &x.to_dtype(DType::F32)?;
         let xn = match self.kind {
             NormKind::LayerNorm => {
                 let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
@@ -98,11 +101,12 @@ impl Norm {
                 x.broadcast_div(&(ms + self.eps)?.sqrt()?)?
             }
         };
-        let y = xn.broadcast_mul(&self.weight)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+        let y = xn.broadcast_mul(&self.weight.to_dtype(DType::F32)?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
             None => y,
-        })
+        };
+        Ok(y.to_dtype(dtype)?)
     }
 }
 
@@ -140,8 +144,8 @@ impl Rope {
     /// x: (B, heads, T, D) at positions start..start+T -> same shape.
     fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
         let (_, _, t, d) = x.dims4()?;
-        let cos = self.cos.narrow(0, start, t)?;
-        let sin = self.sin.narrow(0, start, t)?;
+        let cos = self.cos.narrow(0, start, t)?.to_dtype(x.dtype())?;
+        let sin = self.sin.narrow(0, start, t)?.to_dtype(x.dtype())?;
         let x1 = x.narrow(D::Minus1, 0, d / 2)?;
         let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
@@ -433,7 +437,7 @@ impl Transformer {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let h = self.forward_hidden(idx, start, cache)?;
-        linear(&h, &self.lm_head, None)
+        Ok(linear(&h, &self.lm_head, None)?.to_dtype(DType::F32)?)
     }
 
     /// Logits for the last position only, (B, V): what generation needs, without the (B, T, V) tensor.
@@ -446,7 +450,9 @@ impl Transformer {
         let h = self.forward_hidden(idx, start, cache)?;
         let t = h.dim(1)?;
         let last = h.narrow(1, t - 1, 1)?;
-        Ok(linear(&last, &self.lm_head, None)?.squeeze(1)?)
+        Ok(linear(&last, &self.lm_head, None)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Runs a prompt (1, T) through the model into a fresh KV cache: the cache and the next-token
@@ -487,7 +493,9 @@ impl Transformer {
             c.advance(1);
         }
         let h = self.ln_f.forward(&x)?;
-        Ok(linear(&h, &self.lm_head, None)?.squeeze(1)?)
+        Ok(linear(&h, &self.lm_head, None)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Switches LoRA dropout on (training) or off (evaluation, generation).

@@ -298,7 +298,12 @@ impl Run {
             Some(t) => Some(t),
             None => data_tokenizer(&cfg)?,
         };
-        let model = build_model(&state.model, &start.params, start.lora.as_ref())?;
+        let model = build_model(
+            &state.model,
+            &start.params,
+            start.lora.as_ref(),
+            candle_core::DType::F32,
+        )?;
         let token_bytes = tokenizer
             .as_ref()
             .map(|t| t.token_bytes())

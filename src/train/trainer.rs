@@ -13,7 +13,7 @@ use crate::model::params::Params;
 use crate::model::{cross_entropy, ModelConfig, Transformer};
 use crate::progress::{duration, human};
 use crate::tokenizer::Tokenizer;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -33,12 +33,22 @@ pub(super) fn build_model(
     cfg: &ModelConfig,
     params: &Params,
     lora: Option<&LoraRun>,
+    dtype: DType,
 ) -> Result<Transformer> {
+    // Casting a Var is an op of the graph: the gradients of the cast weights reach the f32 Vars.
+    let cast = |w: BTreeMap<String, Tensor>| -> Result<BTreeMap<String, Tensor>> {
+        if dtype == DType::F32 {
+            return Ok(w);
+        }
+        w.into_iter()
+            .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
+            .collect()
+    };
     match lora {
-        None => Transformer::new(cfg, &params.tensors()),
+        None => Transformer::new(cfg, &cast(params.tensors())?),
         Some(l) => {
-            let ad = crate::model::lora::adapters(cfg, &l.cfg, &params.tensors())?;
-            Transformer::with_adapters(cfg, &l.base, ad)
+            let ad = crate::model::lora::adapters(cfg, &l.cfg, &cast(params.tensors())?)?;
+            Transformer::with_adapters(cfg, &cast(l.base.clone())?, ad)
         }
     }
 }
@@ -129,11 +139,22 @@ impl Run {
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut loss_sum = 0f64;
         let mut tokens = 0;
-        self.model.set_training(true);
+        // The f32 model shares the Vars; a bf16 run builds casts of them for this step.
+        let mut bf16 = match self.cfg.train.dtype.as_str() {
+            "bf16" => Some(build_model(
+                &self.state.model,
+                &self.params,
+                self.lora.as_ref(),
+                DType::BF16,
+            )?),
+            _ => None,
+        };
+        let model = bf16.as_mut().unwrap_or(&mut self.model);
+        model.set_training(true);
         for _ in 0..accum {
             let b = self.source.next(&self.device)?;
             tokens += b.tokens;
-            let logits = self.model.forward(&b.x, 0, None)?;
+            let logits = model.forward(&b.x, 0, None)?;
             let loss = cross_entropy(&logits, &b.y)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             let scaled = if accum > 1 {
@@ -152,7 +173,7 @@ impl Run {
                 }
             }
         }
-        self.model.set_training(false);
+        model.set_training(false);
         Ok((loss_sum / accum as f64, grads, tokens))
     }
 
@@ -259,19 +280,35 @@ impl Run {
         let flops_per_token = self.state.model.flops_per_token(self.cfg.train.context);
         let peak = device_peak_flops(&self.cfg, &self.device);
         let n_params = self.params.count();
+        let m = &self.state.model;
+        let trainable = match &self.lora {
+            None => format!("{} parameters", human(n_params as f64)),
+            Some(l) => format!(
+                "LoRA rank {} on {}: {} trainable parameters, base of {} frozen",
+                l.cfg.rank,
+                crate::model::lora::resolve_targets(m, &l.cfg.targets)?.join(","),
+                human(n_params as f64),
+                human(l.base.values().map(|t| t.elem_count()).sum::<usize>() as f64)
+            ),
+        };
+        let per_step = if self.cfg.is_sft() {
+            format!(
+                "{} conversations/step, padded to the longest (at most {} tokens)",
+                self.cfg.train.batch_size * self.cfg.accumulation(),
+                self.cfg.train.context
+            )
+        } else {
+            format!(
+                "{} tokens/step ({} x {} x {} accum)",
+                human(planned_step_tokens as f64),
+                self.cfg.train.batch_size,
+                self.cfg.train.context,
+                self.cfg.accumulation()
+            )
+        };
         eprintln!(
-            "model: {} parameters ({} layers, {} heads, width {}, vocab {}, context {}) | {} tokens/step ({} x {} x {} accum) | {} steps",
-            human(n_params as f64),
-            self.state.model.n_layer,
-            self.state.model.n_head,
-            self.state.model.n_embd,
-            self.state.model.vocab_size,
-            self.cfg.train.context,
-            human(planned_step_tokens as f64),
-            self.cfg.train.batch_size,
-            self.cfg.train.context,
-            self.cfg.accumulation(),
-            total
+            "model: {} layers, {} heads, width {}, vocab {}, context {} | {trainable} | {per_step} | {total} steps",
+            m.n_layer, m.n_head, m.n_embd, m.vocab_size, self.cfg.train.context,
         );
         let bar = crate::progress::steps_bar(total as u64);
         bar.set_position(self.state.step as u64);

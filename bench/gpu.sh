@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# GPU training benchmark: chatforge (built with --features cuda) against PyTorch eager and
+# torch.compile, GPT-2 124M at context 1024, fp32 and bf16, on the same token shard. One command,
+# a few minutes on an H100/H200:
+#
+#   bash bench/gpu.sh                      # builds chatforge with CUDA (tools/cuda-toolchain.sh)
+#   CHATFORGE_BIN=path/to/chatforge bash bench/gpu.sh   # a chatforge built elsewhere
+#
+# Needs python3 with torch (CUDA) and numpy. Writes bench/results/gpu_gpt2_124m.json (or
+# $RESULTS/...) and prints the table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${STEPS:-20}
+BATCH=${BATCH:-8}
+RESULTS=${RESULTS:-bench/results}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+if [ -z "${CHATFORGE_BIN:-}" ]; then
+  bash tools/cuda-toolchain.sh
+  # shellcheck disable=SC1091
+  source .cuda-toolchain/env.sh
+  cargo build --release --features cuda --target-dir target-cuda --bin chatforge
+  CHATFORGE_BIN=target-cuda/release/chatforge
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+
+python3 bench/gpu/make_shard.py "$WORK/data"
+runs=()
+for dtype in f32 bf16; do
+  echo "== chatforge $dtype"
+  # A failure is reported and the benchmark goes on with the other runs.
+  if "$CHATFORGE_BIN" pretrain --out "$WORK/cf-$dtype" --device cuda \
+    --set data.dir="$WORK/data" --set model.preset=gpt2 --set train.context=1024 \
+    --set train.batch_size="$BATCH" --set train.max_steps="$STEPS" --set train.dtype=$dtype \
+    --set train.lr=6e-4 --set train.warmup_steps=2 --set train.log_every=5 \
+    --set eval.every=0 --set eval.tokens=8192 --set eval.sample_every=0 --set eval.sample_tokens=8 \
+    --set checkpoint.every=0 >"$WORK/cf-$dtype.log" 2>&1; then
+    runs+=("$dtype=$WORK/cf-$dtype")
+  else
+    echo "chatforge $dtype FAILED"
+  fi
+  tail -n 12 "$WORK/cf-$dtype.log"
+done
+echo "== PyTorch"
+python3 bench/gpu/torch_gpt2.py --shard "$WORK/data/bench_train_000000.bin" --steps "$STEPS" \
+  --batch "$BATCH" | tee "$WORK/torch.jsonl"
+mkdir -p "$RESULTS"
+python3 bench/gpu/report.py "$RESULTS/gpu_gpt2_124m.json" "$WORK/torch.jsonl" "${runs[@]}"
