@@ -348,14 +348,17 @@ impl RunConfig {
         if t.max_steps == 0 && t.total_tokens == 0 && self.sft.data.is_empty() {
             return err("set train.max_steps or train.total_tokens".into());
         }
-        if !self.sft.data.is_empty() && !(self.sft.epochs > 0.0) && t.max_steps == 0 {
+        if !self.sft.data.is_empty()
+            && (self.sft.epochs.is_nan() || self.sft.epochs <= 0.0)
+            && t.max_steps == 0
+        {
             return err("sft.epochs must be positive (or set train.max_steps)".into());
         }
         if !(0.0..1.0).contains(&self.sft.val_fraction) {
             return err("sft.val_fraction must be in [0, 1)".into());
         }
         let l = &self.lora;
-        if l.rank > 0 && (!(l.alpha > 0.0) || !(0.0..1.0).contains(&l.dropout)) {
+        if l.rank > 0 && (l.alpha.is_nan() || l.alpha <= 0.0 || !(0.0..1.0).contains(&l.dropout)) {
             return err("lora.alpha must be positive and lora.dropout in [0, 1)".into());
         }
         if !matches!(t.dtype.as_str(), "f32" | "bf16") {

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod chat_template;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod fsutil;

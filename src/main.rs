@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 // (page faults on every step), mimalloc keeps them.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use chatforge::dist::Collective;
 use chatforge::model::{save_model_dir, LoadedModel};
 use chatforge::tokenizer::Tokenizer;
 use clap::{Args, Parser, Subcommand};
@@ -39,7 +40,7 @@ enum Command {
     /// Pre-train a model from a run config (or continue one with --resume).
     Pretrain(cli::train::PretrainArgs),
     /// Fine-tune a model on chat data, every weight or LoRA adapters (or continue with --resume).
-    Sft(cli::train::SftArgs),
+    Sft(Box<cli::train::SftArgs>),
     /// The whole pipeline on a small corpus: tokenizer, shards, pre-training, report.
     Speedrun(SpeedrunArgs),
     /// Continue a prompt (streamed to stdout).
@@ -317,13 +318,31 @@ fn main() {
         mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 1);
     }
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
+    // Training runs data-parallel when launched by mpirun (MPI is initialised here, once, and
+    // finalised when `coll` drops); everything else is a single process.
+    let coll: Box<dyn Collective> = match &cli.command {
+        Command::Pretrain(_) | Command::Sft(_) => match chatforge::dist::init() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        },
+        _ => Box::new(chatforge::dist::Single),
+    };
+    if let Err(e) = run(cli, coll.as_ref()) {
+        match coll.world() {
+            1 => eprintln!("error: {e:#}"),
+            _ => eprintln!("error (rank {}): {e:#}", coll.rank()),
+        }
+        // The other ranks may be waiting for this one in a collective: end the whole job.
+        coll.abort(1);
+        drop(coll);
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
     match cli.command {
         Command::Tokenizer(cmd) => tokenizer_cmd(cmd),
         Command::Eval(a) => eval_cmd(a),
@@ -396,8 +415,8 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Pretrain(a) => cli::train::pretrain(a),
-        Command::Sft(a) => cli::train::sft(a),
+        Command::Pretrain(a) => cli::train::pretrain(a, coll),
+        Command::Sft(a) => cli::train::sft(*a, coll),
         Command::Speedrun(a) => {
             let stage = chatforge::speedrun::SftStage {
                 steps: a.sft_steps,

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use chatforge::config::RunConfig;
+use chatforge::dist::Collective;
 use chatforge::train::RunSummary;
 use clap::Args;
 use std::path::PathBuf;
@@ -25,19 +26,23 @@ pub struct PretrainArgs {
     device: Option<String>,
 }
 
-pub fn pretrain(a: PretrainArgs) -> Result<()> {
+/// Every rank of a data-parallel job (`mpirun -n N chatforge pretrain ...`) runs this.
+pub fn pretrain(a: PretrainArgs, coll: &dyn Collective) -> Result<()> {
     let mut set = a.set;
     if let Some(d) = a.device {
         set.push(format!("train.device={d}"));
     }
     let summary = match a.resume {
-        Some(r) => chatforge::train::resume(&r, &set)?,
+        Some(r) => chatforge::train::resume_on(&r, &set, coll)?,
         None => {
             let cfg = RunConfig::load(a.config.as_deref(), &set)?;
-            chatforge::train::pretrain(cfg, a.out.as_deref().expect("clap requires --out"))?
+            let out = a.out.as_deref().expect("clap requires --out");
+            chatforge::train::pretrain_on(cfg, out, coll)?
         }
     };
-    report(&summary);
+    if coll.is_lead() {
+        report(&summary);
+    }
     Ok(())
 }
 
@@ -193,10 +198,10 @@ impl SftArgs {
     }
 }
 
-pub fn sft(a: SftArgs) -> Result<()> {
+pub fn sft(a: SftArgs, coll: &dyn Collective) -> Result<()> {
     let overrides = a.overrides();
     let summary = match &a.resume {
-        Some(r) => chatforge::train::resume(r, &overrides)?,
+        Some(r) => chatforge::train::resume_on(r, &overrides, coll)?,
         None => {
             let lora = a.lora_rank.unwrap_or(0) > 0
                 || a.set
@@ -204,9 +209,13 @@ pub fn sft(a: SftArgs) -> Result<()> {
                     .any(|s| s.starts_with("lora.rank=") && s != "lora.rank=0");
             let cfg =
                 RunConfig::load_layered(a.config.as_deref(), &sft_defaults(lora), &overrides)?;
-            chatforge::train::sft(cfg, a.out.as_deref().expect("clap requires --out"))?
+            let out = a.out.as_deref().expect("clap requires --out");
+            chatforge::train::sft_on(cfg, out, coll)?
         }
     };
+    if !coll.is_lead() {
+        return Ok(());
+    }
     report(&summary);
     if let Some(ad) = &summary.adapter_dir {
         eprintln!("LoRA adapter (PEFT layout) in {}", ad.display());

@@ -31,6 +31,9 @@ pub struct TrainerState {
     pub optimizer_t: u64,
     pub elapsed_seconds: f64,
     pub last_val_loss: Option<f64>,
+    /// Processes of the data-parallel run (checkpoints from before MPI: 1); a resume needs as many.
+    #[serde(default = "one")]
+    pub world: usize,
     pub config: RunConfig,
     pub model: ModelConfig,
 }
@@ -46,10 +49,15 @@ impl TrainerState {
             optimizer_t: 0,
             elapsed_seconds: 0.0,
             last_val_loss: None,
+            world: 1,
             config,
             model,
         }
     }
+}
+
+fn one() -> usize {
+    1
 }
 
 pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {

@@ -10,5 +10,5 @@ pub mod sft;
 mod source;
 pub mod trainer;
 
-pub use sft::sft;
-pub use trainer::{pretrain, resume, RunSummary};
+pub use sft::{sft, sft_on};
+pub use trainer::{pretrain, pretrain_on, resume, resume_on, RunSummary};

@@ -5,9 +5,10 @@ use super::checkpoint::{load_checkpoint, resolve_checkpoint, TrainerState};
 use super::metrics::MetricsLog;
 use super::optim::{AdamW, AdamWConfig};
 use super::source::Source;
-use super::trainer::{build_model, LoraRun, Run};
+use super::trainer::{accumulation, broadcast_params, build_model, LoraRun, Run};
 use crate::config::RunConfig;
 use crate::data::{load_meta, BatchLoader, DataMeta, ShardSet};
+use crate::dist::Collective;
 use crate::error::{Error, Result};
 use crate::model::lora::{self, LoraConfig};
 use crate::model::params::{init_weights, Params};
@@ -168,14 +169,22 @@ fn absolute(p: &Path) -> String {
         .to_string()
 }
 
-impl Run {
-    pub(super) fn new_fresh(mut cfg: RunConfig, run_dir: &Path) -> Result<Run> {
+impl<'c> Run<'c> {
+    pub(super) fn new_fresh(
+        mut cfg: RunConfig,
+        run_dir: &Path,
+        coll: &'c dyn Collective,
+    ) -> Result<Run<'c>> {
+        let (rank, world) = (coll.rank(), coll.world());
+        let accum = accumulation(&cfg, world)?;
         if run_dir.join("config.toml").exists() || run_dir.join("checkpoints").exists() {
             return Err(Error::bad_file(
                 run_dir,
                 "a run already exists here; continue it with --resume or choose a new --out (nothing was overwritten)",
             ));
         }
+        // Every rank has looked before rank 0 creates the run.
+        coll.barrier();
         let device = crate::device(&cfg.train.device)?;
         let start = if cfg.is_sft() {
             let (p, lm) = load_base(&cfg, &device)?;
@@ -210,27 +219,44 @@ impl Run {
                 tokenizer: None,
             }
         };
-        let source = open_source(&cfg, &start.model, start.tokenizer.as_ref(), 0, 1)?;
+        // The same starting weights on every rank, whatever each one computed or loaded.
+        broadcast_params(&start.params, coll)?;
+        let source = open_source(&cfg, &start.model, start.tokenizer.as_ref(), rank, world)?;
         if cfg.is_sft() && cfg.train.max_steps == 0 {
-            let per_epoch = source.batches_per_epoch() as f64 / cfg.accumulation() as f64;
+            // Batches per epoch over all ranks, over this rank's micro-batches per step.
+            let per_epoch = source.batches_per_epoch() as f64 / accum as f64;
             cfg.train.max_steps = ((cfg.sft.epochs * per_epoch).ceil() as usize).max(1);
         }
-        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-        crate::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-        let state = TrainerState::new(cfg.clone(), start.model.clone());
+        if coll.is_lead() {
+            std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+            crate::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+        }
+        let mut state = TrainerState::new(cfg.clone(), start.model.clone());
+        state.world = world;
         let opt = AdamW::new(adam_config(&cfg), &start.params.vars)?;
-        Run::assemble(cfg, run_dir, device, start, opt, state, source, false)
+        Run::assemble(
+            cfg, run_dir, device, start, opt, state, source, false, coll, accum,
+        )
     }
 
-    pub(super) fn new_resumed(path: &Path, overrides: &[String]) -> Result<Run> {
+    pub(super) fn new_resumed(
+        path: &Path,
+        overrides: &[String],
+        coll: &'c dyn Collective,
+    ) -> Result<Run<'c>> {
+        let (rank, world) = (coll.rank(), coll.world());
         let ckpt = resolve_checkpoint(path)?;
         let run_dir = ckpt
             .parent()
             .and_then(Path::parent)
             .ok_or_else(|| Error::bad_file(&ckpt, "a checkpoint lives in RUN/checkpoints/step_N"))?
             .to_path_buf();
-        super::checkpoint::remove_partial_checkpoints(&run_dir)?;
+        if coll.is_lead() {
+            super::checkpoint::remove_partial_checkpoints(&run_dir)?;
+        }
         let probe = load_checkpoint_state(&ckpt)?;
+        // The data each rank reads and the gradient average depend on the number of ranks.
+        crate::dist::check_same_world(probe.world, world)?;
         let mut cfg = probe.config.clone();
         if !overrides.is_empty() {
             // Re-apply overrides on top of the saved config (e.g. more steps).
@@ -240,6 +266,7 @@ impl Run {
             let _ = std::fs::remove_file(&tmp);
             cfg = r?;
         }
+        let accum = accumulation(&cfg, world)?;
         let device = crate::device(&cfg.train.device)?;
         let loaded = load_checkpoint(&ckpt, &device)?;
         let mut state = loaded.state;
@@ -276,11 +303,16 @@ impl Run {
         opt.m = loaded.m;
         opt.v = loaded.v;
         opt.t = state.optimizer_t;
-        let mut source = open_source(&cfg, &state.model, start.tokenizer.as_ref(), 0, 1)?;
+        let mut source = open_source(&cfg, &state.model, start.tokenizer.as_ref(), rank, world)?;
+        // Every rank drew as many batches (of its own streams): one position for all.
         source.set_position(state.loader_position);
-        eprintln!("resuming {} from step {}", run_dir.display(), state.step);
+        if coll.is_lead() {
+            eprintln!("resuming {} from step {}", run_dir.display(), state.step);
+        }
         state.loader_position = source.position();
-        Run::assemble(cfg, &run_dir, device, start, opt, state, source, true)
+        Run::assemble(
+            cfg, &run_dir, device, start, opt, state, source, true, coll, accum,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -293,7 +325,9 @@ impl Run {
         state: TrainerState,
         source: Source,
         resumed: bool,
-    ) -> Result<Run> {
+        coll: &'c dyn Collective,
+        accum: usize,
+    ) -> Result<Run<'c>> {
         let tokenizer = match start.tokenizer {
             Some(t) => Some(t),
             None => data_tokenizer(&cfg)?,
@@ -308,9 +342,15 @@ impl Run {
             .as_ref()
             .map(|t| t.token_bytes())
             .unwrap_or_default();
-        let metrics = MetricsLog::open(run_dir, resumed.then_some(state.step))?;
+        // Rank 0 keeps the log.
+        let metrics = match coll.is_lead() {
+            true => Some(MetricsLog::open(run_dir, resumed.then_some(state.step))?),
+            false => None,
+        };
         Ok(Run {
             cfg,
+            coll,
+            accum,
             run_dir: run_dir.to_path_buf(),
             device,
             params: start.params,

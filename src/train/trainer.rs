@@ -7,6 +7,7 @@ use super::optim::{grad_norm, AdamW};
 use super::schedule::LrSchedule;
 use super::source::Source;
 use crate::config::RunConfig;
+use crate::dist::{Collective, Single};
 use crate::error::{Error, Result};
 use crate::model::lora::LoraConfig;
 use crate::model::params::Params;
@@ -98,8 +99,12 @@ impl Tally {
     }
 }
 
-pub(super) struct Run {
+pub(super) struct Run<'c> {
     pub(super) cfg: RunConfig,
+    /// The ranks of a data-parallel run (a single process: `Single`).
+    pub(super) coll: &'c dyn Collective,
+    /// Micro-batches per optimizer step on this rank.
+    pub(super) accum: usize,
     pub(super) run_dir: PathBuf,
     pub(super) device: Device,
     pub(super) params: Params,
@@ -111,7 +116,8 @@ pub(super) struct Run {
     pub(super) tokenizer: Option<Tokenizer>,
     pub(super) token_bytes: Vec<u32>,
     pub(super) state: TrainerState,
-    pub(super) metrics: MetricsLog,
+    /// metrics.jsonl (rank 0 only).
+    pub(super) metrics: Option<MetricsLog>,
 }
 
 use super::setup::device_peak_flops;
@@ -121,21 +127,124 @@ fn due(step: usize, every: usize) -> bool {
     every > 0 && step.is_multiple_of(every)
 }
 
+/// Micro-batches per optimizer step on each of `world` ranks: `train.batch_tokens` counts the tokens
+/// of one optimizer step over all ranks (0: one micro-batch per rank).
+pub fn accumulation(cfg: &RunConfig, world: usize) -> Result<usize> {
+    let micro = cfg.train.batch_size * cfg.train.context;
+    if cfg.train.batch_tokens == 0 {
+        return Ok(1);
+    }
+    if !cfg.train.batch_tokens.is_multiple_of(micro * world) {
+        return Err(Error::Config(format!(
+            "train.batch_tokens ({}) must be a multiple of batch_size * context * processes ({micro} x {world})",
+            cfg.train.batch_tokens
+        )));
+    }
+    Ok(cfg.train.batch_tokens / (micro * world))
+}
+
+/// Tokens per optimizer step over all `world` ranks.
+pub fn step_tokens(cfg: &RunConfig, world: usize) -> usize {
+    match cfg.train.batch_tokens {
+        0 => cfg.train.batch_size * cfg.train.context * world,
+        n => n,
+    }
+}
+
+/// Optimizer steps of the run on `world` ranks.
+pub fn total_steps(cfg: &RunConfig, world: usize) -> usize {
+    if cfg.train.total_tokens > 0 {
+        (cfg.train.total_tokens / step_tokens(cfg, world)).max(1)
+    } else {
+        cfg.train.max_steps
+    }
+}
+
 /// Starts a new run in `run_dir`.
 pub fn pretrain(cfg: RunConfig, run_dir: &Path) -> Result<RunSummary> {
-    Run::new_fresh(cfg, run_dir)?.train()
+    pretrain_on(cfg, run_dir, &Single)
+}
+
+/// Starts a new run in `run_dir` as one rank of a data-parallel job (every rank calls it).
+pub fn pretrain_on(cfg: RunConfig, run_dir: &Path, coll: &dyn Collective) -> Result<RunSummary> {
+    Run::new_fresh(cfg, run_dir, coll)?.train()
 }
 
 /// Continues the run of a checkpoint (or the newest checkpoint of a run directory).
 pub fn resume(path: &Path, overrides: &[String]) -> Result<RunSummary> {
-    Run::new_resumed(path, overrides)?.train()
+    resume_on(path, overrides, &Single)
 }
 
-impl Run {
+/// [`resume`] as one rank of a data-parallel job, with as many ranks as the checkpointed run had.
+pub fn resume_on(path: &Path, overrides: &[String], coll: &dyn Collective) -> Result<RunSummary> {
+    Run::new_resumed(path, overrides, coll)?.train()
+}
+
+/// Sets every parameter to rank 0's values (one broadcast of all of them, in name order).
+pub(super) fn broadcast_params(params: &Params, coll: &dyn Collective) -> Result<()> {
+    if coll.world() == 1 {
+        return Ok(());
+    }
+    let mut buf = Vec::with_capacity(params.count());
+    for v in params.vars.values() {
+        buf.extend(v.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+    }
+    coll.broadcast(&mut buf, 0);
+    let mut off = 0;
+    for v in params.vars.values() {
+        let n = v.elem_count();
+        let t = Tensor::from_slice(&buf[off..off + n], v.shape(), v.device())?;
+        v.set(&t.to_dtype(v.dtype())?)?;
+        off += n;
+    }
+    Ok(())
+}
+
+impl Run<'_> {
+    /// Sums the gradients over the ranks and divides by their number (one all-reduce of all of them
+    /// in name order; `BTreeMap` order is the same on every rank).
+    fn average_gradients(
+        &self,
+        grads: BTreeMap<String, Tensor>,
+        totals: &mut [f64],
+    ) -> Result<BTreeMap<String, Tensor>> {
+        let world = self.coll.world();
+        let mut buf: Vec<f32> = Vec::new();
+        let mut layout = Vec::with_capacity(grads.len());
+        for (name, g) in grads {
+            let v = g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            layout.push((name, g.shape().clone(), g.dtype(), v.len()));
+            buf.extend(v);
+        }
+        // The loss, the token count and the buffer length (every rank must send as many).
+        let n = buf.len() as f64;
+        let mut t = totals.to_vec();
+        t.push(n);
+        self.coll.all_reduce_sum_f64(&mut t);
+        if t.pop() != Some(n * world as f64) {
+            return Err(Error::Training(
+                "the ranks disagree on the gradients' sizes (different models?)".into(),
+            ));
+        }
+        totals.copy_from_slice(&t);
+        self.coll.all_reduce_sum(&mut buf);
+        let w = world as f32;
+        let mut out = BTreeMap::new();
+        let mut off = 0;
+        for (name, shape, dtype, len) in layout {
+            let avg: Vec<f32> = buf[off..off + len].iter().map(|x| x / w).collect();
+            let t = Tensor::from_vec(avg, shape, &self.device)?;
+            out.insert(name, t.to_dtype(dtype)?);
+            off += len;
+        }
+        Ok(out)
+    }
+
     /// Forward + backward over one optimizer step's micro-batches. Returns the mean loss and the
-    /// summed gradients (each micro-batch's loss is divided by the number of micro-batches).
+    /// summed gradients (each micro-batch's loss is divided by the number of micro-batches), and the
+    /// tokens; in a data-parallel run all three are over every rank (gradients and loss averaged).
     fn step_gradients(&mut self) -> Result<(f64, BTreeMap<String, Tensor>, u64)> {
-        let accum = self.cfg.accumulation();
+        let accum = self.accum;
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut loss_sum = 0f64;
         let mut tokens = 0;
@@ -174,7 +283,16 @@ impl Run {
             }
         }
         model.set_training(false);
-        Ok((loss_sum / accum as f64, grads, tokens))
+        let loss = loss_sum / accum as f64;
+        let world = self.coll.world();
+        if world == 1 {
+            return Ok((loss, grads, tokens));
+        }
+        // Rank r's micro-batch k is batch k * world + r of the single-process stream: the average
+        // over the ranks is the gradient of the combined batch.
+        let mut totals = [loss, tokens as f64];
+        let grads = self.average_gradients(grads, &mut totals)?;
+        Ok((totals[0] / world as f64, grads, totals[1] as u64))
     }
 
     /// Validation loss and (for text) bits per byte over the fixed validation set.
@@ -245,7 +363,13 @@ impl Run {
         Ok(format!("user: {user}\nassistant: {}", g.text))
     }
 
+    /// Rank 0 writes the checkpoint; the others wait for it.
     fn checkpoint(&self) -> Result<PathBuf> {
+        if !self.coll.is_lead() {
+            self.coll.barrier();
+            return Ok(super::checkpoint::checkpoints_dir(&self.run_dir)
+                .join(format!("step_{:06}", self.state.step)));
+        }
         let weights = match &self.lora {
             None => CheckpointWeights::Model(self.params.tensors()),
             Some(l) => CheckpointWeights::Adapter {
@@ -253,14 +377,24 @@ impl Run {
                 weights: self.params.tensors(),
             },
         };
-        save_checkpoint(
+        let dir = save_checkpoint(
             &self.run_dir,
             &self.state,
             &weights,
             self.tokenizer.as_ref(),
             &self.opt,
             self.cfg.checkpoint.keep,
-        )
+        )?;
+        self.coll.barrier();
+        Ok(dir)
+    }
+
+    /// Appends a metrics record (rank 0).
+    fn log(&self, record: serde_json::Value) -> Result<()> {
+        match &self.metrics {
+            Some(m) => m.append(record),
+            None => Ok(()),
+        }
     }
 
     fn adapter_config_json(&self, l: &LoraRun) -> Result<String> {
@@ -274,11 +408,14 @@ impl Run {
     }
 
     pub(super) fn train(mut self) -> Result<RunSummary> {
-        let total = self.cfg.total_steps();
+        let world = self.coll.world();
+        let lead = self.coll.is_lead();
+        let total = total_steps(&self.cfg, world);
         let schedule = LrSchedule::from_config(&self.cfg.train, total);
-        let planned_step_tokens = self.cfg.step_tokens() as u64;
+        let planned_step_tokens = step_tokens(&self.cfg, world) as u64;
         let flops_per_token = self.state.model.flops_per_token(self.cfg.train.context);
-        let peak = device_peak_flops(&self.cfg, &self.device);
+        // Throughput counts every rank's tokens, so the peak is every rank's.
+        let peak = device_peak_flops(&self.cfg, &self.device) * world as f64;
         let n_params = self.params.count();
         let m = &self.state.model;
         let trainable = match &self.lora {
@@ -291,26 +428,37 @@ impl Run {
                 human(l.base.values().map(|t| t.elem_count()).sum::<usize>() as f64)
             ),
         };
+        let ranks = match world {
+            1 => String::new(),
+            n => format!(" x {n} processes"),
+        };
         let per_step = if self.cfg.is_sft() {
             format!(
                 "{} conversations/step, padded to the longest (at most {} tokens)",
-                self.cfg.train.batch_size * self.cfg.accumulation(),
+                self.cfg.train.batch_size * self.accum * world,
                 self.cfg.train.context
             )
         } else {
             format!(
-                "{} tokens/step ({} x {} x {} accum)",
+                "{} tokens/step ({} x {} x {} accum{ranks})",
                 human(planned_step_tokens as f64),
                 self.cfg.train.batch_size,
                 self.cfg.train.context,
-                self.cfg.accumulation()
+                self.accum
             )
         };
-        eprintln!(
-            "model: {} layers, {} heads, width {}, vocab {}, context {} | {trainable} | {per_step} | {total} steps",
-            m.n_layer, m.n_head, m.n_embd, m.vocab_size, self.cfg.train.context,
-        );
-        let bar = crate::progress::steps_bar(total as u64);
+        if lead {
+            eprintln!(
+                "model: {} layers, {} heads, width {}, vocab {}, context {} | {trainable} | {per_step} | {total} steps",
+                m.n_layer, m.n_head, m.n_embd, m.vocab_size, self.cfg.train.context,
+            );
+        }
+        // Only rank 0 shows progress.
+        let bar = if lead {
+            crate::progress::steps_bar(total as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         bar.set_position(self.state.step as u64);
         let mut tally = Tally {
             started: Instant::now(),
@@ -328,6 +476,9 @@ impl Run {
         };
         let mut last_ckpt: Option<PathBuf> = None;
         let say = |bar: &indicatif::ProgressBar, s: String| {
+            if !lead {
+                return;
+            }
             if bar.is_hidden() {
                 eprintln!("{s}");
             } else {
@@ -373,7 +524,7 @@ impl Run {
             let tps = step_tokens as f64 / dt;
             let mfu = tps * flops_per_token / peak;
             let step = self.state.step;
-            self.metrics.append(json!({
+            self.log(json!({
                 "kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": norm,
                 "tokens_per_sec": tps, "mfu": mfu, "tokens": self.state.tokens_seen,
                 "elapsed": tally.elapsed(),
@@ -387,7 +538,8 @@ impl Run {
             );
             bar.set_position(step as u64);
             bar.set_message(msg.clone());
-            if bar.is_hidden()
+            if lead
+                && bar.is_hidden()
                 && (step.is_multiple_of(self.cfg.train.log_every.max(1))
                     || step == 1
                     || step == total)
@@ -395,13 +547,13 @@ impl Run {
                 eprintln!("step {step}/{total} | {msg} | ETA {}", duration(eta));
             }
             let last = step == total;
-            if due(step, self.cfg.eval.every) || last {
+            // Validation, samples and the plot are rank 0's (the other ranks wait at the next
+            // all-reduce).
+            if lead && (due(step, self.cfg.eval.every) || last) {
                 if let Some((vl, bpb)) = self.validate()? {
                     self.state.last_val_loss = Some(vl);
                     tally.val = Some((vl, bpb));
-                    self.metrics.append(
-                        json!({"kind": "val", "step": step, "val_loss": vl, "val_bpb": bpb}),
-                    )?;
+                    self.log(json!({"kind": "val", "step": step, "val_loss": vl, "val_bpb": bpb}))?;
                     let bpb = bpb
                         .map(|b| format!(" | {b:.4} bits/byte"))
                         .unwrap_or_default();
@@ -409,10 +561,9 @@ impl Run {
                     self.plot()?;
                 }
             }
-            if due(step, self.cfg.eval.sample_every) || last {
+            if lead && (due(step, self.cfg.eval.sample_every) || last) {
                 if let Some(s) = self.sample()? {
-                    self.metrics
-                        .append(json!({"kind": "sample", "step": step, "text": s}))?;
+                    self.log(json!({"kind": "sample", "step": step, "text": s}))?;
                     say(
                         &bar,
                         format!("step {step} sample: {}", s.replace('\n', "\n    ")),
@@ -427,7 +578,9 @@ impl Run {
             }
             if pause {
                 bar.finish_and_clear();
-                eprintln!("stopped at step {step} as asked (train.stop_at_step); continue with --resume {}", self.run_dir.display());
+                if lead {
+                    eprintln!("stopped at step {step} as asked (train.stop_at_step); continue with --resume {}", self.run_dir.display());
+                }
                 break;
             }
         }
@@ -436,11 +589,34 @@ impl Run {
             let dir = self.run_dir.join("checkpoints");
             return Ok(self.summary(tally, dir));
         }
-        let (model_dir, adapter_dir) = self.save_final()?;
-        self.plot()?;
+        let (model_dir, adapter_dir) = if lead {
+            let dirs = self.save_final()?;
+            self.plot()?;
+            dirs
+        } else {
+            self.final_dirs()
+        };
+        // No rank ends before the final model is whole.
+        self.coll.barrier();
         let mut summary = self.summary(tally, model_dir);
         summary.adapter_dir = adapter_dir;
         Ok(summary)
+    }
+
+    /// Where [`Run::save_final`] writes.
+    fn final_dirs(&self) -> (PathBuf, Option<PathBuf>) {
+        let model_dir = self.run_dir.join("model");
+        match &self.lora {
+            None => (model_dir, None),
+            Some(_) => {
+                let adapter_dir = self.run_dir.join("adapter");
+                if self.cfg.lora.merge {
+                    (model_dir, Some(adapter_dir))
+                } else {
+                    (adapter_dir.clone(), Some(adapter_dir))
+                }
+            }
+        }
     }
 
     /// OUT/model (the trained or merged model) and, for LoRA, OUT/adapter.
@@ -494,7 +670,10 @@ impl Run {
     }
 
     fn plot(&self) -> Result<()> {
-        let recs = super::metrics::read_records(self.metrics.path())?;
+        let Some(metrics) = &self.metrics else {
+            return Ok(());
+        };
+        let recs = super::metrics::read_records(metrics.path())?;
         let pick = |kind: &str, key: &str| -> Vec<(f64, f64)> {
             recs.iter()
                 .filter(|r| r["kind"] == kind)

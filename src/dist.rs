@@ -1,0 +1,170 @@
+//! Data-parallel training's collectives: one small interface (sum all-reduce, broadcast, barrier)
+//! behind which a run is a single process ([`Single`]) or one rank of an MPI job (`Mpi`, with the
+//! `mpi` feature, when the process was launched by `mpirun`/`srun`).
+//!
+//! Every rank runs the same training loop on its own slice of the data; after each backward pass the
+//! gradients are summed over the ranks and averaged, so every rank takes the same optimizer step and
+//! the weights stay identical. Rank 0 alone writes files and prints progress.
+
+use crate::error::{Error, Result};
+
+/// The collective operations data-parallel training needs. Every rank calls them in the same
+/// order; a call returns once all ranks made it.
+pub trait Collective {
+    /// This process's index, 0..world.
+    fn rank(&self) -> usize;
+    /// The number of processes.
+    fn world(&self) -> usize;
+    /// Replaces `buf` on every rank with the element-wise sum over the ranks.
+    fn all_reduce_sum(&self, buf: &mut [f32]);
+    /// As [`Collective::all_reduce_sum`], for the few f64 totals (loss, token counts).
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]);
+    /// Replaces `buf` on every rank with rank `root`'s.
+    fn broadcast(&self, buf: &mut [f32], root: usize);
+    /// Returns once every rank has called it.
+    fn barrier(&self);
+    /// Ends every rank of the job (after an error on this one, so the others don't wait forever in
+    /// a collective). A single process just returns.
+    fn abort(&self, code: i32);
+    /// Whether this rank writes the run's files and prints its progress.
+    fn is_lead(&self) -> bool {
+        self.rank() == 0
+    }
+}
+
+/// One process: world 1, every operation a no-op.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Single;
+
+impl Collective for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _: &mut [f32]) {}
+    fn all_reduce_sum_f64(&self, _: &mut [f64]) {}
+    fn broadcast(&self, _: &mut [f32], _: usize) {}
+    fn barrier(&self) {}
+    fn abort(&self, _: i32) {}
+}
+
+/// Whether an MPI launcher (Open MPI's mpirun, MPICH's hydra, a PMIx launcher such as srun) started
+/// this process, and the world size it announced (0 when it names none).
+pub fn launcher_world() -> Option<usize> {
+    let var = |k: &str| std::env::var(k).ok()?.parse().ok();
+    var("OMPI_COMM_WORLD_SIZE")
+        .or_else(|| var("PMI_SIZE"))
+        .or_else(|| std::env::var_os("PMIX_RANK").map(|_| 0))
+}
+
+/// The collective of this process: MPI when built with the `mpi` feature and launched by an MPI
+/// launcher, else [`Single`]. Call it once, early (it initialises MPI), and keep the value until
+/// the end of the program (dropping it finalises MPI).
+pub fn init() -> Result<Box<dyn Collective>> {
+    let Some(world) = launcher_world() else {
+        return Ok(Box::new(Single));
+    };
+    #[cfg(feature = "mpi")]
+    {
+        let _ = world;
+        Ok(Box::new(mpi_impl::Mpi::init()?))
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        if world > 1 {
+            return Err(Error::Config(format!(
+                "launched as one of {world} MPI processes, but this chatforge was built without MPI \
+                 (cargo build --release --features mpi); refusing to run {world} independent copies \
+                 of the same run"
+            )));
+        }
+        Ok(Box::new(Single))
+    }
+}
+
+/// Fails unless `world` is the world size a checkpoint was written with (the data each rank reads
+/// and the gradient average depend on it).
+pub fn check_same_world(saved: usize, world: usize) -> Result<()> {
+    if saved == world {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "this checkpoint was written by a run of {saved} process(es) but this one has {world}; \
+         resume with the same world size (mpirun -n {saved}){}",
+        if saved == 1 {
+            ", or without mpirun"
+        } else {
+            ""
+        }
+    )))
+}
+
+#[cfg(feature = "mpi")]
+mod mpi_impl {
+    use super::Collective;
+    use crate::error::{Error, Result};
+    use mpi::collective::SystemOperation;
+    use mpi::topology::{Communicator, SimpleCommunicator};
+    use mpi::traits::*;
+
+    /// Elements per MPI call (counts are C ints).
+    const CHUNK: usize = 1 << 28;
+
+    /// A rank of the MPI job; holds MPI open until dropped.
+    pub struct Mpi {
+        world: SimpleCommunicator,
+        // Dropped last (fields drop in declaration order): MPI_Finalize.
+        _universe: mpi::environment::Universe,
+    }
+
+    impl Mpi {
+        pub fn init() -> Result<Self> {
+            // Only the main thread calls MPI (candle's worker threads never do).
+            let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+                .ok_or_else(|| Error::Config("MPI was already initialised".into()))?;
+            Ok(Mpi {
+                world: universe.world(),
+                _universe: universe,
+            })
+        }
+    }
+
+    impl Collective for Mpi {
+        fn rank(&self) -> usize {
+            self.world.rank() as usize
+        }
+        fn world(&self) -> usize {
+            self.world.size() as usize
+        }
+        fn all_reduce_sum(&self, buf: &mut [f32]) {
+            for c in buf.chunks_mut(CHUNK) {
+                let send = c.to_vec();
+                self.world
+                    .all_reduce_into(&send[..], c, SystemOperation::sum());
+            }
+        }
+        fn all_reduce_sum_f64(&self, buf: &mut [f64]) {
+            for c in buf.chunks_mut(CHUNK) {
+                let send = c.to_vec();
+                self.world
+                    .all_reduce_into(&send[..], c, SystemOperation::sum());
+            }
+        }
+        fn broadcast(&self, buf: &mut [f32], root: usize) {
+            let root = self.world.process_at_rank(root as i32);
+            for c in buf.chunks_mut(CHUNK) {
+                root.broadcast_into(c);
+            }
+        }
+        fn barrier(&self) {
+            self.world.barrier();
+        }
+        fn abort(&self, code: i32) {
+            if self.world.size() > 1 {
+                self.world.abort(code);
+            }
+        }
+    }
+}
