@@ -6,36 +6,10 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use chatforge::data::{prepare, PrepareOptions};
-use chatforge::tokenizer::Tokenizer;
 use common::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
-
-/// A data directory of the first 100 kB of tiny Shakespeare with a 512-token BPE, made once.
-fn data_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root =
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mpi-data-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        let text = std::fs::read_to_string(shared_data().join("tinyshakespeare.txt")).unwrap();
-        let corpus = root.join("corpus.txt");
-        std::fs::write(&corpus, &text[..100_000]).unwrap();
-        let tok = Tokenizer::train(std::slice::from_ref(&corpus), 512).unwrap();
-        prepare(
-            &tok,
-            &[corpus],
-            &root.join("data"),
-            &PrepareOptions::default(),
-        )
-        .unwrap();
-        root.join("data")
-    })
-}
 
 const STEPS: usize = 6;
 
@@ -43,7 +17,7 @@ const STEPS: usize = 6;
 /// accumulated by a single process).
 fn config() -> Vec<String> {
     vec![
-        format!("data.dir={}", data_dir().display()),
+        format!("data.dir={}", shakespeare_shards(100_000).display()),
         "model.n_layer=2".into(),
         "model.n_embd=64".into(),
         "model.n_head=4".into(),
@@ -286,30 +260,10 @@ fn a_batch_that_does_not_split_over_the_ranks_is_refused() {
     assert!(!tmp.path().join("run").exists(), "nothing was written");
 }
 
-/// A 2-layer Llama with a 512-token ChatML tokenizer, and spelling conversations to tune it on.
-fn sft_setup(tmp: &Path) -> (PathBuf, PathBuf) {
-    use chatforge::data::chat::save_conversations;
-    use chatforge::data::synthetic::{generate, SyntheticTask};
-    use chatforge::model::{params::init_weights, save_model_dir, ModelConfig};
-    let text = std::fs::read_to_string(shared_data().join("tinyshakespeare.txt")).unwrap();
-    let corpus = tmp.join("corpus.txt");
-    std::fs::write(&corpus, &text[..200_000]).unwrap();
-    let tok = Tokenizer::train(&[corpus], 512).unwrap();
-    let mut cfg = ModelConfig::preset("tiny-llama", Some(512), Some(96)).unwrap();
-    cfg.n_layer = 2;
-    let w = init_weights(&cfg, 3, &Device::Cpu).unwrap();
-    let base = tmp.join("base");
-    save_model_dir(&base, &cfg, &w, Some(&tok)).unwrap();
-    let (train, _) = generate(SyntheticTask::Spelling, 120, 0, 5);
-    let data = tmp.join("spell.jsonl");
-    save_conversations(&data, &train).unwrap();
-    (base, data)
-}
-
 #[test]
 fn lora_fine_tuning_on_two_ranks_matches_one_process() {
     let tmp = tempfile::tempdir().unwrap();
-    let (base, data) = sft_setup(tmp.path());
+    let (base, data) = chat_base_and_data(tmp.path());
     let sft = |ranks, out: &Path| {
         let args: Vec<String> = [
             "sft",

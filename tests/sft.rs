@@ -4,28 +4,10 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use chatforge::data::chat::save_conversations;
-use chatforge::data::synthetic::{generate, SyntheticTask};
 use chatforge::model::lora;
-use chatforge::model::params::init_weights;
-use chatforge::model::{save_model_dir, LoadedModel, ModelConfig, Transformer};
-use chatforge::tokenizer::Tokenizer;
+use chatforge::model::{LoadedModel, Transformer};
 use common::*;
-use std::path::{Path, PathBuf};
-
-/// A 2-layer model with a 512-token ChatML tokenizer, and spelling conversations to tune it on.
-fn setup(tmp: &Path) -> (PathBuf, PathBuf) {
-    let tok = Tokenizer::train(&[shared_data().join("tinyshakespeare.txt")], 512).unwrap();
-    let mut cfg = ModelConfig::preset("tiny-llama", Some(512), Some(96)).unwrap();
-    cfg.n_layer = 2;
-    let w = init_weights(&cfg, 3, &Device::Cpu).unwrap();
-    let base = tmp.join("base");
-    save_model_dir(&base, &cfg, &w, Some(&tok)).unwrap();
-    let (train, _) = generate(SyntheticTask::Spelling, 120, 0, 5);
-    let data = tmp.join("spell.jsonl");
-    save_conversations(&data, &train).unwrap();
-    (base, data)
-}
+use std::path::Path;
 
 fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
@@ -61,7 +43,7 @@ fn sft(args: &[&str]) -> String {
 #[test]
 fn full_fine_tuning_learns_the_assistant_replies() {
     let tmp = tempfile::tempdir().unwrap();
-    let (base, data) = setup(tmp.path());
+    let (base, data) = chat_base_and_data(tmp.path());
     let out = tmp.path().join("full");
     let log = sft(&[
         "--model",
@@ -99,7 +81,7 @@ fn full_fine_tuning_learns_the_assistant_replies() {
 #[test]
 fn lora_trains_adapters_only_and_merges_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let (base, data) = setup(tmp.path());
+    let (base, data) = chat_base_and_data(tmp.path());
     let before = files_of(&base);
     let out = tmp.path().join("lora");
     sft(&[
@@ -189,7 +171,7 @@ fn lora_trains_adapters_only_and_merges_exactly() {
 #[test]
 fn lora_resume_is_exact() {
     let tmp = tempfile::tempdir().unwrap();
-    let (base, data) = setup(tmp.path());
+    let (base, data) = chat_base_and_data(tmp.path());
     let common = |out: &Path| -> Vec<String> {
         [
             "--model",
@@ -237,7 +219,7 @@ fn lora_resume_is_exact() {
 #[test]
 fn sft_input_errors_are_clear() {
     let tmp = tempfile::tempdir().unwrap();
-    let (base, data) = setup(tmp.path());
+    let (base, data) = chat_base_and_data(tmp.path());
     let out = tmp.path().join("x");
     let (b, d, o) = (
         base.to_str().unwrap(),

@@ -5,43 +5,17 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use chatforge::config::{RunConfig, TrainSection};
-use chatforge::data::{prepare, PrepareOptions};
-use chatforge::tokenizer::Tokenizer;
 use chatforge::train::checkpoint::load_checkpoint;
 use chatforge::train::optim::{AdamW, AdamWConfig};
 use chatforge::train::schedule::LrSchedule;
 use common::*;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
-/// A data directory of the first 300 kB of tiny Shakespeare with a 512-token BPE, made once.
-fn data_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("train-data-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        let text = std::fs::read_to_string(shared_data().join("tinyshakespeare.txt")).unwrap();
-        let corpus = root.join("corpus.txt");
-        std::fs::write(&corpus, &text[..300_000]).unwrap();
-        let tok = Tokenizer::train(std::slice::from_ref(&corpus), 512).unwrap();
-        prepare(
-            &tok,
-            &[corpus],
-            &root.join("data"),
-            &PrepareOptions::default(),
-        )
-        .unwrap();
-        root.join("data")
-    })
-}
+use std::path::Path;
 
 /// A tiny model that trains in seconds.
 fn tiny_config(steps: usize) -> Vec<String> {
     vec![
-        format!("data.dir={}", data_dir().display()),
+        format!("data.dir={}", shakespeare_shards(300_000).display()),
         "model.n_layer=2".into(),
         "model.n_embd=64".into(),
         "model.n_head=4".into(),

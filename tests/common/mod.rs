@@ -1,7 +1,11 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod corpora;
 pub mod server;
+
+#[allow(unused_imports)]
+pub use corpora::{chat_base_and_data, shakespeare_shards};
 
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;

@@ -1,0 +1,56 @@
+//! Small real training inputs made from tiny Shakespeare: token shards, and a base model with a
+//! ChatML tokenizer plus chat data to fine-tune it on.
+
+use super::shared_data;
+use candle_core::Device;
+use chatforge::data::chat::save_conversations;
+use chatforge::data::synthetic::{generate, SyntheticTask};
+use chatforge::data::{prepare, PrepareOptions};
+use chatforge::model::params::init_weights;
+use chatforge::model::{save_model_dir, ModelConfig};
+use chatforge::tokenizer::Tokenizer;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The first `bytes` of tiny Shakespeare written to `dir/corpus.txt`.
+fn corpus(dir: &Path, bytes: usize) -> PathBuf {
+    let text = std::fs::read_to_string(shared_data().join("tinyshakespeare.txt")).unwrap();
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, &text[..bytes]).unwrap();
+    path
+}
+
+/// A data directory of the first `bytes` of tiny Shakespeare with a 512-token BPE, made once per
+/// test binary and size (in the target's temporary folder).
+pub fn shakespeare_shards(bytes: usize) -> PathBuf {
+    static DIRS: Mutex<BTreeMap<usize, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut dirs = DIRS.lock().unwrap_or_else(|p| p.into_inner());
+    dirs.entry(bytes)
+        .or_insert_with(|| {
+            let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("shards-{bytes}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root).unwrap();
+            let c = corpus(&root, bytes);
+            let tok = Tokenizer::train(std::slice::from_ref(&c), 512).unwrap();
+            prepare(&tok, &[c], &root.join("data"), &PrepareOptions::default()).unwrap();
+            root.join("data")
+        })
+        .clone()
+}
+
+/// A 2-layer Llama (context 96) with a 512-token ChatML tokenizer in `tmp/base`, and 120 spelling
+/// conversations in `tmp/spell.jsonl` to tune it on.
+pub fn chat_base_and_data(tmp: &Path) -> (PathBuf, PathBuf) {
+    let tok = Tokenizer::train(&[corpus(tmp, 200_000)], 512).unwrap();
+    let mut cfg = ModelConfig::preset("tiny-llama", Some(512), Some(96)).unwrap();
+    cfg.n_layer = 2;
+    let w = init_weights(&cfg, 3, &Device::Cpu).unwrap();
+    let base = tmp.join("base");
+    save_model_dir(&base, &cfg, &w, Some(&tok)).unwrap();
+    let (train, _) = generate(SyntheticTask::Spelling, 120, 0, 5);
+    let data = tmp.join("spell.jsonl");
+    save_conversations(&data, &train).unwrap();
+    (base, data)
+}
