@@ -382,18 +382,28 @@ impl RunConfig {
         Ok(())
     }
 
-    /// Tokens per optimizer step.
-    pub fn step_tokens(&self) -> usize {
-        if self.train.batch_tokens == 0 {
-            self.train.batch_size * self.train.context
-        } else {
-            self.train.batch_tokens
+    /// Tokens per optimizer step over all `world` ranks (`train.batch_tokens`, or one micro-batch
+    /// per rank when it is 0).
+    pub fn step_tokens(&self, world: usize) -> usize {
+        match self.train.batch_tokens {
+            0 => self.train.batch_size * self.train.context * world,
+            n => n,
         }
     }
 
-    /// Micro-batches per optimizer step.
-    pub fn accumulation(&self) -> usize {
-        self.step_tokens() / (self.train.batch_size * self.train.context)
+    /// Micro-batches per optimizer step on each of `world` ranks.
+    pub fn accumulation(&self, world: usize) -> Result<usize> {
+        let micro = self.train.batch_size * self.train.context;
+        if self.train.batch_tokens == 0 {
+            return Ok(1);
+        }
+        if !self.train.batch_tokens.is_multiple_of(micro * world) {
+            return Err(Error::Config(format!(
+                "train.batch_tokens ({}) must be a multiple of batch_size * context * processes ({micro} x {world})",
+                self.train.batch_tokens
+            )));
+        }
+        Ok(self.train.batch_tokens / (micro * world))
     }
 
     /// Whether this is a fine-tuning run (on chat files) rather than pre-training (on shards).
@@ -401,9 +411,10 @@ impl RunConfig {
         !self.sft.data.is_empty()
     }
 
-    pub fn total_steps(&self) -> usize {
+    /// Optimizer steps of the run on `world` ranks.
+    pub fn total_steps(&self, world: usize) -> usize {
         if self.train.total_tokens > 0 {
-            (self.train.total_tokens / self.step_tokens()).max(1)
+            (self.train.total_tokens / self.step_tokens(world)).max(1)
         } else {
             self.train.max_steps
         }

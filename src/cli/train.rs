@@ -203,12 +203,14 @@ pub fn sft(a: SftArgs, coll: &dyn Collective) -> Result<()> {
     let summary = match &a.resume {
         Some(r) => chatforge::train::resume_on(r, &overrides, coll)?,
         None => {
-            let lora = a.lora_rank.unwrap_or(0) > 0
-                || a.set
-                    .iter()
-                    .any(|s| s.starts_with("lora.rank=") && s != "lora.rank=0");
-            let cfg =
-                RunConfig::load_layered(a.config.as_deref(), &sft_defaults(lora), &overrides)?;
+            // The defaults depend on whether the resolved config (file, flags, --set) is a LoRA run.
+            let load = |lora| {
+                RunConfig::load_layered(a.config.as_deref(), &sft_defaults(lora), &overrides)
+            };
+            let cfg = match load(false)? {
+                full if full.lora.rank == 0 => full,
+                _ => load(true)?,
+            };
             let out = a.out.as_deref().expect("clap requires --out");
             chatforge::train::sft_on(cfg, out, coll)?
         }

@@ -5,7 +5,7 @@ use super::checkpoint::{load_checkpoint, resolve_checkpoint, TrainerState};
 use super::metrics::MetricsLog;
 use super::optim::{AdamW, AdamWConfig};
 use super::source::Source;
-use super::trainer::{accumulation, broadcast_params, build_model, LoraRun, Run};
+use super::trainer::{broadcast_params, build_model, LoraRun, Run};
 use crate::config::RunConfig;
 use crate::data::{load_meta, BatchLoader, DataMeta, ShardSet};
 use crate::dist::Collective;
@@ -151,11 +151,12 @@ fn sft_start(cfg: &RunConfig, lm: LoadedModel, base: &Path, device: &Device) -> 
     let adapter = lora::init(&slots, lcfg.rank, cfg.train.seed, device)?;
     Ok(Start {
         params: Params::from_tensors(&adapter)?,
-        lora: Some(LoraRun {
-            cfg: lcfg,
-            base: lm.weights,
-            base_path: absolute(base),
-        }),
+        lora: Some(LoraRun::new(
+            lcfg,
+            lm.weights,
+            absolute(base),
+            &cfg.train.dtype,
+        )?),
         model: lm.cfg,
         tokenizer,
     })
@@ -176,7 +177,7 @@ impl<'c> Run<'c> {
         coll: &'c dyn Collective,
     ) -> Result<Run<'c>> {
         let (rank, world) = (coll.rank(), coll.world());
-        let accum = accumulation(&cfg, world)?;
+        let accum = cfg.accumulation(world)?;
         if run_dir.join("config.toml").exists() || run_dir.join("checkpoints").exists() {
             return Err(Error::bad_file(
                 run_dir,
@@ -186,7 +187,7 @@ impl<'c> Run<'c> {
         // Every rank has looked before rank 0 creates the run.
         coll.barrier();
         let device = crate::device(&cfg.train.device)?;
-        let start = if cfg.is_sft() {
+        let mut start = if cfg.is_sft() {
             let (p, lm) = load_base(&cfg, &device)?;
             // Fine-tuning rows are at most the model's context long.
             cfg.train.context = cfg.train.context.min(lm.cfg.context);
@@ -221,7 +222,7 @@ impl<'c> Run<'c> {
         };
         // The same starting weights on every rank, whatever each one computed or loaded.
         broadcast_params(&start.params, coll)?;
-        let source = open_source(&cfg, &start.model, start.tokenizer.as_ref(), rank, world)?;
+        let source = open_source(&cfg, &start.model, &mut start.tokenizer, rank, world)?;
         if cfg.is_sft() && cfg.train.max_steps == 0 {
             // Batches per epoch over all ranks, over this rank's micro-batches per step.
             let per_epoch = source.batches_per_epoch() as f64 / accum as f64;
@@ -266,13 +267,13 @@ impl<'c> Run<'c> {
             let _ = std::fs::remove_file(&tmp);
             cfg = r?;
         }
-        let accum = accumulation(&cfg, world)?;
+        let accum = cfg.accumulation(world)?;
         let device = crate::device(&cfg.train.device)?;
         let loaded = load_checkpoint(&ckpt, &device)?;
         let mut state = loaded.state;
         state.config = cfg.clone();
         let params = Params::from_tensors(&loaded.weights)?;
-        let start = match (cfg.is_sft(), cfg.lora.rank) {
+        let mut start = match (cfg.is_sft(), cfg.lora.rank) {
             (true, 0) => Start {
                 model: state.model.clone(),
                 params,
@@ -284,11 +285,12 @@ impl<'c> Run<'c> {
                 Start {
                     model: state.model.clone(),
                     params,
-                    lora: Some(LoraRun {
-                        cfg: lora_config(&cfg),
-                        base: lm.weights,
-                        base_path: absolute(&p),
-                    }),
+                    lora: Some(LoraRun::new(
+                        lora_config(&cfg),
+                        lm.weights,
+                        absolute(&p),
+                        &cfg.train.dtype,
+                    )?),
                     tokenizer: lm.tokenizer,
                 }
             }
@@ -303,7 +305,7 @@ impl<'c> Run<'c> {
         opt.m = loaded.m;
         opt.v = loaded.v;
         opt.t = state.optimizer_t;
-        let mut source = open_source(&cfg, &state.model, start.tokenizer.as_ref(), rank, world)?;
+        let mut source = open_source(&cfg, &state.model, &mut start.tokenizer, rank, world)?;
         // Every rank drew as many batches (of its own streams): one position for all.
         source.set_position(state.loader_position);
         if coll.is_lead() {
@@ -328,10 +330,7 @@ impl<'c> Run<'c> {
         coll: &'c dyn Collective,
         accum: usize,
     ) -> Result<Run<'c>> {
-        let tokenizer = match start.tokenizer {
-            Some(t) => Some(t),
-            None => data_tokenizer(&cfg)?,
-        };
+        let tokenizer = start.tokenizer;
         let model = build_model(
             &state.model,
             &start.params,
@@ -366,30 +365,25 @@ impl<'c> Run<'c> {
     }
 }
 
-/// The batches of a run: token shards, or the chat files of a fine-tuning run.
+/// The batches of a run: token shards, or the chat files of a fine-tuning run. Pre-training takes
+/// the tokenizer saved beside its shards, if any, into `tokenizer`; fine-tuning needs the model's.
 fn open_source(
     cfg: &RunConfig,
     model: &ModelConfig,
-    tokenizer: Option<&Tokenizer>,
+    tokenizer: &mut Option<Tokenizer>,
     rank: usize,
     world: usize,
 ) -> Result<Source> {
     if !cfg.is_sft() {
-        let (_, train, val, _) = open_data(cfg, model)?;
+        let (_, train, val, data_tok) = open_data(cfg, model)?;
+        *tokenizer = data_tok;
         let loader = BatchLoader::new(train, cfg.train.batch_size, cfg.train.seed, rank, world)?;
         return Ok(Source::Tokens { loader, val });
     }
-    let tok =
-        tokenizer.ok_or_else(|| Error::Config("fine-tuning needs the model's tokenizer".into()))?;
+    let tok = tokenizer
+        .as_ref()
+        .ok_or_else(|| Error::Config("fine-tuning needs the model's tokenizer".into()))?;
     super::sft::open_chat(cfg, model, tok, rank, world)
-}
-
-/// The tokenizer saved beside pre-training shards, if any.
-fn data_tokenizer(cfg: &RunConfig) -> Result<Option<Tokenizer>> {
-    if cfg.is_sft() || !cfg.data.dir.join("tokenizer.json").exists() {
-        return Ok(None);
-    }
-    Ok(Some(Tokenizer::load(&cfg.data.dir)?))
 }
 
 fn load_checkpoint_state(dir: &Path) -> Result<TrainerState> {

@@ -25,8 +25,40 @@ use std::time::Instant;
 pub(super) struct LoraRun {
     pub cfg: LoraConfig,
     pub base: BTreeMap<String, Tensor>,
+    /// The frozen base cast once for a bf16 run (its weights never change).
+    pub base_bf16: Option<BTreeMap<String, Tensor>>,
     /// The base model as given (written into adapter_config.json).
     pub base_path: String,
+}
+
+impl LoraRun {
+    pub fn new(
+        cfg: LoraConfig,
+        base: BTreeMap<String, Tensor>,
+        base_path: String,
+        dtype: &str,
+    ) -> Result<Self> {
+        let base_bf16 = match dtype {
+            "bf16" => Some(cast_all(base.clone(), DType::BF16)?),
+            _ => None,
+        };
+        Ok(LoraRun {
+            cfg,
+            base,
+            base_bf16,
+            base_path,
+        })
+    }
+}
+
+/// Every tensor cast to `dtype` (a graph op, so gradients of the casts reach Vars).
+fn cast_all(w: BTreeMap<String, Tensor>, dtype: DType) -> Result<BTreeMap<String, Tensor>> {
+    if dtype == DType::F32 {
+        return Ok(w);
+    }
+    w.into_iter()
+        .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
+        .collect()
 }
 
 /// The model over the run's parameters: all of them, or a frozen base with trainable adapters.
@@ -37,19 +69,15 @@ pub(super) fn build_model(
     dtype: DType,
 ) -> Result<Transformer> {
     // Casting a Var is an op of the graph: the gradients of the cast weights reach the f32 Vars.
-    let cast = |w: BTreeMap<String, Tensor>| -> Result<BTreeMap<String, Tensor>> {
-        if dtype == DType::F32 {
-            return Ok(w);
-        }
-        w.into_iter()
-            .map(|(k, t)| Ok((k, t.to_dtype(dtype)?)))
-            .collect()
-    };
+    let trainable = cast_all(params.tensors(), dtype)?;
     match lora {
-        None => Transformer::new(cfg, &cast(params.tensors())?),
+        None => Transformer::new(cfg, &trainable),
         Some(l) => {
-            let ad = crate::model::lora::adapters(cfg, &l.cfg, &cast(params.tensors())?)?;
-            Transformer::with_adapters(cfg, &cast(l.base.clone())?, ad)
+            let ad = crate::model::lora::adapters(cfg, &l.cfg, &trainable)?;
+            match (&l.base_bf16, dtype) {
+                (Some(b), DType::BF16) => Transformer::with_adapters(cfg, b, ad),
+                _ => Transformer::with_adapters(cfg, &cast_all(l.base.clone(), dtype)?, ad),
+            }
         }
     }
 }
@@ -125,39 +153,6 @@ use super::setup::device_peak_flops;
 /// Whether a periodic action (every `every` steps, 0 = never) falls on `step`.
 fn due(step: usize, every: usize) -> bool {
     every > 0 && step.is_multiple_of(every)
-}
-
-/// Micro-batches per optimizer step on each of `world` ranks: `train.batch_tokens` counts the tokens
-/// of one optimizer step over all ranks (0: one micro-batch per rank).
-pub fn accumulation(cfg: &RunConfig, world: usize) -> Result<usize> {
-    let micro = cfg.train.batch_size * cfg.train.context;
-    if cfg.train.batch_tokens == 0 {
-        return Ok(1);
-    }
-    if !cfg.train.batch_tokens.is_multiple_of(micro * world) {
-        return Err(Error::Config(format!(
-            "train.batch_tokens ({}) must be a multiple of batch_size * context * processes ({micro} x {world})",
-            cfg.train.batch_tokens
-        )));
-    }
-    Ok(cfg.train.batch_tokens / (micro * world))
-}
-
-/// Tokens per optimizer step over all `world` ranks.
-pub fn step_tokens(cfg: &RunConfig, world: usize) -> usize {
-    match cfg.train.batch_tokens {
-        0 => cfg.train.batch_size * cfg.train.context * world,
-        n => n,
-    }
-}
-
-/// Optimizer steps of the run on `world` ranks.
-pub fn total_steps(cfg: &RunConfig, world: usize) -> usize {
-    if cfg.train.total_tokens > 0 {
-        (cfg.train.total_tokens / step_tokens(cfg, world)).max(1)
-    } else {
-        cfg.train.max_steps
-    }
 }
 
 /// Starts a new run in `run_dir`.
@@ -410,9 +405,9 @@ impl Run<'_> {
     pub(super) fn train(mut self) -> Result<RunSummary> {
         let world = self.coll.world();
         let lead = self.coll.is_lead();
-        let total = total_steps(&self.cfg, world);
+        let total = self.cfg.total_steps(world);
         let schedule = LrSchedule::from_config(&self.cfg.train, total);
-        let planned_step_tokens = step_tokens(&self.cfg, world) as u64;
+        let planned_step_tokens = self.cfg.step_tokens(world) as u64;
         let flops_per_token = self.state.model.flops_per_token(self.cfg.train.context);
         // Throughput counts every rank's tokens, so the peak is every rank's.
         let peak = device_peak_flops(&self.cfg, &self.device) * world as f64;
