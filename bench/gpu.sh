@@ -43,7 +43,7 @@ for dtype in f32 bf16; do
   tail -n 12 "$WORK/cf-$dtype.log"
 done
 echo "== PyTorch"
-python3 bench/gpu/torch_gpt2.py --shard "$WORK/data/bench_train_000000.bin" --steps "$STEPS" \
+python3 bench/torch_gpt2.py --shard "$WORK/data/bench_train_000000.bin" --steps "$STEPS" \
   --batch "$BATCH" | tee "$WORK/torch.jsonl"
 mkdir -p "$RESULTS"
 python3 bench/gpu/report.py "$RESULTS/gpu_gpt2_124m.json" "$WORK/torch.jsonl" "${runs[@]}"

@@ -43,6 +43,8 @@ enum Command {
     Sft(Box<cli::train::SftArgs>),
     /// The whole pipeline on a small corpus: tokenizer, shards, pre-training, report.
     Speedrun(SpeedrunArgs),
+    /// Measure prompt-processing and generation speed (tokens/s), as llama-bench does.
+    Bench(BenchArgs),
     /// Continue a prompt (streamed to stdout).
     Generate(GenerateArgs),
     /// Talk to a model in the terminal.
@@ -117,6 +119,31 @@ impl SamplingArgs {
             stop_strings: self.stop.clone(),
         }
     }
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Model directory or .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt length (synthetic token ids, see `infer::speed`).
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens generated one at a time after the prompt.
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Timed repetitions after one warm-up run; medians are reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Weights for the linear layers: f32, q8_0, or auto (q8_0 for a quantized GGUF file, as
+    /// generate, chat and serve use them).
+    #[arg(long, default_value = "auto")]
+    weights: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -436,6 +463,36 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
             Ok(())
         }
         Command::Generate(a) => generate_cmd(a),
+        Command::Bench(a) => {
+            let device = chatforge::device(&a.device)?;
+            let m = LoadedModel::load(&a.model, &device)?;
+            let mut model = m.transformer()?;
+            match a.weights.as_str() {
+                "auto" if m.quantized && device.is_cpu() => {
+                    model.quantize(candle_core::quantized::GgmlDType::Q8_0)?
+                }
+                "auto" | "f32" => {}
+                "q8_0" => model.quantize(candle_core::quantized::GgmlDType::Q8_0)?,
+                w => bail!("--weights {w}: expected auto, f32 or q8_0"),
+            }
+            let r =
+                chatforge::infer::speed::measure(&model, a.prompt_tokens, a.new_tokens, a.runs)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{}: prompt processing (pp{}) {:.1} tok/s | generation (tg{}) {:.1} tok/s | median of {} runs after a warm-up, {} threads",
+                    a.model.display(),
+                    r.prompt_tokens,
+                    r.prompt_tokens_per_sec,
+                    r.new_tokens,
+                    r.decode_tokens_per_sec,
+                    r.runs,
+                    rayon::current_num_threads()
+                );
+            }
+            Ok(())
+        }
         Command::Serve(a) => {
             let opts = chatforge::serve::ServeOptions {
                 host: a.host,
@@ -452,7 +509,7 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
         Command::Chat(a) => {
             let device = chatforge::device(&a.sampling.device)?;
             let m = LoadedModel::load(&a.model, &device)?;
-            let model = m.transformer()?;
+            let model = m.inference_transformer()?;
             let chat = chatforge::chat::ChatModel::new(&model, m.tokenizer(&a.model)?)?;
             let stdin = std::io::stdin();
             chatforge::chat::repl(
@@ -514,7 +571,7 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     let device = chatforge::device(&a.sampling.device)?;
     let m = LoadedModel::load(&a.model, &device)?;
     let tok = m.tokenizer(&a.model)?;
-    let model = m.transformer()?;
+    let model = m.inference_transformer()?;
     let prompt = if a.prompt == "-" {
         std::io::read_to_string(std::io::stdin()).context("reading the prompt from stdin")?
     } else {

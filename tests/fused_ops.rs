@@ -107,3 +107,200 @@ fn small_matmul_matches_gemm() {
     .unwrap()
     .is_none());
 }
+
+/// Value and gradients (one per input) of sum(f(inputs) * w) for a fixed weighting w.
+fn value_and_grads(
+    inputs: &[&Tensor],
+    f: impl Fn(&[&Tensor]) -> candle_core::Result<Tensor>,
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|x| Var::from_tensor(x).unwrap())
+        .collect();
+    let ts: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+    let y = f(&ts).unwrap();
+    let w = Tensor::arange(0f32, y.elem_count() as f32, &Device::Cpu)
+        .unwrap()
+        .reshape(y.shape())
+        .unwrap();
+    let w = (w * 0.37).unwrap().sin().unwrap();
+    let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = ts
+        .iter()
+        .map(|t| {
+            grads
+                .get(t)
+                .expect("a gradient reaches every input")
+                .clone()
+        })
+        .collect();
+    (y, g)
+}
+
+/// Relative to the largest reference value, so that tolerances mean the same at every scale.
+fn assert_rel(name: &str, a: &Tensor, b: &Tensor, tol: f32) {
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .max(1e-6);
+    let d = max_abs_diff(a, b) / scale;
+    assert!(d < tol, "{name}: max difference {d} relative to {scale}");
+}
+
+fn randn(shape: &[usize], seed_scale: f64) -> Tensor {
+    Tensor::randn(0f32, seed_scale as f32, shape, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn fused_linear_matches_matmul_plus_bias() {
+    use chatforge::model::fused::linear;
+    // The last two cross the GEMM's blocking (384 deep, 120 rows, 32 columns) with ragged edges.
+    for (n, i, o) in [
+        (37, 24, 50),
+        (1, 7, 3),
+        (128, 96, 288),
+        (300, 400, 70),
+        (515, 97, 777),
+    ] {
+        let (x, w, b) = (randn(&[n, i], 1.0), randn(&[o, i], 0.5), randn(&[o], 1.0));
+        let (y1, g1) = value_and_grads(&[&x, &w, &b], |t| linear::linear(t[0], t[1], Some(t[2])));
+        let (y2, g2) =
+            value_and_grads(&[&x, &w, &b], |t| linear::reference(t[0], t[1], Some(t[2])));
+        assert_rel("linear value", &y1, &y2, 1e-5);
+        for (k, name) in ["dx", "dw", "db"].iter().enumerate() {
+            assert_rel(name, &g1[k], &g2[k], 1e-5);
+        }
+        let (y1, g1) = value_and_grads(&[&x, &w], |t| linear::linear(t[0], t[1], None));
+        let (y2, g2) = value_and_grads(&[&x, &w], |t| linear::reference(t[0], t[1], None));
+        assert_rel("linear (no bias) value", &y1, &y2, 1e-5);
+        assert_rel("linear (no bias) dx", &g1[0], &g2[0], 1e-5);
+        assert_rel("linear (no bias) dw", &g1[1], &g2[1], 1e-5);
+    }
+    // A frozen weight (a constant, as under LoRA) gets no gradient, the input still does.
+    let (x, w) = (randn(&[5, 4], 1.0), randn(&[3, 4], 1.0));
+    let xv = Var::from_tensor(&x).unwrap();
+    let y = linear::linear(xv.as_tensor(), &w, None).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&w).is_none());
+    assert!(grads.get(xv.as_tensor()).is_some());
+    // Mismatched shapes are an error, not a panic.
+    assert!(linear::linear(&x, &randn(&[3, 5], 1.0), None).is_err());
+}
+
+#[test]
+fn fused_norms_match_composed_layer_norm_and_rms_norm() {
+    use chatforge::model::fused::norm;
+    for (rows, c) in [(2 * 9, 48), (1, 5), (300, 384)] {
+        let x = (randn(&[rows, c], 2.0) + 0.7).unwrap();
+        let (w, b) = ((randn(&[c], 0.3) + 1.0).unwrap(), randn(&[c], 0.3));
+        let (y1, g1) = value_and_grads(&[&x, &w, &b], |t| {
+            norm::norm(t[0], t[1], Some(t[2]), 1e-5, true)
+        });
+        let (y2, g2) = value_and_grads(&[&x, &w, &b], |t| {
+            norm::reference(t[0], t[1], Some(t[2]), 1e-5, true)
+        });
+        assert_rel("layer norm value", &y1, &y2, 1e-5);
+        for (k, name) in ["layer norm dx", "dw", "db"].iter().enumerate() {
+            assert_rel(name, &g1[k], &g2[k], 2e-5);
+        }
+        let (y1, g1) = value_and_grads(&[&x, &w], |t| norm::norm(t[0], t[1], None, 1e-6, false));
+        let (y2, g2) = value_and_grads(&[&x, &w], |t| {
+            norm::reference(t[0], t[1], None, 1e-6, false)
+        });
+        assert_rel("rms norm value", &y1, &y2, 1e-5);
+        assert_rel("rms norm dx", &g1[0], &g2[0], 2e-5);
+        assert_rel("rms norm dw", &g1[1], &g2[1], 2e-5);
+    }
+    // Frozen weights (constants, as LoRA's base) get no gradient; the input does.
+    let xv = Var::from_tensor(&randn(&[4, 8], 1.0)).unwrap();
+    let (w, b) = (randn(&[8], 1.0), randn(&[8], 1.0));
+    let y = norm::norm(xv.as_tensor(), &w, Some(&b), 1e-5, true).unwrap();
+    let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&w).is_none() && grads.get(&b).is_none());
+    assert!(grads.get(xv.as_tensor()).is_some());
+    // (B, T, C) inputs normalise over the last dimension too.
+    let x = randn(&[2, 3, 8], 1.0);
+    let w = randn(&[8], 1.0);
+    let a = norm::norm(&x, &w, None, 1e-5, true).unwrap();
+    let r = norm::reference(&x, &w, None, 1e-5, true).unwrap();
+    assert_rel("layer norm without bias, 3-d", &a, &r, 1e-5);
+    assert!(norm::norm(&x, &randn(&[7], 1.0), None, 1e-5, true).is_err());
+}
+
+#[test]
+fn fused_attention_matches_composed_attention() {
+    use chatforge::model::fused::attention;
+    // (B, T, H, K, D): multi-head, grouped-query, more than one block of query rows (64), one token.
+    for (b, t, h, k, d) in [
+        (2, 9, 3, 3, 8),
+        (1, 150, 4, 2, 16),
+        (3, 70, 2, 1, 4),
+        (2, 1, 2, 2, 8),
+    ] {
+        let qkv = randn(&[b, t, (h + 2 * k) * d], 1.0);
+        let (y1, g1) = value_and_grads(&[&qkv], |x| attention::causal_attention(x[0], h, k, d));
+        let (y2, g2) = value_and_grads(&[&qkv], |x| attention::reference(x[0], h, k, d));
+        assert_eq!(y1.dims(), &[b, t, h * d]);
+        assert_rel("attention value", &y1, &y2, 1e-5);
+        assert_rel("attention dqkv", &g1[0], &g2[0], 1e-5);
+    }
+    // A row width that does not hold the heads is an error.
+    assert!(attention::causal_attention(&randn(&[1, 4, 10], 1.0), 2, 1, 4).is_err());
+}
+
+#[test]
+fn fused_adamw_matches_the_composed_update() {
+    use chatforge::train::optim::{AdamW, AdamWConfig};
+    use std::collections::BTreeMap;
+    // The fused pass runs on f32 CPU parameters; f64 ones take the composed candle ops.
+    let cfg = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let init = randn(&[70_000], 1.0); // more than one parallel chunk
+    let bias = randn(&[33], 1.0);
+    let mut runs = Vec::new();
+    for dtype in [candle_core::DType::F32, candle_core::DType::F64] {
+        let mut params = BTreeMap::new();
+        // A decayed matrix weight and an undecayed bias.
+        params.insert(
+            "h.0.mlp.fc.weight".to_string(),
+            Var::from_tensor(&init.to_dtype(dtype).unwrap()).unwrap(),
+        );
+        params.insert(
+            "h.0.mlp.fc.bias".to_string(),
+            Var::from_tensor(&bias.to_dtype(dtype).unwrap()).unwrap(),
+        );
+        let mut opt = AdamW::new(cfg, &params).unwrap();
+        for step in 0..3 {
+            let grads: BTreeMap<String, Tensor> = params
+                .iter()
+                .map(|(k, v)| {
+                    let g = (v.as_tensor().sin().unwrap() * (step as f64 + 0.5)).unwrap();
+                    (k.clone(), g)
+                })
+                .collect();
+            // Clipping's gradient scale on the second step.
+            let scale = if step == 1 { 0.25 } else { 1.0 };
+            opt.step(&params, &grads, 1e-2, scale).unwrap();
+        }
+        runs.push(params);
+    }
+    for name in ["h.0.mlp.fc.weight", "h.0.mlp.fc.bias"] {
+        let a = runs[0][name].as_tensor().clone();
+        let b = runs[1][name]
+            .as_tensor()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
+        assert_rel(name, &a, &b, 1e-6);
+        // And they moved: the test compares updates, not two copies of the start.
+        let start = if name.ends_with("bias") { &bias } else { &init };
+        assert!(max_abs_diff(&a, start) > 1e-3, "{name} did not move");
+    }
+}

@@ -2,6 +2,7 @@
 
 pub mod generate;
 pub mod sampler;
+pub mod speed;
 pub mod stream;
 
 pub use generate::{generate, generate_text, FinishReason, GenerateOptions, Generation};

@@ -37,6 +37,21 @@ impl GgufFile {
         })
     }
 
+    /// Whether the layers' matrices are stored quantized (judged by the first feed-forward
+    /// projection): inference then keeps them 8-bit instead of f32 (`Transformer::quantize`).
+    pub fn is_quantized(&self) -> bool {
+        use candle_core::quantized::GgmlDType;
+        self.content
+            .tensor_infos
+            .get("blk.0.ffn_down.weight")
+            .is_some_and(|t| {
+                !matches!(
+                    t.ggml_dtype,
+                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+                )
+            })
+    }
+
     fn err(&self, msg: impl std::fmt::Display) -> Error {
         Error::bad_file(&self.path, msg)
     }
@@ -259,14 +274,23 @@ fn unpermute_rope_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((rows, cols))?)
 }
 
-/// Loads a GGUF file: config, weights (f32) and tokenizer.
-pub fn load_gguf(
-    path: &Path,
-    device: &Device,
-) -> Result<(ModelConfig, BTreeMap<String, Tensor>, Tokenizer)> {
+/// A GGUF file's contents: config, weights (f32), tokenizer, and whether its layers were quantized.
+pub struct GgufModel {
+    pub cfg: ModelConfig,
+    pub weights: BTreeMap<String, Tensor>,
+    pub tokenizer: Tokenizer,
+    pub quantized: bool,
+}
+
+/// Loads a GGUF file.
+pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufModel> {
     let mut f = GgufFile::open(path)?;
     let cfg = f.config()?;
     let weights = f.weights(&cfg, device)?;
-    let tok = f.tokenizer()?;
-    Ok((cfg, weights, tok))
+    Ok(GgufModel {
+        cfg,
+        weights,
+        tokenizer: f.tokenizer()?,
+        quantized: f.is_quantized(),
+    })
 }

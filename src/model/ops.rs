@@ -40,7 +40,7 @@ fn fused_ok(t: &Tensor) -> bool {
 /// log(sum(exp(row))) computed stably.
 pub fn logsumexp(row: &[f32]) -> f32 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+    let sum = super::fused::exp::exp_shifted_total(row, max);
     max + sum.ln()
 }
 
@@ -84,9 +84,9 @@ impl CustomOp1 for TokenNll {
                 }
                 let row = &x[i * v..(i + 1) * v];
                 let lse = logsumexp(row);
-                for (oj, &xj) in o.iter_mut().zip(row) {
-                    *oj = (xj - lse).exp() * g[i];
-                }
+                o.copy_from_slice(row);
+                super::fused::exp::exp_shifted_sum(o, lse);
+                o.iter_mut().for_each(|p| *p *= g[i]);
                 o[t as usize] -= g[i];
             });
             out
@@ -133,12 +133,8 @@ impl CustomOp1 for CausalSoftmax {
                 let visible = past + (r % t) + 1;
                 let row = &row[..visible];
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (oj, &xj) in o.iter_mut().zip(row) {
-                    *oj = (xj - max).exp();
-                    sum += *oj;
-                }
-                let inv = 1.0 / sum;
+                o[..visible].copy_from_slice(row);
+                let inv = 1.0 / super::fused::exp::exp_shifted_sum(&mut o[..visible], max);
                 o[..visible].iter_mut().for_each(|p| *p *= inv);
             });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -199,11 +195,13 @@ pub fn causal_softmax(scores: &Tensor, t: usize) -> CResult<Tensor> {
 const GELU_K: f32 = 0.797_884_6; // sqrt(2 / pi)
 const GELU_A: f32 = 0.044_715;
 
-/// tanh through one `exp` (libm's `tanhf` goes through the slower `expm1f`); exact to a few ulp.
-#[inline]
-fn fast_tanh(u: f32) -> f32 {
-    let u = u.clamp(-15.0, 15.0);
-    1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
+/// out = exp(2u) with u = k (x + a x^3), GELU's tanh argument, clamped to +-15 where tanh is
+/// +-1 in f32; then tanh u = 1 - 2 / (out + 1).
+fn exp_2u(x: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (2.0 * GELU_K * (v + GELU_A * v * v * v)).clamp(-30.0, 30.0);
+    }
+    super::fused::exp::exp_shifted_sum(out, 0.0);
 }
 
 /// GPT-2's tanh GELU, elementwise; the backward pass is one more elementwise kernel instead of the
@@ -221,8 +219,10 @@ impl CustomOp1 for Gelu {
         out.par_chunks_mut(4096)
             .zip(x.par_chunks(4096))
             .for_each(|(o, x)| {
+                // 0.5 x (1 + tanh u) = x E / (E + 1) with E = exp(2u), the exps vectorised.
+                exp_2u(x, o);
                 for (oj, &v) in o.iter_mut().zip(x) {
-                    *oj = 0.5 * v * (1.0 + fast_tanh(GELU_K * (v + GELU_A * v * v * v)));
+                    *oj = v * *oj / (*oj + 1.0);
                 }
             });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -257,8 +257,9 @@ impl CustomOp2 for GeluBackward {
         out.par_chunks_mut(4096)
             .zip(x.par_chunks(4096).zip(dy.par_chunks(4096)))
             .for_each(|(o, (x, dy))| {
+                exp_2u(x, o);
                 for ((oj, &v), &g) in o.iter_mut().zip(x).zip(dy) {
-                    let th = fast_tanh(GELU_K * (v + GELU_A * v * v * v));
+                    let th = 1.0 - 2.0 / (*oj + 1.0);
                     let d = 0.5 * (1.0 + th)
                         + 0.5 * v * (1.0 - th * th) * GELU_K * (1.0 + 3.0 * GELU_A * v * v);
                     *oj = g * d;

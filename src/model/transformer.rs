@@ -9,7 +9,8 @@ use super::config::{MlpKind, ModelConfig, NormKind, Positions};
 use super::kv_cache::KvCache;
 use super::params::check_weights;
 use crate::error::Result;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor, D};
 use std::collections::BTreeMap;
 
 /// y = x @ w^T (+ b). x: (B, T, in), w: (out, in) -> (B, T, out).
@@ -27,12 +28,12 @@ fn linear_with(
     let (bsz, t, cin) = x.dims3()?;
     let x2 = x.reshape((bsz * t, cin))?;
     let y = match super::ops::small_matmul_t(&x2, w)? {
-        Some(y) => y, // decoding a few tokens: a parallel matrix-vector product
-        None => x2.matmul(&w.t()?)?,
-    };
-    let y = match b {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
+        // Decoding a few tokens: a parallel matrix-vector product.
+        Some(y) => match b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        },
+        None => super::fused::linear::linear(&x2, w, b)?,
     };
     let y = match lora {
         Some(a) => a.apply(&x2, y)?,
@@ -41,11 +42,13 @@ fn linear_with(
     Ok(y.reshape((bsz, t, ()))?)
 }
 
-/// A linear layer's weight `[out, in]`, bias, and LoRA adapter.
+/// A linear layer's weight `[out, in]`, bias, and LoRA adapter; for inference, optionally a
+/// quantized copy of the weight (see [`Transformer::quantize`]).
 struct Linear {
     w: Tensor,
     b: Option<Tensor>,
     lora: Option<super::lora::Adapter>,
+    q: Option<QMatMul>,
 }
 
 impl Linear {
@@ -54,11 +57,15 @@ impl Linear {
             w: w[&format!("{name}.weight")].clone(),
             b: w.get(&format!("{name}.bias")).cloned(),
             lora: adapters.remove(name),
+            q: None,
         }
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        linear_with(x, &self.w, self.b.as_ref(), self.lora.as_ref())
+        match &self.q {
+            Some(q) if use_quantized(x) => quantized_linear(q, x, self.b.as_ref()),
+            _ => linear_with(x, &self.w, self.b.as_ref(), self.lora.as_ref()),
+        }
     }
 
     fn adapters_mut(&mut self) -> Option<&mut super::lora::Adapter> {
@@ -67,6 +74,35 @@ impl Linear {
 }
 
 type Adapters = BTreeMap<String, super::lora::Adapter>;
+
+/// x (B, T, in) through a quantized weight (candle's quantized matmul: x is quantized to 8 bits
+/// per block and dotted with the weight's blocks, never expanding the weight to f32).
+fn quantized_linear(q: &QMatMul, x: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let y = q.forward(&x.to_dtype(DType::F32)?.contiguous()?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
+        None => y,
+    };
+    Ok(y.to_dtype(dtype)?)
+}
+
+/// Whether x (B, T, in) goes through the quantized weight: when decoding (a few rows, where reading
+/// the weight is the cost) and no gradient is wanted. A prompt (many rows) is compute-bound and
+/// runs faster through the f32 GEMM.
+fn use_quantized(x: &Tensor) -> bool {
+    !x.track_op() && x.elem_count() / x.dim(D::Minus1).unwrap_or(1).max(1) <= 16
+}
+
+/// A quantized copy of `w` [out, in], or None where the format does not fit (rows not a multiple
+/// of the block size).
+fn quantize_weight(w: &Tensor, dtype: GgmlDType) -> Result<Option<QMatMul>> {
+    if !w.device().is_cpu() || w.dim(1)? % dtype.block_size() != 0 {
+        return Ok(None);
+    }
+    let q = QTensor::quantize(&w.to_dtype(DType::F32)?, dtype)?;
+    Ok(Some(QMatMul::from_qtensor(q)?))
+}
 
 pub struct Norm {
     kind: NormKind,
@@ -90,22 +126,11 @@ impl Norm {
         // Statistics in f32 whatever the compute dtype (bf16 mixed precision).
         let dtype = x.dtype();
         let x = &x.to_dtype(DType::F32)?;
-        let xn = match self.kind {
-            NormKind::LayerNorm => {
-                let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-                let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-                xc.broadcast_div(&(var + self.eps)?.sqrt()?)?
-            }
-            NormKind::RmsNorm => {
-                let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-                x.broadcast_div(&(ms + self.eps)?.sqrt()?)?
-            }
-        };
-        let y = xn.broadcast_mul(&self.weight.to_dtype(DType::F32)?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
-            None => y,
-        };
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        let bias = self.bias.as_ref().map(f32).transpose()?;
+        let centered = self.kind == NormKind::LayerNorm;
+        let y =
+            super::fused::norm::norm(x, &f32(&self.weight)?, bias.as_ref(), self.eps, centered)?;
         Ok(y.to_dtype(dtype)?)
     }
 }
@@ -183,6 +208,11 @@ impl CausalSelfAttention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        if rope.is_none() && cache.is_none() {
+            // Training and scoring a GPT-2: attention read straight out of the projection.
+            let y = super::fused::attention::causal_attention(&self.qkv.forward(x)?, h, k, d)?;
+            return self.proj.forward(&y);
+        }
         let qkv = self.qkv.forward(x)?.reshape((b, t, h + 2 * k, d))?;
         let (q, kk, v) = self.split_heads(&qkv, rope, start)?;
         let (kk, v) = match cache {
@@ -306,6 +336,15 @@ pub struct Block {
 }
 
 impl Block {
+    fn linears_mut(&mut self) -> [&mut Linear; 4] {
+        [
+            &mut self.attn.qkv,
+            &mut self.attn.proj,
+            &mut self.mlp.fc,
+            &mut self.mlp.proj,
+        ]
+    }
+
     fn forward_ragged(
         &self,
         x: &Tensor,
@@ -437,7 +476,28 @@ impl Transformer {
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let h = self.forward_hidden(idx, start, cache)?;
-        Ok(linear(&h, &self.lm_head, None)?.to_dtype(DType::F32)?)
+        self.logits(&h)
+    }
+
+    /// Hidden states (B, T, C) -> f32 logits (B, T, V).
+    fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(linear(h, &self.lm_head, None)?.to_dtype(DType::F32)?)
+    }
+
+    /// Inference with quantized weights: every linear layer of the blocks gets a `dtype` copy of its
+    /// weight that decoding steps use (see `use_quantized`); the f32 weights stay for prompts and
+    /// training. The output projection stays f32: the next token is an argmax over its logits, and
+    /// 8-bit activations there flip close calls (SmolLM2's first answer token among them). CPU only;
+    /// layers that carry a LoRA adapter or whose width is not a multiple of the block size stay f32.
+    pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
+        for b in &mut self.blocks {
+            for l in b.linears_mut() {
+                if l.lora.is_none() {
+                    l.q = quantize_weight(&l.w, dtype)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Logits for the last position only, (B, V): what generation needs, without the (B, T, V) tensor.
@@ -450,9 +510,7 @@ impl Transformer {
         let h = self.forward_hidden(idx, start, cache)?;
         let t = h.dim(1)?;
         let last = h.narrow(1, t - 1, 1)?;
-        Ok(linear(&last, &self.lm_head, None)?
-            .squeeze(1)?
-            .to_dtype(DType::F32)?)
+        Ok(self.logits(&last)?.squeeze(1)?)
     }
 
     /// Runs a prompt (1, T) through the model into a fresh KV cache: the cache and the next-token
@@ -493,20 +551,13 @@ impl Transformer {
             c.advance(1);
         }
         let h = self.ln_f.forward(&x)?;
-        Ok(linear(&h, &self.lm_head, None)?
-            .squeeze(1)?
-            .to_dtype(DType::F32)?)
+        Ok(self.logits(&h)?.squeeze(1)?)
     }
 
     /// Switches LoRA dropout on (training) or off (evaluation, generation).
     pub fn set_training(&mut self, on: bool) {
         for b in &mut self.blocks {
-            for l in [
-                &mut b.attn.qkv,
-                &mut b.attn.proj,
-                &mut b.mlp.fc,
-                &mut b.mlp.proj,
-            ] {
+            for l in b.linears_mut() {
                 if let Some(a) = l.adapters_mut() {
                     a.training = on;
                 }

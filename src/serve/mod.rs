@@ -28,7 +28,7 @@ pub struct ServeOptions {
 
 /// Builds the router over a loaded model and starts its engine.
 pub fn app(m: LoadedModel, model_path: &Path, opts: &ServeOptions) -> Result<Router> {
-    let device_model = m.transformer()?;
+    let device_model = m.inference_transformer()?;
     let tok = Arc::new(m.tokenizer(model_path)?.clone());
     let format = ChatFormat::new(&tok, m.cfg.eos_token_id).ok();
     let model_id = opts.model_name.clone().unwrap_or_else(|| {

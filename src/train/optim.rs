@@ -57,6 +57,25 @@ impl AdamW {
         let bc2 = 1.0 - b2.powi(self.t as i32);
         for (name, p) in params {
             let Some(g) = grads.get(name) else { continue };
+            let decay = if is_decayed(name) { weight_decay } else { 0.0 };
+            if crate::model::fused::applies(p.as_tensor()) && crate::model::fused::applies(g) {
+                let (m, v) = (&self.m[name], &self.v[name]);
+                let h = Hyper {
+                    b1,
+                    b2,
+                    eps,
+                    lr,
+                    decay: 1.0 - lr * decay,
+                    bc1,
+                    bc2,
+                    scale: grad_scale,
+                };
+                let (np, nm, nv) = fused_update(p.as_tensor(), g, m, v, h)?;
+                p.set(&np)?;
+                self.m.insert(name.clone(), nm);
+                self.v.insert(name.clone(), nv);
+                continue;
+            }
             let g = if grad_scale != 1.0 {
                 (g * grad_scale)?
             } else {
@@ -72,8 +91,8 @@ impl AdamW {
             let denom = ((&*v / bc2)?.sqrt()? + eps)?;
             let update = ((&*m / bc1)? / denom)?;
             let mut new = p.as_tensor().clone();
-            if weight_decay > 0.0 && is_decayed(name) {
-                new = (new * (1.0 - lr * weight_decay))?;
+            if decay > 0.0 {
+                new = (new * (1.0 - lr * decay))?;
             }
             p.set(&(new - (update * lr)?)?)?;
         }
@@ -81,10 +100,80 @@ impl AdamW {
     }
 }
 
+#[derive(Clone, Copy)]
+/// The hyperparameters of one update, in f64: the per-element arithmetic runs in f64 too (the pass
+/// is bound by memory, not arithmetic), so the update is exact to f32 rounding of its result.
+struct Hyper {
+    b1: f64,
+    b2: f64,
+    eps: f64,
+    lr: f64,
+    /// 1 - lr * weight decay (1 for parameters without decay).
+    decay: f64,
+    bc1: f64,
+    bc2: f64,
+    /// Gradient multiplier (clipping).
+    scale: f64,
+}
+
+/// One AdamW update of a CPU f32 parameter in a single pass over p, g, m and v (the composed
+/// version makes a dozen passes, each allocating): (new p, new m, new v).
+fn fused_update(
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    h: Hyper,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    use rayon::prelude::*;
+    let n = p.elem_count();
+    let (mut np, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    use crate::model::fused::with_f32;
+    const CHUNK: usize = 1 << 14;
+    let mut pass = |pd: &[f32], gd: &[f32], md: &[f32], vd: &[f32]| {
+        np.par_chunks_mut(CHUNK)
+            .zip(nm.par_chunks_mut(CHUNK).zip(nv.par_chunks_mut(CHUNK)))
+            .enumerate()
+            .for_each(|(c, (po, (mo, vo)))| {
+                let o = c * CHUNK;
+                for i in 0..po.len() {
+                    let gi = gd[o + i] as f64 * h.scale;
+                    let mi = h.b1 * md[o + i] as f64 + (1.0 - h.b1) * gi;
+                    let vi = h.b2 * vd[o + i] as f64 + (1.0 - h.b2) * gi * gi;
+                    let update = (mi / h.bc1) / ((vi / h.bc2).sqrt() + h.eps);
+                    po[i] = (pd[o + i] as f64 * h.decay - h.lr * update) as f32;
+                    mo[i] = mi as f32;
+                    vo[i] = vi as f32;
+                }
+            })
+    };
+    let op = "adamw";
+    with_f32(p, op, |pd| {
+        with_f32(g, op, |gd| {
+            with_f32(m, op, |md| with_f32(v, op, |vd| pass(pd, gd, md, vd)))
+        })
+    })????;
+    let dev = p.device();
+    Ok((
+        Tensor::from_vec(np, p.shape(), dev)?,
+        Tensor::from_vec(nm, p.shape(), dev)?,
+        Tensor::from_vec(nv, p.shape(), dev)?,
+    ))
+}
+
 /// Global L2 norm of all gradients.
 pub fn grad_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads.values() {
+        if crate::model::fused::applies(g) {
+            use rayon::prelude::*;
+            sq += crate::model::fused::with_f32(g, "grad-norm", |d| {
+                d.par_chunks(1 << 14)
+                    .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+                    .sum::<f64>()
+            })?;
+            continue;
+        }
         sq += g
             .sqr()?
             .sum_all()?

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""PyTorch reference for bench/gpu.sh: GPT-2 124M (nanoGPT's model: pre-LN, tanh-GELU, tied
-embeddings, vocabulary padded to 50304, F.scaled_dot_product_attention) trained with AdamW on the
-same llm.c token shard chatforge reads, in fp32 and bf16 autocast, eager and torch.compile.
-Prints one JSON line per configuration: median tokens/s over the steps after warm-up."""
+"""PyTorch reference for bench/gpu.sh and bench/cpu.sh: a GPT-2 (nanoGPT's model: pre-LN, tanh-GELU,
+tied embeddings, F.scaled_dot_product_attention; GPT-2 124M by default, vocabulary padded to a
+multiple of 64 as chatforge pads it) trained with AdamW on the same llm.c token shard chatforge
+reads, in fp32 and bf16 autocast, eager and torch.compile. Prints one JSON line per configuration:
+median tokens/s over the steps after warm-up."""
 import argparse
 import json
 import math
@@ -55,10 +56,10 @@ def shard_tokens(path):
         return np.frombuffer(f.read(), dtype=np.uint16)[: header[2]]
 
 
-def run(tokens, steps, batch, ctx, dtype, compiled, dev="cuda"):
+def run(tokens, steps, batch, ctx, dtype, compiled, dev="cuda", shape=None, warm=3):
     torch.manual_seed(0)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    model = GPT(ctx=ctx).to(dev)
+    model = GPT(ctx=ctx, **(shape or {})).to(dev)
     params = [p for p in model.parameters()]
     decay = [p for p in params if p.dim() >= 2]
     other = [p for p in params if p.dim() < 2]
@@ -82,7 +83,6 @@ def run(tokens, steps, batch, ctx, dtype, compiled, dev="cuda"):
         sync()
         times.append(time.time() - t0)
         losses.append(loss.item())
-    warm = 3
     tps = statistics.median(batch * ctx / t for t in times[warm:])
     return {"impl": "pytorch " + ("compile" if compiled else "eager"), "dtype": dtype, "tokens_per_sec": tps,
             "first_step_s": times[0], "total_s": time.time() - t_first, "loss_first": losses[0], "loss_last": losses[-1],
@@ -97,13 +97,23 @@ def main():
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--configs", default="eager:f32,eager:bf16,compile:f32,compile:bf16")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--vocab", type=int, default=50257, help="padded to a multiple of 64")
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--dim", type=int, default=768)
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = PyTorch's default)")
+    ap.add_argument("--warmup", type=int, default=3, help="steps left out of the median")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    shape = {"vocab": (a.vocab + 63) // 64 * 64, "layers": a.layers, "heads": a.heads, "d": a.dim}
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, as in chatforge
     torch.backends.cudnn.allow_tf32 = False
     tokens = shard_tokens(a.shard)
     for c in a.configs.split(","):
         mode, dtype = c.split(":")
-        r = run(tokens, a.steps, a.batch, a.context, dtype, mode == "compile", a.device)
+        r = run(tokens, a.steps, a.batch, a.context, dtype, mode == "compile", a.device, shape, a.warmup)
+        r["threads"] = torch.get_num_threads()
         print(json.dumps(r), flush=True)
         if a.device == "cuda":
             torch.cuda.empty_cache()

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# CPU benchmark, chatforge against the reference implementations in one run, all given the same
+# threads (THREADS, default 2):
+#
+#   1. training tokens/s: chatforge `pretrain` vs bench/torch_gpt2.py (the identical GPT-2 in
+#      PyTorch, AdamW), on the reference model (vocab 8192, 6 layers, 6 heads, width 384, context
+#      256, batch 8, tiny Shakespeare) and on the GPT-2 124M shape at context 128, batch 4;
+#   2. GEMM GFLOP/s on that model's matrix products: chatforge's AVX-512 kernel, the `gemm` crate
+#      it replaced (CHATFORGE_NO_AVX512=1), PyTorch (MKL);
+#   3. SmolLM2-135M (../shared/data, Q4_1 GGUF): prompt processing (128 tokens) and generation
+#      (64 tokens) with `chatforge bench` (8-bit and f32 weights) vs transformers on the same
+#      dequantised weights vs llama.cpp's llama-bench on the same GGUF.
+#
+#   bash bench/cpu.sh            # RUNS=3 STEPS=12 THREADS=2 by default
+#
+# First use creates bench/.venv-torch (torch, transformers; large, so CI never does) and builds
+# llama.cpp's llama-bench from the llama-cpp-python source package on PyPI into bench/.llama
+# (cmake from PyPI; a few minutes on 2 cores). BENCH_PYTHON=path/to/python skips the venv.
+# Writes bench/results/cpu_{train,gemm,decode}.json and prints the tables.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=${THREADS:-2}
+RUNS=${RUNS:-3}
+STEPS=${STEPS:-12}
+RESULTS=${RESULTS:-bench/results}
+DATA=../shared/data
+export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+PY=${BENCH_PYTHON:-}
+if [ -z "$PY" ]; then
+  [ -x bench/.venv-torch/bin/python ] || {
+    python3 -m venv bench/.venv-torch
+    bench/.venv-torch/bin/pip install -q torch numpy transformers safetensors
+  }
+  PY=bench/.venv-torch/bin/python
+fi
+LLAMA=bench/.llama
+if [ ! -x $LLAMA/build/bin/llama-bench ]; then
+  mkdir -p $LLAMA
+  [ -x $LLAMA/venv/bin/cmake ] || { python3 -m venv $LLAMA/venv && $LLAMA/venv/bin/pip install -q cmake; }
+  $LLAMA/venv/bin/pip download -q --no-deps --no-binary :all: llama-cpp-python==0.3.16 -d $LLAMA
+  tar xzf $LLAMA/llama_cpp_python-0.3.16.tar.gz -C $LLAMA
+  $LLAMA/venv/bin/cmake -S $LLAMA/llama_cpp_python-0.3.16/vendor/llama.cpp -B $LLAMA/build \
+    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
+    -DCMAKE_BUILD_TYPE=Release >$LLAMA/cmake.log
+  $LLAMA/venv/bin/cmake --build $LLAMA/build --target llama-bench -j"$THREADS" >$LLAMA/build.log
+fi
+cargo build --release --bin chatforge --example gemm_gflops
+CF=target/release/chatforge
+echo "== CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) | $THREADS threads"
+
+# Training data: the reference model's tokenizer and shards; random ids for the 124M shape.
+$CF tokenizer train --input $DATA/tinyshakespeare.txt --vocab-size 8192 --out "$WORK/tok" >/dev/null
+$CF data prepare --tokenizer "$WORK/tok" --input $DATA/tinyshakespeare.txt --out "$WORK/data" >/dev/null
+$PY bench/gpu/make_shard.py "$WORK/data124" 400000
+train() { # name run model-shape-args...
+  local name=$1 run=$2 data=$3 ctx=$4 batch=$5 layers=$6 heads=$7 dim=$8
+  $CF pretrain --out "$WORK/cf-$name-$run" --set data.dir="$data" --set model.preset=tiny \
+    --set model.n_layer="$layers" --set model.n_head="$heads" --set model.n_embd="$dim" \
+    --set train.context="$ctx" --set train.batch_size="$batch" --set train.max_steps="$STEPS" \
+    --set train.warmup_steps=2 --set train.log_every=1 --set eval.every=0 --set eval.tokens=4096 \
+    --set eval.sample_every=0 --set eval.sample_tokens=4 --set checkpoint.every=0 >/dev/null 2>&1
+  echo "$name=$WORK/cf-$name-$run/metrics.jsonl" >>"$WORK/cf-runs.txt"
+  local vocab; vocab=$(python3 -c "import json;print(json.load(open('$data/meta.json'))['vocab_size'])" 2>/dev/null || echo 50257)
+  $PY bench/torch_gpt2.py --shard "$(ls "$data"/*train*.bin | head -1)" --steps "$STEPS" --batch "$batch" \
+    --context "$ctx" --configs eager:f32 --device cpu --vocab "$vocab" --layers "$layers" --heads "$heads" \
+    --dim "$dim" --threads "$THREADS" | sed "s/^{/{\"model\": \"$name\", /" >>"$WORK/torch-train.jsonl"
+}
+for run in $(seq "$RUNS"); do
+  echo "== training, run $run/$RUNS"
+  train reference "$run" "$WORK/data" 256 8 6 6 384
+done
+echo "== training, GPT-2 124M shape"
+train gpt2-124m 1 "$WORK/data124" 128 4 12 12 768
+
+echo "== GEMM"
+target/release/examples/gemm_gflops >"$WORK/gemm.jsonl"
+CHATFORGE_NO_AVX512=1 target/release/examples/gemm_gflops | sed 's/"chatforge"/"gemm crate"/' >>"$WORK/gemm.jsonl"
+$PY bench/cpu/torch_gemm.py "$THREADS" >>"$WORK/gemm.jsonl"
+
+echo "== decoding SmolLM2-135M"
+SMOL=$DATA/SmolLM2-135M-Instruct.Q4_1.gguf
+$CF convert --input $SMOL --output "$WORK/smollm2" >/dev/null 2>&1
+for w in q8_0 f32; do
+  $CF bench --model $SMOL --weights $w --runs 5 --json | sed "s/^{/{\"impl\": \"chatforge ($w weights)\", /" >>"$WORK/decode.jsonl"
+done
+$PY bench/cpu/hf_decode.py --model "$WORK/smollm2" --runs 5 --threads "$THREADS" >>"$WORK/decode.jsonl"
+$LLAMA/build/bin/llama-bench -m $SMOL -t "$THREADS" -p 128 -n 64 -r 5 -o json 2>/dev/null >"$WORK/llama.json"
+
+mkdir -p "$RESULTS"
+$PY bench/cpu/report.py "$RESULTS" "$WORK"

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Tables of bench/cpu.sh from its work directory; writes RESULTS/cpu_{train,gemm,decode}.json.
+
+Training tokens/s of one run is the median over its steps after 3 warm-up steps; the figure of a
+configuration is the median over runs. MFU counts 6 x (matmul parameters incl. the output
+projection) + 12 L T C FLOPs per token (chatforge's `flops_per_token`) against the fp32 peak of the
+threads used: 2 AVX-512 FMA units (64 FLOP/cycle) per core at the 2.3 GHz base clock."""
+import json
+import os
+import statistics
+import sys
+
+SHAPES = {"reference": dict(L=6, C=384, V=8192, T=256), "gpt2-124m": dict(L=12, C=768, V=50304, T=128)}
+PEAK_PER_THREAD = 64 * 2.3e9
+
+
+def flops_per_token(L, C, V, T):
+    return 6 * (12 * L * C * C + V * C) + 12 * L * C * T
+
+
+def run_tps(metrics_path, warm=3):
+    recs = [json.loads(l) for l in open(metrics_path)]
+    tr = [r for r in recs if r["kind"] == "train"]
+    return statistics.median(r["tokens_per_sec"] for r in tr[warm:]), tr[0]["loss"], tr[-1]["loss"]
+
+
+def main(results, work):
+    threads = int(os.environ.get("THREADS", "2"))
+    peak = threads * PEAK_PER_THREAD
+    cf = {}
+    for line in open(f"{work}/cf-runs.txt"):
+        name, path = line.strip().split("=", 1)
+        cf.setdefault(name, []).append(run_tps(path))
+    pt = {}
+    for line in open(f"{work}/torch-train.jsonl"):
+        r = json.loads(line)
+        pt.setdefault(r["model"], []).append(r)
+    rows = []
+    print(f"\nTraining (fp32, AdamW, {threads} threads): tokens/s, median of steps after warm-up, median of runs")
+    print("| model | chatforge | PyTorch | chatforge / PyTorch | chatforge MFU | PyTorch MFU | runs |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, runs in cf.items():
+        fpt = flops_per_token(**SHAPES[name])
+        c = statistics.median(r[0] for r in runs)
+        p = statistics.median(r["tokens_per_sec"] for r in pt[name])
+        rows.append({"model": name, "chatforge_tokens_per_sec": c, "pytorch_tokens_per_sec": p, "ratio": c / p,
+                     "chatforge_runs": [r[0] for r in runs], "pytorch_runs": [r["tokens_per_sec"] for r in pt[name]],
+                     "chatforge_loss_first_last": [runs[0][1], runs[0][2]],
+                     "pytorch_loss_first_last": [pt[name][0]["loss_first"], pt[name][0]["loss_last"]],
+                     "flops_per_token": fpt, "chatforge_mfu": c * fpt / peak, "pytorch_mfu": p * fpt / peak})
+        print(f"| {name} | {c:,.0f} | {p:,.0f} | {c / p:.2f}x | {100 * c * fpt / peak:.1f}% | {100 * p * fpt / peak:.1f}% "
+              f"| {len(runs)} |")
+    json.dump({"threads": threads, "peak_flops": peak, "rows": rows}, open(f"{results}/cpu_train.json", "w"), indent=2)
+
+    gemm = [json.loads(l) for l in open(f"{work}/gemm.jsonl")]
+    print(f"\nGEMM GFLOP/s on the reference model's products ({threads} threads), median of 7")
+    impls = ["chatforge", "gemm crate", "pytorch"]
+    print("| product (m x n x k) | chatforge (AVX-512) | gemm crate (before) | PyTorch (MKL) |")
+    print("| --- | --- | --- | --- |")
+    for what in dict.fromkeys(g["what"] for g in gemm):
+        by = {g["impl"]: g for g in gemm if g["what"] == what}
+        g0 = by["chatforge"]
+        print(f"| {what} ({g0['m']} x {g0['n']} x {g0['k']}) | " + " | ".join(f"{by[i]['gflops']:.0f}" for i in impls) + " |")
+    json.dump({"threads": threads, "rows": gemm}, open(f"{results}/cpu_gemm.json", "w"), indent=2)
+
+    dec = [json.loads(l) for l in open(f"{work}/decode.jsonl")]
+    for r in json.load(open(f"{work}/llama.json")):
+        kind = "prompt_tokens_per_sec" if r["n_prompt"] else "decode_tokens_per_sec"
+        ll = next((d for d in dec if d["impl"].startswith("llama.cpp")), None)
+        if ll is None:
+            ll = {"impl": f"llama.cpp ({r.get('build_commit', '')}, Q4_1 as stored)"}
+            dec.append(ll)
+        ll[kind] = statistics.median(r["samples_ts"])
+    hf = next(d for d in dec if d["impl"].startswith("transformers"))
+    print(f"\nSmolLM2-135M: prompt processing (128 tokens) and generation (64 tokens), tokens/s, {threads} threads")
+    print("| implementation | prompt tok/s | generation tok/s | generation vs transformers |")
+    print("| --- | --- | --- | --- |")
+    for d in dec:
+        print(f"| {d['impl']} | {d['prompt_tokens_per_sec']:,.1f} | {d['decode_tokens_per_sec']:,.1f} "
+              f"| {d['decode_tokens_per_sec'] / hf['decode_tokens_per_sec']:.2f}x |")
+    json.dump({"threads": threads, "rows": dec}, open(f"{results}/cpu_decode.json", "w"), indent=2)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

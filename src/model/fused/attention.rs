@@ -1,0 +1,213 @@
+//! Causal self-attention straight out of the fused qkv projection, without rotary embeddings
+//! (GPT-2) and without a cache (training, scoring). qkv: (B, T, (H + 2K) * D) holding H query heads,
+//! then K key heads, then K value heads -> y: (B, T, H * D), heads side by side as the output
+//! projection reads them. Query head h uses key/value head h / (H / K) (grouped-query attention).
+//!
+//! One task per (sequence, key/value head): its query heads, in blocks of `BLOCK` query rows whose
+//! scores stop at the block's last key (the causal diagonal), so the upper triangle is mostly never
+//! computed and a block's scores (BLOCK x T) stay in cache. Nothing is stored for backward: it
+//! recomputes each block's probabilities, then
+//!   dV += P^T dY,  dP = dY V^T,  dS = P * (dP - rowsum(dY * Y)),  dQ = s dS K,  dK += s dS^T Q
+//! with s = 1 / sqrt(D). Each task writes only its own heads' columns of y (or of dqkv).
+
+use super::gemm::{matmul, matmul_ptr, View};
+use super::{f32_data, with_f32, CResult, SharedMut};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Query rows per block.
+const BLOCK: usize = 64;
+
+#[derive(Clone, Copy)]
+struct Geometry {
+    b: usize,
+    t: usize,
+    h: usize,
+    k: usize,
+    d: usize,
+}
+
+impl Geometry {
+    /// Width of a qkv row.
+    fn w(&self) -> usize {
+        (self.h + 2 * self.k) * self.d
+    }
+    /// Offset of query head `hq` (or key head `g` at H + g, value head at H + K + g) at time 0 of
+    /// sequence `b`.
+    fn col(&self, b: usize, head: usize) -> usize {
+        b * self.t * self.w() + head * self.d
+    }
+    fn scale(&self) -> f32 {
+        1.0 / (self.d as f32).sqrt()
+    }
+}
+
+/// Softmax of each row of the block `s` (rows r0.., `n` keys each) over the keys it may see
+/// (0..=r0 + i); the rest become 0.
+fn causal_softmax_rows(s: &mut [f32], n: usize, r0: usize) {
+    for (i, row) in s.chunks_exact_mut(n).enumerate() {
+        let visible = r0 + i + 1;
+        let (seen, future) = row.split_at_mut(visible);
+        let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let inv = 1.0 / super::exp::exp_shifted_sum(seen, max);
+        seen.iter_mut().for_each(|v| *v *= inv);
+        future.fill(0.0);
+    }
+}
+
+/// The probabilities of query rows r0..r1 of head `hq` against keys 0..r1 of key head `g`,
+/// into `p` ((r1 - r0) x r1).
+#[allow(clippy::too_many_arguments)]
+fn probabilities(
+    qkv: &[f32],
+    g: &Geometry,
+    b: usize,
+    hq: usize,
+    kh: usize,
+    r0: usize,
+    r1: usize,
+    p: &mut [f32],
+) {
+    let (w, n) = (g.w(), r1);
+    let q = View::rows(&qkv[g.col(b, hq) + r0 * w..], w);
+    let kt = View::rows(&qkv[g.col(b, g.h + kh)..], w).t();
+    matmul(r1 - r0, n, g.d, p, n, false, q, kt, g.scale());
+    causal_softmax_rows(&mut p[..(r1 - r0) * n], n, r0);
+}
+
+fn forward(qkv: &[f32], g: Geometry) -> Vec<f32> {
+    let (t, hd, w) = (g.t, g.h * g.d, g.w());
+    let mut y = vec![0f32; g.b * t * hd];
+    let out = SharedMut(y.as_mut_ptr());
+    let rep = g.h / g.k;
+    (0..g.b * g.k).into_par_iter().for_each(|task| {
+        let (b, kh) = (task / g.k, task % g.k);
+        let mut p = vec![0f32; BLOCK * t];
+        for hq in kh * rep..(kh + 1) * rep {
+            for r0 in (0..t).step_by(BLOCK) {
+                let r1 = (r0 + BLOCK).min(t);
+                probabilities(qkv, &g, b, hq, kh, r0, r1, &mut p);
+                let v = View::rows(&qkv[g.col(b, g.h + g.k + kh)..], w);
+                // SAFETY: rows r0..r1, columns hq*D..(hq+1)*D of sequence b of y: inside y, and
+                // written by this task alone (it owns query head hq of sequence b).
+                unsafe {
+                    let dst = out.at(b * t * hd + r0 * hd + hq * g.d);
+                    matmul_ptr(r1 - r0, g.d, r1, dst, hd, false, View::rows(&p, r1), v, 1.0);
+                }
+            }
+        }
+    });
+    y
+}
+
+fn backward(qkv: &[f32], y: &[f32], dy: &[f32], g: Geometry) -> Vec<f32> {
+    let (t, hd, w) = (g.t, g.h * g.d, g.w());
+    let mut dqkv = vec![0f32; qkv.len()];
+    let out = SharedMut(dqkv.as_mut_ptr());
+    let rep = g.h / g.k;
+    let s = g.scale();
+    (0..g.b * g.k).into_par_iter().for_each(|task| {
+        let (b, kh) = (task / g.k, task % g.k);
+        let mut p = vec![0f32; BLOCK * t];
+        let mut dp = vec![0f32; BLOCK * t];
+        let mut rowdot = vec![0f32; t];
+        let kview = View::rows(&qkv[g.col(b, g.h + kh)..], w);
+        let vview = View::rows(&qkv[g.col(b, g.h + g.k + kh)..], w);
+        for hq in kh * rep..(kh + 1) * rep {
+            let yo = b * t * hd + hq * g.d;
+            for (i, r) in rowdot.iter_mut().enumerate() {
+                let (yr, dyr) = (&y[yo + i * hd..][..g.d], &dy[yo + i * hd..][..g.d]);
+                *r = yr.iter().zip(dyr).map(|(a, c)| a * c).sum();
+            }
+            for r0 in (0..t).step_by(BLOCK) {
+                let (r1, m) = ((r0 + BLOCK).min(t), (r0 + BLOCK).min(t) - r0);
+                probabilities(qkv, &g, b, hq, kh, r0, r1, &mut p);
+                let p = &p[..m * r1];
+                let dyb = View::rows(&dy[yo + r0 * hd..], hd);
+                // dP = dY V^T, then dS = P * (dP - rowdot) in place.
+                matmul(m, r1, g.d, &mut dp, r1, false, dyb, vview.t(), 1.0);
+                for (i, (dpr, pr)) in dp.chunks_exact_mut(r1).zip(p.chunks_exact(r1)).enumerate() {
+                    let rd = rowdot[r0 + i];
+                    dpr.iter_mut()
+                        .zip(pr)
+                        .for_each(|(x, &pv)| *x = pv * (*x - rd));
+                }
+                let ds = View::rows(&dp[..m * r1], r1);
+                let qb = View::rows(&qkv[g.col(b, hq) + r0 * w..], w);
+                // SAFETY: dQ rows r0..r1 of head hq, and dK / dV rows 0..r1 of key head kh, all of
+                // sequence b: inside dqkv and owned by this task (key head kh of sequence b and
+                // its query heads).
+                unsafe {
+                    let dv = out.at(g.col(b, g.h + g.k + kh));
+                    matmul_ptr(r1, g.d, m, dv, w, true, View::rows(p, r1).t(), dyb, 1.0);
+                    let dq = out.at(g.col(b, hq) + r0 * w);
+                    matmul_ptr(m, g.d, r1, dq, w, false, ds, kview, s);
+                    let dk = out.at(g.col(b, g.h + kh));
+                    matmul_ptr(r1, g.d, m, dk, w, true, ds.t(), qb, s);
+                }
+            }
+        }
+    });
+    dqkv
+}
+
+struct CausalAttention(Geometry);
+
+impl CustomOp1 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let qkv = f32_data(s, l, self.name())?;
+        let g = self.0;
+        Ok((
+            CpuStorage::F32(forward(qkv, g)),
+            Shape::from((g.b, g.t, g.h * g.d)),
+        ))
+    }
+
+    fn bwd(&self, qkv: &Tensor, y: &Tensor, dy: &Tensor) -> CResult<Option<Tensor>> {
+        let g = self.0;
+        let d = with_f32(qkv, self.name(), |q| {
+            with_f32(y, self.name(), |yd| {
+                with_f32(dy, self.name(), |dyd| backward(q, yd, dyd, g))
+            })
+        })???;
+        Ok(Some(Tensor::from_vec(d, qkv.shape(), qkv.device())?))
+    }
+}
+
+fn geometry(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<Geometry> {
+    let (b, t, width) = qkv.dims3()?;
+    if k == 0 || !h.is_multiple_of(k) || width != (h + 2 * k) * d {
+        candle_core::bail!(
+            "attention: a qkv row of {width} does not hold {h} query and {k} key/value heads of {d}"
+        )
+    }
+    Ok(Geometry { b, t, h, k, d })
+}
+
+/// Causal self-attention of qkv (B, T, (H + 2K) * D) -> (B, T, H * D); fused on the CPU in f32.
+pub fn causal_attention(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<Tensor> {
+    let g = geometry(qkv, h, k, d)?;
+    if !super::applies(qkv) {
+        return reference(qkv, h, k, d);
+    }
+    qkv.contiguous()?.apply_op1(CausalAttention(g))
+}
+
+/// The composed candle version: split heads, scores, masked softmax, weighted values.
+pub fn reference(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<Tensor> {
+    let g = geometry(qkv, h, k, d)?;
+    let (b, t) = (g.b, g.t);
+    let qkv = qkv.reshape((b, t, h + 2 * k, d))?;
+    let heads = |from: usize, n: usize| qkv.narrow(2, from, n)?.transpose(1, 2)?.contiguous();
+    let (q, kk, v) = (heads(0, h)?, heads(h, k)?, heads(h + k, k)?);
+    let rep = h / k;
+    let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, k, rep * t, d))?;
+    let att = q.matmul(&kk.t()?)?;
+    let att = crate::model::ops::reference::causal_softmax(&att, t)?;
+    let y = att.matmul(&v)?.reshape((b, h, t, d))?;
+    y.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))
+}

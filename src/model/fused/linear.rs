@@ -1,0 +1,167 @@
+//! The fully connected layer: y = x @ w^T + b. x: (N, I), w: (O, I), b: (O,) -> y: (N, O).
+//!
+//! Forward is one GEMM that starts from the bias rows. Backward: dx = dy @ w (N, I),
+//! dw = dy^T @ x (O, I) and db = column sums of dy, the transposes being strides, not copies; a
+//! gradient nobody asked for (a frozen base weight under LoRA) is not computed.
+
+use super::gemm::{matmul, matmul_new, View};
+use super::{column_sums, f32_data, with_f32, CResult};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+
+fn dims(x: &Layout, w: &Layout) -> CResult<(usize, usize, usize)> {
+    let (n, i) = x.shape().dims2()?;
+    let (o, i2) = w.shape().dims2()?;
+    if i != i2 {
+        candle_core::bail!("linear: x has {i} features but the weight expects {i2}")
+    }
+    Ok((n, i, o))
+}
+
+fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, (n, i, o): (usize, usize, usize)) -> Vec<f32> {
+    let (xv, wt) = (View::rows(x, i), View::rows(w, i).t());
+    let Some(b) = b else {
+        return matmul_new(n, o, i, xv, wt, 1.0);
+    };
+    let mut y = Vec::with_capacity(n * o);
+    for _ in 0..n {
+        y.extend_from_slice(b);
+    }
+    matmul(n, o, i, &mut y, o, true, xv, wt, 1.0);
+    y
+}
+
+/// dx and dw (each only when wanted) for y = x @ w^T.
+fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+) -> CResult<(Option<Tensor>, Option<Tensor>, Tensor)> {
+    let (n, i) = x.dims2()?;
+    let o = w.dim(0)?;
+    let g = g.contiguous()?;
+    let dev = x.device();
+    with_f32(&g, "linear-backward", |gd| -> CResult<_> {
+        let dx = if x.track_op() {
+            let dx = with_f32(w, "linear-backward", |wd| {
+                matmul_new(n, i, o, View::rows(gd, o), View::rows(wd, i), 1.0)
+            })?;
+            Some(Tensor::from_vec(dx, (n, i), dev)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let dw = with_f32(x, "linear-backward", |xd| {
+                matmul_new(o, i, n, View::rows(gd, o).t(), View::rows(xd, i), 1.0)
+            })?;
+            Some(Tensor::from_vec(dw, (o, i), dev)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, g.clone()))
+    })?
+}
+
+struct LinearNoBias;
+
+impl CustomOp2 for LinearNoBias {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let d = dims(xl, wl)?;
+        let x = f32_data(xs, xl, self.name())?;
+        let w = f32_data(ws, wl, self.name())?;
+        Ok((
+            CpuStorage::F32(forward(x, w, None, d)),
+            Shape::from((d.0, d.2)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = backward(x, w, g)?;
+        Ok((dx, dw))
+    }
+}
+
+struct LinearBias;
+
+impl CustomOp3 for LinearBias {
+    fn name(&self) -> &'static str {
+        "linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let d = dims(xl, wl)?;
+        if bl.shape().dims() != [d.2] {
+            candle_core::bail!("linear: bias of shape {:?} for {} outputs", bl.shape(), d.2)
+        }
+        let x = f32_data(xs, xl, self.name())?;
+        let w = f32_data(ws, wl, self.name())?;
+        let b = f32_data(bs, bl, self.name())?;
+        Ok((
+            CpuStorage::F32(forward(x, w, Some(b), d)),
+            Shape::from((d.0, d.2)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, g) = backward(x, w, g)?;
+        let db = if b.track_op() {
+            let o = b.dim(0)?;
+            let db = with_f32(&g, self.name(), |gd| column_sums(gd, o))?;
+            Some(Tensor::from_vec(db, o, b.device())?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// y = x @ w^T (+ b) for x: (N, I), w: (O, I), b: (O,) -> (N, O), fused on the CPU in f32.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
+    if !(super::applies(x) && super::applies(w)) {
+        return reference(x, w, b);
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearBias),
+        None => x.apply_op2(&w, LinearNoBias),
+    }
+}
+
+/// The composed candle version.
+pub fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
+    let y = x.matmul(&w.t()?)?;
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}

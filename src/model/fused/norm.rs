@@ -1,0 +1,251 @@
+//! LayerNorm and RMSNorm over the last dimension with an affine weight (and LayerNorm's bias).
+//! x: (N, C), w: (C,), b: (C,) -> y: (N, C).
+//!
+//!   LayerNorm: xhat = (x - mean) * rstd, rstd = 1 / sqrt(var + eps); y = xhat * w + b
+//!   RMSNorm:   xhat = x * rstd,          rstd = 1 / sqrt(mean(x^2) + eps); y = xhat * w
+//!
+//! Backward recomputes each row's statistics (cheaper than storing them) and, with dxhat = dy * w:
+//!   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))   (RMSNorm drops mean(dxhat))
+//!   dw = sum over rows of dy * xhat, db = sum over rows of dy.
+
+use super::{f32_data, with_f32, CResult};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy)]
+struct Stats {
+    centered: bool,
+    eps: f32,
+}
+
+impl Stats {
+    /// (mean, rstd) of one row; mean is 0 for RMSNorm.
+    fn of(&self, row: &[f32]) -> (f32, f32) {
+        let c = row.len() as f32;
+        let mean = if self.centered {
+            row.iter().sum::<f32>() / c
+        } else {
+            0.0
+        };
+        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / c;
+        (mean, 1.0 / (var + self.eps).sqrt())
+    }
+
+    fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+        let c = w.len();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(c)
+            .zip(x.par_chunks(c))
+            .with_min_len(16)
+            .for_each(|(yr, xr)| {
+                let (mean, rstd) = self.of(xr);
+                for j in 0..c {
+                    yr[j] = (xr[j] - mean) * rstd * w[j] + b.map_or(0.0, |b| b[j]);
+                }
+            });
+        y
+    }
+
+    /// (dx, dw, db) for the rows of x.
+    fn backward(&self, x: &[f32], w: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let c = w.len();
+        let mut dx = vec![0f32; x.len()];
+        let rows = x.len() / c;
+        let chunk = rows.div_ceil(4 * rayon::current_num_threads()).max(1);
+        let (dw, db) = dx
+            .par_chunks_mut(chunk * c)
+            .zip(x.par_chunks(chunk * c).zip(g.par_chunks(chunk * c)))
+            .map(|(dxc, (xc, gc))| {
+                let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
+                let mut xhat = vec![0f32; c];
+                for ((dxr, xr), gr) in dxc
+                    .chunks_exact_mut(c)
+                    .zip(xc.chunks_exact(c))
+                    .zip(gc.chunks_exact(c))
+                {
+                    let (mean, rstd) = self.of(xr);
+                    let (mut m1, mut m2) = (0f32, 0f32);
+                    for j in 0..c {
+                        xhat[j] = (xr[j] - mean) * rstd;
+                        let dxh = gr[j] * w[j];
+                        m1 += dxh;
+                        m2 += dxh * xhat[j];
+                        dw[j] += gr[j] * xhat[j];
+                        db[j] += gr[j];
+                    }
+                    let (m1, m2) = (
+                        if self.centered { m1 / c as f32 } else { 0.0 },
+                        m2 / c as f32,
+                    );
+                    for j in 0..c {
+                        dxr[j] = rstd * (gr[j] * w[j] - m1 - xhat[j] * m2);
+                    }
+                }
+                (dw, db)
+            })
+            .reduce(
+                || (vec![0f32; c], vec![0f32; c]),
+                |(mut a, mut b), (c2, d)| {
+                    a.iter_mut().zip(&c2).for_each(|(x, y)| *x += y);
+                    b.iter_mut().zip(&d).for_each(|(x, y)| *x += y);
+                    (a, b)
+                },
+            );
+        (dx, dw, db)
+    }
+
+    fn grads(&self, x: &Tensor, w: &Tensor, g: &Tensor) -> CResult<(Tensor, Tensor, Tensor)> {
+        let (dx, dw, db) = with_f32(x, "norm-backward", |xd| {
+            with_f32(w, "norm-backward", |wd| {
+                with_f32(g, "norm-backward", |gd| self.backward(xd, wd, gd))
+            })
+        })???;
+        let dev = x.device();
+        Ok((
+            Tensor::from_vec(dx, x.shape(), dev)?,
+            Tensor::from_vec(dw, w.shape(), dev)?,
+            Tensor::from_vec(db, w.shape(), dev)?,
+        ))
+    }
+}
+
+/// A gradient only for an input that takes part in backprop: a frozen weight (LoRA's base) gets none.
+fn wanted(input: &Tensor, grad: Tensor) -> Option<Tensor> {
+    input.track_op().then_some(grad)
+}
+
+fn check(x: &Layout, w: &Layout) -> CResult<()> {
+    let c = *x.shape().dims().last().unwrap_or(&0);
+    if w.shape().dims() != [c] {
+        candle_core::bail!("norm: weight of shape {:?} for rows of {c}", w.shape())
+    }
+    Ok(())
+}
+
+struct NormBias(Stats);
+
+impl CustomOp3 for NormBias {
+    fn name(&self) -> &'static str {
+        "norm-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        check(xl, wl)?;
+        check(xl, bl)?;
+        let (x, w, b) = (
+            f32_data(xs, xl, self.name())?,
+            f32_data(ws, wl, self.name())?,
+            f32_data(bs, bl, self.name())?,
+        );
+        Ok((
+            CpuStorage::F32(self.0.forward(x, w, Some(b))),
+            xl.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = self.0.grads(x, w, g)?;
+        Ok((wanted(x, dx), wanted(w, dw), wanted(b, db)))
+    }
+}
+
+struct Norm(Stats);
+
+impl CustomOp2 for Norm {
+    fn name(&self) -> &'static str {
+        "norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        check(xl, wl)?;
+        let (x, w) = (
+            f32_data(xs, xl, self.name())?,
+            f32_data(ws, wl, self.name())?,
+        );
+        Ok((
+            CpuStorage::F32(self.0.forward(x, w, None)),
+            xl.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.0.grads(x, w, g)?;
+        Ok((wanted(x, dx), wanted(w, dw)))
+    }
+}
+
+/// LayerNorm (`centered`) or RMSNorm of x (..., C) over C, times `w`, plus `b`; fused on the CPU
+/// in f32.
+pub fn norm(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    eps: f64,
+    centered: bool,
+) -> CResult<Tensor> {
+    if !(super::applies(x) && super::applies(w) && b.is_none_or(super::applies)) {
+        return reference(x, w, b, eps, centered);
+    }
+    let stats = Stats {
+        centered,
+        eps: eps as f32,
+    };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, NormBias(stats)),
+        None => x.apply_op2(&w, Norm(stats)),
+    }
+}
+
+/// The composed candle version.
+pub fn reference(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    eps: f64,
+    centered: bool,
+) -> CResult<Tensor> {
+    let xn = match centered {
+        true => {
+            let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+            let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+            xc.broadcast_div(&(var + eps)?.sqrt()?)?
+        }
+        false => {
+            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+            x.broadcast_div(&(ms + eps)?.sqrt()?)?
+        }
+    };
+    let y = xn.broadcast_mul(w)?;
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
