@@ -304,3 +304,39 @@ fn fused_adamw_matches_the_composed_update() {
         assert!(max_abs_diff(&a, start) > 1e-3, "{name} did not move");
     }
 }
+
+#[test]
+fn fused_linear_keeps_leading_dimensions() {
+    use chatforge::model::fused::linear;
+    // (B, T, I) in, (B, T, O) out, as the transformer calls it (no reshape around it).
+    let (x, w, b) = (
+        randn(&[2, 5, 24], 1.0),
+        randn(&[7, 24], 1.0),
+        randn(&[7], 1.0),
+    );
+    let (y1, g1) = value_and_grads(&[&x, &w, &b], |t| linear::linear(t[0], t[1], Some(t[2])));
+    let (y2, g2) = value_and_grads(&[&x, &w, &b], |t| linear::reference(t[0], t[1], Some(t[2])));
+    assert_eq!(y1.dims(), &[2, 5, 7]);
+    assert_eq!(g1[0].dims(), &[2, 5, 24]);
+    assert_rel("3-d linear value", &y1, &y2, 1e-5);
+    for (k, name) in ["3-d dx", "3-d dw", "3-d db"].iter().enumerate() {
+        assert_rel(name, &g1[k], &g2[k], 1e-5);
+    }
+}
+
+#[test]
+fn fused_linear_gelu_matches_linear_then_gelu() {
+    use chatforge::model::fused::linear;
+    for shape in [vec![37, 24], vec![2, 9, 48]] {
+        let i = *shape.last().unwrap();
+        let (x, w, b) = (randn(&shape, 1.0), randn(&[96, i], 0.4), randn(&[96], 0.5));
+        let (y1, g1) = value_and_grads(&[&x, &w, &b], |t| linear::linear_gelu(t[0], t[1], t[2]));
+        let (y2, g2) = value_and_grads(&[&x, &w, &b], |t| {
+            ops::gelu(&linear::reference(t[0], t[1], Some(t[2]))?)
+        });
+        assert_rel("linear-gelu value", &y1, &y2, 1e-5);
+        for (k, name) in ["linear-gelu dx", "dw", "db"].iter().enumerate() {
+            assert_rel(name, &g1[k], &g2[k], 1e-5);
+        }
+    }
+}

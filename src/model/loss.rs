@@ -17,7 +17,11 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> 
 /// logits: (B, T, V) or (N, V); targets: (B, T) or (N,) as i64.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let v = logits.dim(D::Minus1)?;
-    let logits = logits.reshape(((), v))?;
+    // Already (N, V): no reshape node (its backward would add a zero-filled copy of the gradient).
+    let logits = match logits.rank() {
+        2 => logits.clone(),
+        _ => logits.reshape(((), v))?,
+    };
     let targets = targets.flatten_all()?.to_dtype(DType::I64)?;
     let (nll, mask) = token_nll(&logits, &targets)?;
     let count = mask.sum_all()?.to_scalar::<f32>()?;

@@ -204,6 +204,33 @@ fn exp_2u(x: &[f32], out: &mut [f32]) {
     super::fused::exp::exp_shifted_sum(out, 0.0);
 }
 
+/// out = gelu(x), elementwise over the cores: 0.5 x (1 + tanh u) = x E / (E + 1), E = exp(2u).
+pub(crate) fn gelu_forward(x: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(o, x)| {
+            exp_2u(x, o);
+            for (oj, &v) in o.iter_mut().zip(x) {
+                *oj = v * *oj / (*oj + 1.0);
+            }
+        });
+}
+
+/// out = dy * gelu'(x): dy (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3 a x^2)).
+pub(crate) fn gelu_backward(x: &[f32], dy: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096).zip(dy.par_chunks(4096)))
+        .for_each(|(o, (x, dy))| {
+            exp_2u(x, o);
+            for ((oj, &v), &g) in o.iter_mut().zip(x).zip(dy) {
+                let th = 1.0 - 2.0 / (*oj + 1.0);
+                let d = 0.5 * (1.0 + th)
+                    + 0.5 * v * (1.0 - th * th) * GELU_K * (1.0 + 3.0 * GELU_A * v * v);
+                *oj = g * d;
+            }
+        });
+}
+
 /// GPT-2's tanh GELU, elementwise; the backward pass is one more elementwise kernel instead of the
 /// dozen composed ops candle's own `gelu` backward builds.
 struct Gelu;
@@ -216,15 +243,7 @@ impl CustomOp1 for Gelu {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = f32_slice(storage, layout, self.name())?;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(4096)
-            .zip(x.par_chunks(4096))
-            .for_each(|(o, x)| {
-                // 0.5 x (1 + tanh u) = x E / (E + 1) with E = exp(2u), the exps vectorised.
-                exp_2u(x, o);
-                for (oj, &v) in o.iter_mut().zip(x) {
-                    *oj = v * *oj / (*oj + 1.0);
-                }
-            });
+        gelu_forward(x, &mut out);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -243,7 +262,6 @@ impl CustomOp2 for GeluBackward {
         "gelu-tanh-backward"
     }
 
-    /// dx = dy * (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3 a x^2)), u = k (x + a x^3).
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -254,17 +272,7 @@ impl CustomOp2 for GeluBackward {
         let x = f32_slice(s1, l1, self.name())?;
         let dy = f32_slice(s2, l2, self.name())?;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(4096)
-            .zip(x.par_chunks(4096).zip(dy.par_chunks(4096)))
-            .for_each(|(o, (x, dy))| {
-                exp_2u(x, o);
-                for ((oj, &v), &g) in o.iter_mut().zip(x).zip(dy) {
-                    let th = 1.0 - 2.0 / (*oj + 1.0);
-                    let d = 0.5 * (1.0 + th)
-                        + 0.5 * v * (1.0 - th * th) * GELU_K * (1.0 + 3.0 * GELU_A * v * v);
-                    *oj = g * d;
-                }
-            });
+        gelu_backward(x, dy, &mut out);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -27,19 +27,26 @@ fn linear_with(
 ) -> Result<Tensor> {
     let (bsz, t, cin) = x.dims3()?;
     let x2 = x.reshape((bsz * t, cin))?;
-    let y = match super::ops::small_matmul_t(&x2, w)? {
+    if let Some(y) = super::ops::small_matmul_t(&x2, w)? {
         // Decoding a few tokens: a parallel matrix-vector product.
-        Some(y) => match b {
+        let y = match b {
             Some(b) => y.broadcast_add(b)?,
             None => y,
-        },
-        None => super::fused::linear::linear(&x2, w, b)?,
-    };
-    let y = match lora {
-        Some(a) => a.apply(&x2, y)?,
-        None => y,
-    };
-    Ok(y.reshape((bsz, t, ()))?)
+        };
+        let y = match lora {
+            Some(a) => a.apply(&x2, y)?,
+            None => y,
+        };
+        return Ok(y.reshape((bsz, t, ()))?);
+    }
+    match lora {
+        // (B, T, in) -> (B, T, out) directly: a reshape would cost a zero-filled gradient copy.
+        None => Ok(super::fused::linear::linear(x, w, b)?),
+        Some(a) => {
+            let y = super::fused::linear::linear(&x2, w, b)?;
+            Ok(a.apply(&x2, y)?.reshape((bsz, t, ()))?)
+        }
+    }
 }
 
 /// A linear layer's weight `[out, in]`, bias, and LoRA adapter; for inference, optionally a
@@ -314,6 +321,15 @@ impl Mlp {
 
     /// x: (B, T, C) -> (B, T, C) through (B, T, I).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let fc = &self.fc;
+        let decoding = x.elem_count() / x.dim(D::Minus1)?.max(1) <= 16 && !fc.w.track_op();
+        if let (MlpKind::Gelu, None, None, Some(b), false) =
+            (self.kind, &fc.lora, &fc.q, &fc.b, decoding)
+        {
+            // Up-projection and GELU as one op (training, scoring, prompts).
+            let act = super::fused::linear::linear_gelu(x, &fc.w, b)?;
+            return self.proj.forward(&act);
+        }
         let hdn = self.fc.forward(x)?;
         let act = match self.kind {
             MlpKind::Gelu => super::ops::gelu(&hdn)?, // tanh approximation, GPT-2's "gelu_new"
@@ -477,6 +493,17 @@ impl Transformer {
     ) -> Result<Tensor> {
         let h = self.forward_hidden(idx, start, cache)?;
         self.logits(&h)
+    }
+
+    /// The training objective: mean next-token cross-entropy of idx (B, T) against targets (B, T)
+    /// (`IGNORE_INDEX` left out). The logits are made (B * T, V) from the start, so no reshape of
+    /// the largest activation (and of its gradient) enters the graph.
+    pub fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let h = self.forward_hidden(idx, 0, None)?;
+        let (b, t, c) = h.dims3()?;
+        let h = h.reshape((b * t, c))?;
+        let logits = super::fused::linear::linear(&h, &self.lm_head, None)?.to_dtype(DType::F32)?;
+        super::loss::cross_entropy(&logits, targets)
     }
 
     /// Hidden states (B, T, C) -> f32 logits (B, T, V).

@@ -11,7 +11,7 @@ use crate::dist::{Collective, Single};
 use crate::error::{Error, Result};
 use crate::model::lora::LoraConfig;
 use crate::model::params::Params;
-use crate::model::{cross_entropy, ModelConfig, Transformer};
+use crate::model::{ModelConfig, Transformer};
 use crate::progress::{duration, human};
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Device, Tensor};
@@ -258,8 +258,7 @@ impl Run<'_> {
         for _ in 0..accum {
             let b = self.source.next(&self.device)?;
             tokens += b.tokens;
-            let logits = model.forward(&b.x, 0, None)?;
-            let loss = cross_entropy(&logits, &b.y)?;
+            let loss = model.loss(&b.x, &b.y)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             let scaled = if accum > 1 {
                 (loss / accum as f64)?

@@ -1,4 +1,6 @@
-//! The fully connected layer: y = x @ w^T + b. x: (N, I), w: (O, I), b: (O,) -> y: (N, O).
+//! The fully connected layer: y = x @ w^T + b. x: (..., I), w: (O, I), b: (O,) -> y: (..., O), the
+//! leading dimensions (N rows in all) kept, so callers need no reshape (whose backward would add a
+//! zero-filled copy of the gradient).
 //!
 //! Forward is one GEMM that starts from the bias rows. Backward: dx = dy @ w (N, I),
 //! dw = dy^T @ x (O, I) and db = column sums of dy, the transposes being strides, not copies; a
@@ -9,12 +11,22 @@ use super::{column_sums, f32_data, with_f32, CResult};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 fn dims(x: &Layout, w: &Layout) -> CResult<(usize, usize, usize)> {
-    let (n, i) = x.shape().dims2()?;
+    let i = x.shape().dims().last().copied().unwrap_or(0);
+    let n = x.shape().elem_count() / i.max(1);
     let (o, i2) = w.shape().dims2()?;
     if i != i2 {
         candle_core::bail!("linear: x has {i} features but the weight expects {i2}")
     }
     Ok((n, i, o))
+}
+
+/// x's shape with the last dimension replaced by `o`.
+fn out_shape(x: &Layout, o: usize) -> Shape {
+    let mut dims = x.shape().dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = o;
+    }
+    Shape::from(dims)
 }
 
 fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, (n, i, o): (usize, usize, usize)) -> Vec<f32> {
@@ -36,8 +48,8 @@ fn backward(
     w: &Tensor,
     g: &Tensor,
 ) -> CResult<(Option<Tensor>, Option<Tensor>, Tensor)> {
-    let (n, i) = x.dims2()?;
-    let o = w.dim(0)?;
+    let (o, i) = w.dims2()?;
+    let n = x.elem_count() / i.max(1);
     let g = g.contiguous()?;
     let dev = x.device();
     with_f32(&g, "linear-backward", |gd| -> CResult<_> {
@@ -45,7 +57,7 @@ fn backward(
             let dx = with_f32(w, "linear-backward", |wd| {
                 matmul_new(n, i, o, View::rows(gd, o), View::rows(wd, i), 1.0)
             })?;
-            Some(Tensor::from_vec(dx, (n, i), dev)?)
+            Some(Tensor::from_vec(dx, x.shape(), dev)?)
         } else {
             None
         };
@@ -78,10 +90,7 @@ impl CustomOp2 for LinearNoBias {
         let d = dims(xl, wl)?;
         let x = f32_data(xs, xl, self.name())?;
         let w = f32_data(ws, wl, self.name())?;
-        Ok((
-            CpuStorage::F32(forward(x, w, None, d)),
-            Shape::from((d.0, d.2)),
-        ))
+        Ok((CpuStorage::F32(forward(x, w, None, d)), out_shape(xl, d.2)))
     }
 
     fn bwd(
@@ -121,7 +130,7 @@ impl CustomOp3 for LinearBias {
         let b = f32_data(bs, bl, self.name())?;
         Ok((
             CpuStorage::F32(forward(x, w, Some(b), d)),
-            Shape::from((d.0, d.2)),
+            out_shape(xl, d.2),
         ))
     }
 
@@ -145,7 +154,7 @@ impl CustomOp3 for LinearBias {
     }
 }
 
-/// y = x @ w^T (+ b) for x: (N, I), w: (O, I), b: (O,) -> (N, O), fused on the CPU in f32.
+/// y = x @ w^T (+ b) for x: (..., I), w: (O, I), b: (O,) -> (..., O), fused on the CPU in f32.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
     if !(super::applies(x) && super::applies(w)) {
         return reference(x, w, b);
@@ -159,9 +168,79 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
 
 /// The composed candle version.
 pub fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
-    let y = x.matmul(&w.t()?)?;
+    let y = x.broadcast_matmul(&w.t()?)?;
     match b {
         Some(b) => y.broadcast_add(b),
         None => Ok(y),
     }
+}
+
+/// gelu(x @ w^T + b), GPT-2's MLP up-projection and activation as one op: the pre-activation
+/// (N, O) is kept by the op for its backward instead of being a graph node of its own, whose
+/// gradient candle would zero-fill and accumulate.
+struct LinearGelu {
+    pre: std::sync::Mutex<Option<Vec<f32>>>,
+    keep: bool,
+}
+
+impl CustomOp3 for LinearGelu {
+    fn name(&self) -> &'static str {
+        "linear-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (out, shape) = LinearBias.cpu_fwd(xs, xl, ws, wl, bs, bl)?;
+        let CpuStorage::F32(pre) = out else {
+            candle_core::bail!("linear-gelu: f32 expected")
+        };
+        let mut y = vec![0f32; pre.len()];
+        crate::model::ops::gelu_forward(&pre, &mut y);
+        if self.keep {
+            *self.pre.lock().expect("not poisoned") = Some(pre);
+        }
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        y: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(pre) = self.pre.lock().expect("not poisoned").take() else {
+            candle_core::bail!(
+                "linear-gelu: backward without a forward that kept its pre-activation"
+            )
+        };
+        let mut dpre = vec![0f32; pre.len()];
+        with_f32(g, self.name(), |gd| {
+            crate::model::ops::gelu_backward(&pre, gd, &mut dpre)
+        })?;
+        let dpre = Tensor::from_vec(dpre, y.shape(), y.device())?;
+        LinearBias.bwd(x, w, b, y, &dpre)
+    }
+}
+
+/// gelu(x @ w^T + b) for x: (..., I), w: (O, I), b: (O,) -> (..., O), fused on the CPU in f32.
+pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> CResult<Tensor> {
+    if !(super::applies(x) && super::applies(w) && super::applies(b)) {
+        return crate::model::ops::gelu(&reference(x, w, Some(b))?);
+    }
+    let keep = x.track_op() || w.track_op() || b.track_op();
+    let op = LinearGelu {
+        pre: std::sync::Mutex::new(None),
+        keep,
+    };
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
 }
