@@ -168,11 +168,18 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
 
 /// The composed candle version.
 pub fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
-    let y = x.broadcast_matmul(&w.t()?)?;
-    match b {
-        Some(b) => y.broadcast_add(b),
-        None => Ok(y),
+    // As a plain 2-D product (every backend's matmul takes it), then back to x's leading dims.
+    let (o, i) = w.dims2()?;
+    let mut dims = x.dims().to_vec();
+    let y = x.reshape(((), i))?.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    if let Some(last) = dims.last_mut() {
+        *last = o;
     }
+    y.reshape(dims)
 }
 
 /// gelu(x @ w^T + b), GPT-2's MLP up-projection and activation as one op: the pre-activation
