@@ -466,15 +466,17 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
         Command::Bench(a) => {
             let device = chatforge::device(&a.device)?;
             let m = LoadedModel::load(&a.model, &device)?;
-            let mut model = m.transformer()?;
-            match a.weights.as_str() {
-                "auto" if m.quantized && device.is_cpu() => {
-                    model.quantize(candle_core::quantized::GgmlDType::Q8_0)?
+            let model = match a.weights.as_str() {
+                // What generate, chat and serve use.
+                "auto" => m.inference_transformer()?,
+                "f32" => m.transformer()?,
+                "q8_0" => {
+                    let mut t = m.transformer()?;
+                    t.quantize(candle_core::quantized::GgmlDType::Q8_0)?;
+                    t
                 }
-                "auto" | "f32" => {}
-                "q8_0" => model.quantize(candle_core::quantized::GgmlDType::Q8_0)?,
                 w => bail!("--weights {w}: expected auto, f32 or q8_0"),
-            }
+            };
             let r =
                 chatforge::infer::speed::measure(&model, a.prompt_tokens, a.new_tokens, a.runs)?;
             if a.json {

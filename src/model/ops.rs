@@ -8,34 +8,12 @@
 //! On other devices (or dtypes) they fall back to composed candle ops, which have backward passes
 //! too. Tests compare both paths, values and gradients.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Storage, Tensor, D};
+use super::fused::{applies, f32_data, with_f32};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::Arc;
 
 type CResult<T> = candle_core::Result<T>;
-
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> CResult<&'a [f32]> {
-    let (a, b) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: input must be contiguous")))?;
-    Ok(&storage.as_slice::<f32>()?[a..b])
-}
-
-/// Runs `f` on the f32 data of a CPU tensor (made contiguous first).
-fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
-    let t = t.contiguous()?;
-    let (st, layout) = t.storage_and_layout();
-    match &*st {
-        Storage::Cpu(cpu) => Ok(f(f32_slice(cpu, layout, op)?)),
-        _ => Err(candle_core::Error::Msg(format!(
-            "{op}: CPU tensor expected"
-        ))),
-    }
-}
-
-fn fused_ok(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
-}
 
 /// log(sum(exp(row))) computed stably.
 pub fn logsumexp(row: &[f32]) -> f32 {
@@ -56,7 +34,7 @@ impl CustomOp1 for TokenNll {
     /// logits (N, V) -> nll (N,), 0 where the target is negative (ignored).
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (n, v) = layout.shape().dims2()?;
-        let x = f32_slice(storage, layout, self.name())?;
+        let x = f32_data(storage, layout, self.name())?;
         let out: Vec<f32> = (0..n)
             .into_par_iter()
             .map(|i| {
@@ -102,7 +80,7 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> CResult<Tensor> {
     if let Some(bad) = t.iter().find(|&&x| x >= v as i64) {
         candle_core::bail!("target id {bad} is outside the vocabulary of {v}")
     }
-    if fused_ok(logits) {
+    if applies(logits) {
         return logits.contiguous()?.apply_op1(TokenNll {
             targets: Arc::new(t),
         });
@@ -123,7 +101,7 @@ impl CustomOp1 for CausalSoftmax {
     /// scores (..., R, S) -> probabilities, zero on future keys.
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
         let s = layout.shape().dims()[layout.shape().rank() - 1];
-        let x = f32_slice(storage, layout, self.name())?;
+        let x = f32_data(storage, layout, self.name())?;
         let (t, past) = (self.t, s - self.t);
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(s)
@@ -163,8 +141,8 @@ impl CustomOp2 for SoftmaxBackward {
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
         let s = l1.shape().dims()[l1.shape().rank() - 1];
-        let y = f32_slice(s1, l1, self.name())?;
-        let dy = f32_slice(s2, l2, self.name())?;
+        let y = f32_data(s1, l1, self.name())?;
+        let dy = f32_data(s2, l2, self.name())?;
         let mut out = vec![0f32; y.len()];
         out.par_chunks_mut(s)
             .zip(y.par_chunks(s).zip(dy.par_chunks(s)))
@@ -186,7 +164,7 @@ pub fn causal_softmax(scores: &Tensor, t: usize) -> CResult<Tensor> {
     if t == 0 || t > s || rows % t != 0 {
         candle_core::bail!("causal_softmax: {rows} rows, {s} keys and {t} new tokens do not fit")
     }
-    if fused_ok(scores) {
+    if applies(scores) {
         return scores.contiguous()?.apply_op1(CausalSoftmax { t });
     }
     reference::causal_softmax(scores, t)
@@ -241,7 +219,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
-        let x = f32_slice(storage, layout, self.name())?;
+        let x = f32_data(storage, layout, self.name())?;
         let mut out = vec![0f32; x.len()];
         gelu_forward(x, &mut out);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
@@ -269,8 +247,8 @@ impl CustomOp2 for GeluBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let dy = f32_slice(s2, l2, self.name())?;
+        let x = f32_data(s1, l1, self.name())?;
+        let dy = f32_data(s2, l2, self.name())?;
         let mut out = vec![0f32; x.len()];
         gelu_backward(x, dy, &mut out);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -279,7 +257,7 @@ impl CustomOp2 for GeluBackward {
 
 /// GPT-2's GELU (tanh approximation, "gelu_new").
 pub fn gelu(x: &Tensor) -> CResult<Tensor> {
-    if fused_ok(x) {
+    if applies(x) {
         return x.contiguous()?.apply_op1(Gelu);
     }
     x.gelu()
@@ -375,8 +353,8 @@ impl CustomOp2 for MatVec {
         if k != k2 {
             candle_core::bail!("matvec: x has {k} columns but w has {k2}")
         }
-        let x = f32_slice(s1, l1, self.name())?;
-        let w = f32_slice(s2, l2, self.name())?;
+        let x = f32_data(s1, l1, self.name())?;
+        let w = f32_data(s2, l2, self.name())?;
         let mut out = vec![0f32; m * n];
         // Parallel over output columns (weight rows), so each weight row is read once for all M rows.
         let chunk = n.div_ceil(rayon::current_num_threads() * 8).max(64);
@@ -405,11 +383,20 @@ impl CustomOp2 for MatVec {
     }
 }
 
+/// Rows up to which a product is a decoding step (bound by reading the weight, not by arithmetic):
+/// the matrix-vector path here, and quantized weights in `Transformer`, take over below it.
+pub const DECODE_ROWS: usize = 16;
+
 /// x @ w^T for x: (M, K), w: (N, K) when M is small and nothing needs a gradient; `None` when the
 /// fast path does not apply.
 pub fn small_matmul_t(x: &Tensor, w: &Tensor) -> CResult<Option<Tensor>> {
     let m = x.dim(0)?;
-    if m > 16 || !fused_ok(x) || !fused_ok(w) || !w.is_contiguous() || w.track_op() || x.track_op()
+    if m > DECODE_ROWS
+        || !applies(x)
+        || !applies(w)
+        || !w.is_contiguous()
+        || w.track_op()
+        || x.track_op()
     {
         return Ok(None);
     }

@@ -98,7 +98,12 @@ fn quantized_linear(q: &QMatMul, x: &Tensor, b: Option<&Tensor>) -> Result<Tenso
 /// the weight is the cost) and no gradient is wanted. A prompt (many rows) is compute-bound and
 /// runs faster through the f32 GEMM.
 fn use_quantized(x: &Tensor) -> bool {
-    !x.track_op() && x.elem_count() / x.dim(D::Minus1).unwrap_or(1).max(1) <= 16
+    !x.track_op() && decoding_rows(x)
+}
+
+/// Whether x (..., in) has at most `ops::DECODE_ROWS` rows.
+fn decoding_rows(x: &Tensor) -> bool {
+    x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1) <= super::ops::DECODE_ROWS
 }
 
 /// A quantized copy of `w` [out, in], or None where the format does not fit (rows not a multiple
@@ -322,7 +327,7 @@ impl Mlp {
     /// x: (B, T, C) -> (B, T, C) through (B, T, I).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let fc = &self.fc;
-        let decoding = x.elem_count() / x.dim(D::Minus1)?.max(1) <= 16 && !fc.w.track_op();
+        let decoding = decoding_rows(x) && !fc.w.track_op();
         if let (MlpKind::Gelu, None, None, Some(b), false) =
             (self.kind, &fc.lora, &fc.q, &fc.b, decoding)
         {

@@ -26,7 +26,11 @@ use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 type CResult<T> = candle_core::Result<T>;
 
 /// The f32 data of a contiguous CPU storage.
-fn f32_data<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> CResult<&'a [f32]> {
+pub(crate) fn f32_data<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> CResult<&'a [f32]> {
     let (a, b) = layout
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{op}: input must be contiguous")))?;
