@@ -340,3 +340,63 @@ fn fused_linear_gelu_matches_linear_then_gelu() {
         }
     }
 }
+
+/// The GEMM against an f64 triple loop on every operand layout (row-major and transposed A and B,
+/// read in place or packed), accumulating or not, on sizes that leave ragged register tiles,
+/// 16 x 16 transpose blocks and KC blocks.
+#[test]
+fn gemm_matches_a_naive_product_on_every_layout() {
+    use chatforge::model::fused::gemm::{matmul, View};
+    for (m, n, k) in [
+        (1, 1, 1),
+        (13, 33, 17),
+        (37, 70, 400),
+        (130, 45, 800),
+        (24, 64, 32),
+    ] {
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+            .collect();
+        let c0: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 - 3.0).collect();
+        for (ta, tb, accumulate) in (0..8).map(|f| (f & 1 != 0, f & 2 != 0, f & 4 != 0)) {
+            // Transposed operands are stored as their transposes, row-major.
+            let av = if ta {
+                View::rows(&a, m).t()
+            } else {
+                View::rows(&a, k)
+            };
+            let bv = if tb {
+                View::rows(&b, k).t()
+            } else {
+                View::rows(&b, n)
+            };
+            let mut c = c0.clone();
+            matmul(m, n, k, &mut c, n, accumulate, av, bv, 0.5);
+            for i in 0..m {
+                for j in 0..n {
+                    let dot: f64 = (0..k)
+                        .map(|p| {
+                            let x = if ta { a[p * m + i] } else { a[i * k + p] };
+                            let y = if tb { b[j * k + p] } else { b[p * n + j] };
+                            x as f64 * y as f64
+                        })
+                        .sum();
+                    let want = 0.5 * dot
+                        + if accumulate {
+                            c0[i * n + j] as f64
+                        } else {
+                            0.0
+                        };
+                    let got = c[i * n + j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{m}x{n}x{k} ta={ta} tb={tb} acc={accumulate} at ({i}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}

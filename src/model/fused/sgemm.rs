@@ -1,8 +1,10 @@
 //! A single-precision GEMM for CPUs with AVX-512: BLIS's loop structure (pack a KC x NC panel of B,
-//! pack MC x KC blocks of A, run an MR x NR register-tile kernel over them), MC blocks split over
-//! the cores. The `gemm` crate's kernels are AVX2 (AVX-512 needs a nightly compiler there) and
-//! reach about half of a Zen 4 core's fp32 peak; this one is the reason `matmul` checks for
-//! `avx512f` first.
+//! then run an MR x NR register-tile kernel over MC x KC blocks of A), MC blocks split over the
+//! cores. Row-major A is read in place (its rows broadcast straight from the source); other
+//! layouts of A are packed. Transposing packs go through 16 x 16 register transposes, and the
+//! kernel's loop is assembly so that its 24 accumulators stay in registers. The `gemm` crate's
+//! kernels are AVX2 (AVX-512 needs a nightly compiler there) and reach about half of a core's
+//! fp32 peak; this one is the reason `matmul` checks for `avx512f` first.
 //!
 //! dst (m x n, row stride `dst_rs`) = [dst +] scale * A (m x k) * B (k x n), A and B strided views.
 
@@ -70,10 +72,31 @@ fn pack_b(b: &View, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32],
         let jp = panel * NR;
         let w = NR.min(nc - jp);
         if b.rs == 1 && b.cs != 1 {
-            // Column-major B (a transposed weight): read each column contiguously.
+            // Column-major B (a transposed weight): 16 x 16 blocks transposed in registers, the
+            // ragged rest element by element, each column read contiguously.
+            let (w16, kc16) = (w - w % 16, kc - kc % 16);
+            for jh in (0..w16).step_by(16) {
+                let src = &b.data[(j0 + jp + jh) * b.cs + p0..];
+                for p in (0..kc16).step_by(16) {
+                    // SAFETY: 16 columns of B (stride cs) from row p0 + p, inside the view
+                    // (checked by the caller); 16 rows of the panel (stride NR) from column jh.
+                    unsafe {
+                        assert!(
+                            15 * b.cs + p + 16 <= src.len() && (p + 15) * NR + jh + 16 <= dst.len()
+                        );
+                        transpose16(
+                            src.as_ptr().add(p),
+                            b.cs,
+                            dst.as_mut_ptr().add(p * NR + jh),
+                            NR,
+                        );
+                    }
+                }
+            }
             for j in 0..w {
                 let src = &b.data[(j0 + jp + j) * b.cs + p0..][..kc];
-                for (p, &x) in src.iter().enumerate() {
+                let from = if j < w16 { kc16 } else { 0 };
+                for (p, &x) in src.iter().enumerate().skip(from) {
                     dst[p * NR + j] = x;
                 }
             }
@@ -103,6 +126,46 @@ fn pack_b(b: &View, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32],
     }
 }
 
+/// dst[j * ds + i] = src[i * ss + j] for i, j < 16: a 16 x 16 block transposed through registers
+/// (interleave pairs of rows, then pairs of pairs, then 128-bit lanes).
+///
+/// # Safety
+/// AVX-512 is available ([`available`]); src + i * ss + j is readable and dst + j * ds + i
+/// writable for i, j < 16.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+    let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * ss)));
+    // Rows 2k, 2k+1 interleaved: lo holds columns 4l, 4l+1 of lane l, hi columns 4l+2, 4l+3.
+    let lo: [__m512; 8] = std::array::from_fn(|k| _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]));
+    let hi: [__m512; 8] = std::array::from_fn(|k| _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]));
+    // d[g][e], lane l: column 4l + e of rows 4g..4g+4.
+    let pd = _mm512_castps_pd;
+    let d: [[__m512; 4]; 4] = std::array::from_fn(|g| {
+        let (a, b, c, e) = (
+            pd(lo[2 * g]),
+            pd(lo[2 * g + 1]),
+            pd(hi[2 * g]),
+            pd(hi[2 * g + 1]),
+        );
+        [
+            _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+            _mm512_castpd_ps(_mm512_unpacklo_pd(c, e)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(c, e)),
+        ]
+    });
+    for (e, c) in (0..4).map(|e| (e, [d[0][e], d[1][e], d[2][e], d[3][e]])) {
+        let u0 = _mm512_shuffle_f32x4::<0x44>(c[0], c[1]);
+        let u1 = _mm512_shuffle_f32x4::<0xEE>(c[0], c[1]);
+        let v0 = _mm512_shuffle_f32x4::<0x44>(c[2], c[3]);
+        let v1 = _mm512_shuffle_f32x4::<0xEE>(c[2], c[3]);
+        _mm512_storeu_ps(dst.add(e * ds), _mm512_shuffle_f32x4::<0x88>(u0, v0));
+        _mm512_storeu_ps(dst.add((4 + e) * ds), _mm512_shuffle_f32x4::<0xDD>(u0, v0));
+        _mm512_storeu_ps(dst.add((8 + e) * ds), _mm512_shuffle_f32x4::<0x88>(u1, v1));
+        _mm512_storeu_ps(dst.add((12 + e) * ds), _mm512_shuffle_f32x4::<0xDD>(u1, v1));
+    }
+}
+
 /// A (mc x kc) from (i0, p0) into MR-tall row panels, each kc x MR (column of MR per k), padded.
 fn pack_a(a: &View, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]) {
     for (panel, ip) in (0..mc).step_by(MR).enumerate() {
@@ -115,6 +178,12 @@ fn pack_a(a: &View, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32])
                 for (p, &x) in src.iter().enumerate() {
                     dst[p * MR + i] = x;
                 }
+            }
+        } else if a.rs == 1 {
+            // Column-major A (a transposed activation): each column's MR rows are contiguous.
+            for p in 0..kc {
+                let base = i0 + ip + (p0 + p) * a.cs;
+                dst[p * MR..p * MR + h].copy_from_slice(&a.data[base..base + h]);
             }
         } else {
             for p in 0..kc {
@@ -132,42 +201,150 @@ fn pack_a(a: &View, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32])
     }
 }
 
-/// The MR x NR tile: acc = sum over kc of A-panel column x B-panel row; then
-/// c = (accumulate ? c : 0) + scale * acc for the valid `rows` x `cols` corner.
+/// One row of the tile in the loop of [`tile_product`]: broadcast A(r, p) (at `base` + `off`) into
+/// zmm`br` and multiply-add it with the B row (zmm24, zmm25) into zmm`acc0`, zmm`acc1`.
+macro_rules! fma_row {
+    ($base:literal, $off:literal, $acc0:literal, $acc1:literal, $br:literal) => {
+        concat!(
+            "vbroadcastss zmm",
+            $br,
+            ", dword ptr [",
+            $base,
+            $off,
+            "]\n",
+            "vfmadd231ps zmm",
+            $acc0,
+            ", zmm24, zmm",
+            $br,
+            "\n",
+            "vfmadd231ps zmm",
+            $acc1,
+            ", zmm25, zmm",
+            $br,
+            "\n",
+        )
+    };
+}
+
+/// tile (MR x NR, row-major) = sum over p < kc of A column p x B-panel row p, where A(r, p) is at
+/// a + r * rs + p * ps (a packed panel: rs = 1, ps = MR; row-major A read in place: rs = lda,
+/// ps = 1). In assembly so that the 24 accumulators stay in registers: written with intrinsics,
+/// the compiler spilled some of them to the stack in one of its inlining contexts, which cost a
+/// quarter of the training step.
 ///
 /// # Safety
-/// avx512f is available; `a` holds kc * MR and `b` kc * NR floats; c + i * ldc + j is writable for
-/// i < rows, j < cols.
+/// avx512f is available; kc > 0; a + r * rs + p * ps is readable for r < MR, p < kc; `b` holds
+/// kc * NR floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_product(
+    kc: usize,
+    a: *const f32,
+    rs: usize,
+    ps: usize,
+    b: *const f32,
+    tile: &mut [f32; MR * NR],
+) {
+    // Rows r = 3q + i are read at base q (a + 3q * rs) plus i * rs.
+    std::arch::asm!(
+        "vpxord zmm0, zmm0, zmm0",
+        "vmovaps zmm1, zmm0", "vmovaps zmm2, zmm0", "vmovaps zmm3, zmm0",
+        "vmovaps zmm4, zmm0", "vmovaps zmm5, zmm0", "vmovaps zmm6, zmm0",
+        "vmovaps zmm7, zmm0", "vmovaps zmm8, zmm0", "vmovaps zmm9, zmm0",
+        "vmovaps zmm10, zmm0", "vmovaps zmm11, zmm0", "vmovaps zmm12, zmm0",
+        "vmovaps zmm13, zmm0", "vmovaps zmm14, zmm0", "vmovaps zmm15, zmm0",
+        "vmovaps zmm16, zmm0", "vmovaps zmm17, zmm0", "vmovaps zmm18, zmm0",
+        "vmovaps zmm19, zmm0", "vmovaps zmm20, zmm0", "vmovaps zmm21, zmm0",
+        "vmovaps zmm22, zmm0", "vmovaps zmm23, zmm0",
+        "2:",
+        "vmovups zmm24, zmmword ptr [{b}]",
+        "vmovups zmm25, zmmword ptr [{b} + 64]",
+        fma_row!("{a0}", "", "0", "1", "26"),
+        fma_row!("{a0}", " + {l}", "2", "3", "27"),
+        fma_row!("{a0}", " + {l}*2", "4", "5", "26"),
+        fma_row!("{a3}", "", "6", "7", "27"),
+        fma_row!("{a3}", " + {l}", "8", "9", "26"),
+        fma_row!("{a3}", " + {l}*2", "10", "11", "27"),
+        fma_row!("{a6}", "", "12", "13", "26"),
+        fma_row!("{a6}", " + {l}", "14", "15", "27"),
+        fma_row!("{a6}", " + {l}*2", "16", "17", "26"),
+        fma_row!("{a9}", "", "18", "19", "27"),
+        fma_row!("{a9}", " + {l}", "20", "21", "26"),
+        fma_row!("{a9}", " + {l}*2", "22", "23", "27"),
+        "add {a0}, {ps}",
+        "add {a3}, {ps}",
+        "add {a6}, {ps}",
+        "add {a9}, {ps}",
+        "add {b}, 128",
+        "dec {k}",
+        "jnz 2b",
+        "vmovups zmmword ptr [{t}], zmm0",
+        "vmovups zmmword ptr [{t} + 64], zmm1",
+        "vmovups zmmword ptr [{t} + 128], zmm2",
+        "vmovups zmmword ptr [{t} + 192], zmm3",
+        "vmovups zmmword ptr [{t} + 256], zmm4",
+        "vmovups zmmword ptr [{t} + 320], zmm5",
+        "vmovups zmmword ptr [{t} + 384], zmm6",
+        "vmovups zmmword ptr [{t} + 448], zmm7",
+        "vmovups zmmword ptr [{t} + 512], zmm8",
+        "vmovups zmmword ptr [{t} + 576], zmm9",
+        "vmovups zmmword ptr [{t} + 640], zmm10",
+        "vmovups zmmword ptr [{t} + 704], zmm11",
+        "vmovups zmmword ptr [{t} + 768], zmm12",
+        "vmovups zmmword ptr [{t} + 832], zmm13",
+        "vmovups zmmword ptr [{t} + 896], zmm14",
+        "vmovups zmmword ptr [{t} + 960], zmm15",
+        "vmovups zmmword ptr [{t} + 1024], zmm16",
+        "vmovups zmmword ptr [{t} + 1088], zmm17",
+        "vmovups zmmword ptr [{t} + 1152], zmm18",
+        "vmovups zmmword ptr [{t} + 1216], zmm19",
+        "vmovups zmmword ptr [{t} + 1280], zmm20",
+        "vmovups zmmword ptr [{t} + 1344], zmm21",
+        "vmovups zmmword ptr [{t} + 1408], zmm22",
+        "vmovups zmmword ptr [{t} + 1472], zmm23",
+        a0 = inout(reg) a => _,
+        a3 = inout(reg) a.add(3 * rs) => _,
+        a6 = inout(reg) a.add(6 * rs) => _,
+        a9 = inout(reg) a.add(9 * rs) => _,
+        b = inout(reg) b => _,
+        k = inout(reg) kc => _,
+        l = in(reg) rs * 4,
+        ps = in(reg) ps * 4,
+        t = in(reg) tile.as_mut_ptr(),
+        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
+        out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
+        out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _, out("zmm14") _,
+        out("zmm15") _, out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+        out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _, out("zmm24") _,
+        out("zmm25") _, out("zmm26") _, out("zmm27") _,
+        options(nostack),
+    );
+}
+
+/// The MR x NR tile (see [`tile_product`] for how A is addressed): c = (accumulate ? c : 0) +
+/// scale * tile for the valid `rows` x `cols` corner.
+///
+/// # Safety
+/// As [`tile_product`]; c + i * ldc + j is writable for i < rows, j < cols.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel(
     kc: usize,
-    a: *const f32,
+    (a, rs, ps): (*const f32, usize, usize),
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    rows: usize,
-    cols: usize,
+    (rows, cols): (usize, usize),
     accumulate: bool,
     scale: f32,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    for p in 0..kc {
-        let b0 = _mm512_loadu_ps(b.add(p * NR));
-        let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
-        let ap = a.add(p * MR);
-        for (r, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*ap.add(r));
-            row[0] = _mm512_fmadd_ps(av, b0, row[0]);
-            row[1] = _mm512_fmadd_ps(av, b1, row[1]);
-        }
-    }
+    let mut tile = [0f32; MR * NR];
+    tile_product(kc, a, rs, ps, b, &mut tile);
     let s = _mm512_set1_ps(scale);
     if rows == MR && cols == NR {
-        for (r, row) in acc.iter().enumerate() {
-            for (h, v) in row.iter().enumerate() {
+        for r in 0..MR {
+            for h in 0..NR / 16 {
                 let dst = c.add(r * ldc + 16 * h);
-                let mut out = _mm512_mul_ps(*v, s);
+                let mut out = _mm512_mul_ps(_mm512_loadu_ps(tile.as_ptr().add(r * NR + 16 * h)), s);
                 if accumulate {
                     out = _mm512_add_ps(out, _mm512_loadu_ps(dst));
                 }
@@ -175,11 +352,6 @@ unsafe fn kernel(
             }
         }
     } else {
-        let mut tile = [0f32; MR * NR];
-        for (r, row) in acc.iter().enumerate() {
-            _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR), row[0]);
-            _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR + 16), row[1]);
-        }
         for r in 0..rows {
             for j in 0..cols {
                 let dst = c.add(r * ldc + j);
@@ -223,27 +395,43 @@ pub unsafe fn sgemm(
                 pack_b(&b, p0, kc, j0, nc, &mut bpack.0, threads > 1);
                 let bp = &bpack.0;
                 let block = |i0: usize| {
+                    let mc = mc.min(m - i0);
+                    // Row-major A is read in place, its rows broadcast straight from the source:
+                    // packing it is a scalar transpose that cost as much as a tenth of a training
+                    // step. Other layouts, and a ragged last panel (the kernel reads MR rows), are
+                    // packed.
+                    let in_place = a.cs == 1;
                     let mut apack = Scratch::take(&A_PACK, MC * KC);
                     let apack = &mut apack.0;
-                    let mc = mc.min(m - i0);
-                    pack_a(&a, i0, mc, p0, kc, apack);
+                    if !in_place {
+                        pack_a(&a, i0, mc, p0, kc, apack);
+                    } else if !mc.is_multiple_of(MR) {
+                        let last = mc - mc % MR;
+                        pack_a(
+                            &a,
+                            i0 + last,
+                            mc % MR,
+                            p0,
+                            kc,
+                            &mut apack[(last / MR) * kc * MR..],
+                        );
+                    }
                     for (jp, jr) in (0..nc).step_by(NR).enumerate() {
                         for (ip, ir) in (0..mc).step_by(MR).enumerate() {
+                            let (rows, cols) = (MR.min(mc - ir), NR.min(nc - jr));
                             // SAFETY: rows i0+ir.., columns j0+jr.. of dst, inside the m x n
                             // destination; the MC blocks of different tasks are disjoint; the
-                            // packed panels hold kc * MR and kc * NR floats.
+                            // packed panels hold kc * MR and kc * NR floats; a full panel of
+                            // row-major A has MR rows of kc elements from (i0 + ir, p0).
                             unsafe {
-                                kernel(
-                                    kc,
-                                    apack.as_ptr().add(ip * kc * MR),
-                                    bp.as_ptr().add(jp * kc * NR),
-                                    out.at((i0 + ir) * dst_rs + j0 + jr),
-                                    dst_rs,
-                                    MR.min(mc - ir),
-                                    NR.min(nc - jr),
-                                    acc,
-                                    scale,
-                                )
+                                let b = bp.as_ptr().add(jp * kc * NR);
+                                let c = out.at((i0 + ir) * dst_rs + j0 + jr);
+                                let panel = if in_place && rows == MR {
+                                    (a.data.as_ptr().add((i0 + ir) * a.rs + p0), a.rs, 1)
+                                } else {
+                                    (apack.as_ptr().add(ip * kc * MR), 1, MR)
+                                };
+                                kernel(kc, panel, b, c, dst_rs, (rows, cols), acc, scale)
                             };
                         }
                     }
