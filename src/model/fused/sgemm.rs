@@ -168,6 +168,25 @@ unsafe fn transpose16(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
 
 /// A (mc x kc) from (i0, p0) into MR-tall row panels, each kc x MR (column of MR per k), padded.
 fn pack_a(a: &View, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32]) {
+    if a.rs == 1 && a.cs != 1 {
+        // Column-major A (a transposed activation): walk each source column once, contiguously,
+        // dealing its MR-row pieces out to the panels (panel by panel, the walk strode across
+        // pages).
+        for p in 0..kc {
+            let src = &a.data[i0 + (p0 + p) * a.cs..][..mc];
+            let pieces = src.chunks_exact(MR);
+            let (rest, full) = (pieces.remainder(), pieces.len());
+            for (panel, piece) in pieces.enumerate() {
+                out[(panel * kc + p) * MR..][..MR].copy_from_slice(piece);
+            }
+            if !rest.is_empty() {
+                let dst = &mut out[(full * kc + p) * MR..][..MR];
+                dst[..rest.len()].copy_from_slice(rest);
+                dst[rest.len()..].fill(0.0);
+            }
+        }
+        return;
+    }
     for (panel, ip) in (0..mc).step_by(MR).enumerate() {
         let h = MR.min(mc - ip);
         let dst = &mut out[panel * kc * MR..(panel + 1) * kc * MR];
@@ -178,12 +197,6 @@ fn pack_a(a: &View, i0: usize, mc: usize, p0: usize, kc: usize, out: &mut [f32])
                 for (p, &x) in src.iter().enumerate() {
                     dst[p * MR + i] = x;
                 }
-            }
-        } else if a.rs == 1 {
-            // Column-major A (a transposed activation): each column's MR rows are contiguous.
-            for p in 0..kc {
-                let base = i0 + ip + (p0 + p) * a.cs;
-                dst[p * MR..p * MR + h].copy_from_slice(&a.data[base..base + h]);
             }
         } else {
             for p in 0..kc {
