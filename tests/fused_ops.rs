@@ -400,3 +400,47 @@ fn gemm_matches_a_naive_product_on_every_layout() {
         }
     }
 }
+
+/// The fused output projection + loss against the projection then `token_nll`: values and the
+/// gradients of the hidden states and of the output weight, with ignored targets among them.
+#[test]
+fn fused_lm_nll_matches_projection_then_token_nll() {
+    use chatforge::model::fused::{linear, lm_loss};
+    for (n, c, v) in [(37, 24, 50), (1, 8, 5), (300, 96, 1000)] {
+        let (h, w) = (randn(&[n, c], 1.0), randn(&[v, c], 0.5));
+        let t: Vec<i64> = (0..n as i64)
+            .map(|i| {
+                if i % 7 == 3 {
+                    -100
+                } else {
+                    (i * 31) % v as i64
+                }
+            })
+            .collect();
+        let targets = Tensor::new(t.as_slice(), &Device::Cpu).unwrap();
+        let (y1, g1) = value_and_grads(&[&h, &w], |x| lm_loss::lm_nll(x[0], x[1], &targets));
+        let (y2, g2) = value_and_grads(&[&h, &w], |x| {
+            ops::token_nll(&linear::reference(x[0], x[1], None)?, &targets)
+        });
+        assert_rel("lm-nll value", &y1, &y2, 1e-5);
+        assert_rel("lm-nll dh", &g1[0], &g2[0], 1e-5);
+        assert_rel("lm-nll dw", &g1[1], &g2[1], 1e-5);
+        if n > 3 {
+            let ignored = y1.to_vec1::<f32>().unwrap()[3];
+            assert_eq!(ignored, 0.0, "an ignored target contributes nothing");
+        }
+    }
+    // A frozen output weight gets no gradient; a target outside the vocabulary is an error.
+    let (h, w) = (randn(&[4, 8], 1.0), randn(&[6, 8], 1.0));
+    let hv = Var::from_tensor(&h).unwrap();
+    let ok = Tensor::new(&[0i64, 5, -100, 2], &Device::Cpu).unwrap();
+    let grads = lm_loss::lm_nll(hv.as_tensor(), &w, &ok)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&w).is_none() && grads.get(hv.as_tensor()).is_some());
+    let bad = Tensor::new(&[0i64, 6, 1, 2], &Device::Cpu).unwrap();
+    assert!(lm_loss::lm_nll(&h, &w, &bad).is_err());
+}

@@ -23,7 +23,26 @@ fn check_against_reference(name: &str) {
     let d = max_abs_diff(&logits, &exp["logits"]);
     eprintln!("{name}: max |logits - transformers| = {d:.3e}");
     assert!(d < 1e-4, "{name}: logits differ by {d}");
-    let loss = cross_entropy(&logits, targets).unwrap();
+    // The loss twice: from the logits above, and as training computes it (`Transformer::loss`,
+    // the output projection fused with the loss, its logits never leaving the op).
+    let composed = cross_entropy(&logits, targets).unwrap();
+    let fused = model.loss(&ids, targets).unwrap();
+    for (path, loss) in [
+        ("logits + cross_entropy", composed),
+        ("Transformer::loss", fused),
+    ] {
+        let name = format!("{name} ({path})");
+        check_loss_and_gradients(&name, &m.cfg, &params, &exp, &loss);
+    }
+}
+
+fn check_loss_and_gradients(
+    name: &str,
+    cfg: &chatforge::model::ModelConfig,
+    params: &Params,
+    exp: &std::collections::HashMap<String, Tensor>,
+    loss: &Tensor,
+) {
     let dl = (loss.to_scalar::<f32>().unwrap() - exp["loss"].to_vec1::<f32>().unwrap()[0]).abs();
     eprintln!("{name}: |loss - transformers| = {dl:.3e}");
     assert!(dl < 1e-5, "{name}: loss differs by {dl}");
@@ -43,7 +62,7 @@ fn check_against_reference(name: &str) {
             )
         })
         .collect();
-    let ours = weights_to_hf(&m.cfg, &ours).unwrap();
+    let ours = weights_to_hf(cfg, &ours).unwrap();
     let expected_grads = exp.keys().filter(|k| k.starts_with("grad.")).count();
     assert_eq!(
         ours.len(),

@@ -24,6 +24,19 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     };
     let targets = targets.flatten_all()?.to_dtype(DType::I64)?;
     let (nll, mask) = token_nll(&logits, &targets)?;
+    mean_nll(&nll, &mask)
+}
+
+/// [`cross_entropy`] of the logits h @ w^T, for hidden states h: (N, C) and the output weight
+/// w: (V, C), without the (N, V) logits leaving the fused op (`model::fused::lm_loss`).
+pub fn projected_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let targets = targets.flatten_all()?.to_dtype(DType::I64)?;
+    let nll = super::fused::lm_loss::lm_nll(h, w, &targets)?;
+    mean_nll(&nll, &targets.ge(0i64)?.to_dtype(DType::F32)?)
+}
+
+/// The sum of `nll` over the positions `mask` keeps, divided by their number.
+fn mean_nll(nll: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let count = mask.sum_all()?.to_scalar::<f32>()?;
     if count == 0.0 {
         return Err(Error::Mismatch(

@@ -501,14 +501,13 @@ impl Transformer {
     }
 
     /// The training objective: mean next-token cross-entropy of idx (B, T) against targets (B, T)
-    /// (`IGNORE_INDEX` left out). The logits are made (B * T, V) from the start, so no reshape of
-    /// the largest activation (and of its gradient) enters the graph.
+    /// (`IGNORE_INDEX` left out). The (B * T, V) logits, the largest activation, stay inside one
+    /// fused projection-and-loss op (`fused::lm_loss`), and no reshape of them enters the graph.
     pub fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let h = self.forward_hidden(idx, 0, None)?;
         let (b, t, c) = h.dims3()?;
         let h = h.reshape((b * t, c))?;
-        let logits = super::fused::linear::linear(&h, &self.lm_head, None)?.to_dtype(DType::F32)?;
-        super::loss::cross_entropy(&logits, targets)
+        super::loss::projected_cross_entropy(&h, &self.lm_head, targets)
     }
 
     /// Hidden states (B, T, C) -> f32 logits (B, T, V).

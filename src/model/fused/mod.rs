@@ -8,8 +8,11 @@
 //! - [`attention`]: causal self-attention read straight out of the fused qkv projection, one
 //!   (sequence, head) per task, in blocks of query rows that stop at the diagonal; the score matrix
 //!   is never materialised for the batch, and backward recomputes it block by block.
+//! - [`lm_loss`]: the output projection and the per-token loss in one op, whose backward pass turns
+//!   the logits it kept into their gradient in place.
 //!
-//! Matrix products go through the `gemm` crate (the GEMM candle itself uses). Every op falls back to
+//! Matrix products go through [`gemm`]: our AVX-512 GEMM where the CPU has it, else the `gemm` crate
+//! (the GEMM candle itself uses). Every op falls back to
 //! composed candle ops off the CPU or off f32; `tests/fused_ops.rs` compares the two paths, values and
 //! gradients.
 
@@ -17,6 +20,7 @@ pub mod attention;
 pub mod exp;
 pub mod gemm;
 pub mod linear;
+pub mod lm_loss;
 pub mod norm;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
