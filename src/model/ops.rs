@@ -8,9 +8,8 @@
 //! On other devices (or dtypes) they fall back to composed candle ops, which have backward passes
 //! too. Tests compare both paths, values and gradients.
 
-use super::fused::{applies, f32_data, with_f32};
+use super::fused::{applies, f32_data, for_each_chunk_mut, parallel_map, with_f32};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
-use rayon::prelude::*;
 use std::sync::Arc;
 
 type CResult<T> = candle_core::Result<T>;
@@ -35,17 +34,14 @@ impl CustomOp1 for TokenNll {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (n, v) = layout.shape().dims2()?;
         let x = f32_data(storage, layout, self.name())?;
-        let out: Vec<f32> = (0..n)
-            .into_par_iter()
-            .map(|i| {
-                let t = self.targets[i];
-                if t < 0 {
-                    return 0.0;
-                }
-                let row = &x[i * v..(i + 1) * v];
-                logsumexp(row) - row[t as usize]
-            })
-            .collect();
+        let out = parallel_map(n, |i| {
+            let t = self.targets[i];
+            if t < 0 {
+                return 0.0;
+            }
+            let row = &x[i * v..(i + 1) * v];
+            logsumexp(row) - row[t as usize]
+        });
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 
@@ -55,7 +51,7 @@ impl CustomOp1 for TokenNll {
         let g = grad_res.to_vec1::<f32>()?;
         let grad = with_f32(arg, self.name(), |x| {
             let mut out = vec![0f32; n * v];
-            out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
+            for_each_chunk_mut(&mut out, v, |i, o| {
                 let t = self.targets[i];
                 if t < 0 || g[i] == 0.0 {
                     return;
@@ -104,17 +100,15 @@ impl CustomOp1 for CausalSoftmax {
         let x = f32_data(storage, layout, self.name())?;
         let (t, past) = (self.t, s - self.t);
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(s)
-            .zip(x.par_chunks(s))
-            .enumerate()
-            .for_each(|(r, (o, row))| {
-                let visible = past + (r % t) + 1;
-                let row = &row[..visible];
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                o[..visible].copy_from_slice(row);
-                let inv = 1.0 / super::fused::exp::exp_shifted_sum(&mut o[..visible], max);
-                o[..visible].iter_mut().for_each(|p| *p *= inv);
-            });
+        for_each_chunk_mut(&mut out, s, |r, o| {
+            let row = &x[r * s..(r + 1) * s];
+            let visible = past + (r % t) + 1;
+            let row = &row[..visible];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            o[..visible].copy_from_slice(row);
+            let inv = 1.0 / super::fused::exp::exp_shifted_sum(&mut o[..visible], max);
+            o[..visible].iter_mut().for_each(|p| *p *= inv);
+        });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -144,14 +138,13 @@ impl CustomOp2 for SoftmaxBackward {
         let y = f32_data(s1, l1, self.name())?;
         let dy = f32_data(s2, l2, self.name())?;
         let mut out = vec![0f32; y.len()];
-        out.par_chunks_mut(s)
-            .zip(y.par_chunks(s).zip(dy.par_chunks(s)))
-            .for_each(|(o, (y, dy))| {
-                let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-                for ((oj, &yj), &dyj) in o.iter_mut().zip(y).zip(dy) {
-                    *oj = yj * (dyj - dot);
-                }
-            });
+        for_each_chunk_mut(&mut out, s, |r, o| {
+            let (y, dy) = (&y[r * s..(r + 1) * s], &dy[r * s..(r + 1) * s]);
+            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
+            for ((oj, &yj), &dyj) in o.iter_mut().zip(y).zip(dy) {
+                *oj = yj * (dyj - dot);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -184,29 +177,27 @@ fn exp_2u(x: &[f32], out: &mut [f32]) {
 
 /// out = gelu(x), elementwise over the cores: 0.5 x (1 + tanh u) = x E / (E + 1), E = exp(2u).
 pub(crate) fn gelu_forward(x: &[f32], out: &mut [f32]) {
-    out.par_chunks_mut(4096)
-        .zip(x.par_chunks(4096))
-        .for_each(|(o, x)| {
-            exp_2u(x, o);
-            for (oj, &v) in o.iter_mut().zip(x) {
-                *oj = v * *oj / (*oj + 1.0);
-            }
-        });
+    for_each_chunk_mut(out, 4096, |i, o| {
+        let x = &x[i * 4096..][..o.len()];
+        exp_2u(x, o);
+        for (oj, &v) in o.iter_mut().zip(x) {
+            *oj = v * *oj / (*oj + 1.0);
+        }
+    });
 }
 
 /// out = dy * gelu'(x): dy (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3 a x^2)).
 pub(crate) fn gelu_backward(x: &[f32], dy: &[f32], out: &mut [f32]) {
-    out.par_chunks_mut(4096)
-        .zip(x.par_chunks(4096).zip(dy.par_chunks(4096)))
-        .for_each(|(o, (x, dy))| {
-            exp_2u(x, o);
-            for ((oj, &v), &g) in o.iter_mut().zip(x).zip(dy) {
-                let th = 1.0 - 2.0 / (*oj + 1.0);
-                let d = 0.5 * (1.0 + th)
-                    + 0.5 * v * (1.0 - th * th) * GELU_K * (1.0 + 3.0 * GELU_A * v * v);
-                *oj = g * d;
-            }
-        });
+    for_each_chunk_mut(out, 4096, |i, o| {
+        let (x, dy) = (&x[i * 4096..][..o.len()], &dy[i * 4096..][..o.len()]);
+        exp_2u(x, o);
+        for ((oj, &v), &g) in o.iter_mut().zip(x).zip(dy) {
+            let th = 1.0 - 2.0 / (*oj + 1.0);
+            let d = 0.5 * (1.0 + th)
+                + 0.5 * v * (1.0 - th * th) * GELU_K * (1.0 + 3.0 * GELU_A * v * v);
+            *oj = g * d;
+        }
+    });
 }
 
 /// GPT-2's tanh GELU, elementwise; the backward pass is one more elementwise kernel instead of the
@@ -357,21 +348,20 @@ impl CustomOp2 for MatVec {
         let w = f32_data(s2, l2, self.name())?;
         let mut out = vec![0f32; m * n];
         // Parallel over output columns (weight rows), so each weight row is read once for all M rows.
-        let chunk = n.div_ceil(rayon::current_num_threads() * 8).max(64);
-        let cols: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(chunk))
-            .into_par_iter()
-            .map(|c| {
-                let (lo, hi) = (c * chunk, ((c + 1) * chunk).min(n));
-                let mut part = vec![0f32; m * (hi - lo)];
-                for j in lo..hi {
-                    let wr = &w[j * k..(j + 1) * k];
-                    for r in 0..m {
-                        part[r * (hi - lo) + j - lo] = dot(&x[r * k..(r + 1) * k], wr);
-                    }
+        let chunk = n
+            .div_ceil(candle_core::utils::get_num_threads() * 8)
+            .max(64);
+        let cols = parallel_map(n.div_ceil(chunk), |c| {
+            let (lo, hi) = (c * chunk, ((c + 1) * chunk).min(n));
+            let mut part = vec![0f32; m * (hi - lo)];
+            for j in lo..hi {
+                let wr = &w[j * k..(j + 1) * k];
+                for r in 0..m {
+                    part[r * (hi - lo) + j - lo] = dot(&x[r * k..(r + 1) * k], wr);
                 }
-                (lo, part)
-            })
-            .collect();
+            }
+            (lo, part)
+        });
         for (lo, part) in cols {
             let width = part.len() / m;
             for r in 0..m {

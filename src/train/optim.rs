@@ -125,27 +125,27 @@ fn fused_update(
     v: &Tensor,
     h: Hyper,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    use rayon::prelude::*;
+    use crate::model::fused::{for_each_chunk_mut, with_f32, SharedMut};
     let n = p.elem_count();
     let (mut np, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-    use crate::model::fused::with_f32;
     const CHUNK: usize = 1 << 14;
     let mut pass = |pd: &[f32], gd: &[f32], md: &[f32], vd: &[f32]| {
-        np.par_chunks_mut(CHUNK)
-            .zip(nm.par_chunks_mut(CHUNK).zip(nv.par_chunks_mut(CHUNK)))
-            .enumerate()
-            .for_each(|(c, (po, (mo, vo)))| {
-                let o = c * CHUNK;
-                for i in 0..po.len() {
-                    let gi = gd[o + i] as f64 * h.scale;
-                    let mi = h.b1 * md[o + i] as f64 + (1.0 - h.b1) * gi;
-                    let vi = h.b2 * vd[o + i] as f64 + (1.0 - h.b2) * gi * gi;
-                    let update = (mi / h.bc1) / ((vi / h.bc2).sqrt() + h.eps);
-                    po[i] = (pd[o + i] as f64 * h.decay - h.lr * update) as f32;
-                    mo[i] = mi as f32;
-                    vo[i] = vi as f32;
-                }
-            })
+        // m and v are written through their own chunking of the same boundaries.
+        let (mp, vp) = (SharedMut(nm.as_mut_ptr()), SharedMut(nv.as_mut_ptr()));
+        for_each_chunk_mut(&mut np, CHUNK, |c, po| {
+            let o = c * CHUNK;
+            // SAFETY: elements o..o + po.len() of m and v, this task's alone.
+            let (mo, vo) = unsafe { (mp.slice(o, po.len()), vp.slice(o, po.len())) };
+            for i in 0..po.len() {
+                let gi = gd[o + i] as f64 * h.scale;
+                let mi = h.b1 * md[o + i] as f64 + (1.0 - h.b1) * gi;
+                let vi = h.b2 * vd[o + i] as f64 + (1.0 - h.b2) * gi * gi;
+                let update = (mi / h.bc1) / ((vi / h.bc2).sqrt() + h.eps);
+                po[i] = (pd[o + i] as f64 * h.decay - h.lr * update) as f32;
+                mo[i] = mi as f32;
+                vo[i] = vi as f32;
+            }
+        })
     };
     let op = "adamw";
     with_f32(p, op, |pd| {
@@ -166,11 +166,14 @@ pub fn grad_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads.values() {
         if crate::model::fused::applies(g) {
-            use rayon::prelude::*;
+            const CHUNK: usize = 1 << 14;
             sq += crate::model::fused::with_f32(g, "grad-norm", |d| {
-                d.par_chunks(1 << 14)
-                    .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-                    .sum::<f64>()
+                crate::model::fused::parallel_map(d.len().div_ceil(CHUNK), |c| {
+                    let part = &d[c * CHUNK..((c + 1) * CHUNK).min(d.len())];
+                    part.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
+                })
+                .into_iter()
+                .sum::<f64>()
             })?;
             continue;
         }

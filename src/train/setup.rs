@@ -23,7 +23,7 @@ pub(super) fn device_peak_flops(cfg: &RunConfig, device: &Device) -> f64 {
     }
     match device {
         // Zen 4 / Ice Lake class core: 2 x 512-bit FMA per cycle at ~3 GHz = ~96 GFLOP/s fp32.
-        Device::Cpu => rayon::current_num_threads() as f64 * 96e9,
+        Device::Cpu => candle_core::utils::get_num_threads() as f64 * 96e9,
         // H100/H200 dense bf16.
         _ => 989e12,
     }

@@ -11,9 +11,8 @@
 //! with s = 1 / sqrt(D). Each task writes only its own heads' columns of y (or of dqkv).
 
 use super::gemm::{matmul, matmul_ptr, View};
-use super::{f32_data, with_f32, CResult, SharedMut};
+use super::{f32_data, parallel_for, with_f32, CResult, SharedMut};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Query rows per block.
 const BLOCK: usize = 64;
@@ -80,7 +79,7 @@ fn forward(qkv: &[f32], g: Geometry) -> Vec<f32> {
     let mut y = vec![0f32; g.b * t * hd];
     let out = SharedMut(y.as_mut_ptr());
     let rep = g.h / g.k;
-    (0..g.b * g.k).into_par_iter().for_each(|task| {
+    parallel_for(g.b * g.k, |task| {
         let (b, kh) = (task / g.k, task % g.k);
         let mut p = vec![0f32; BLOCK * t];
         for hq in kh * rep..(kh + 1) * rep {
@@ -106,7 +105,7 @@ fn backward(qkv: &[f32], y: &[f32], dy: &[f32], g: Geometry) -> Vec<f32> {
     let out = SharedMut(dqkv.as_mut_ptr());
     let rep = g.h / g.k;
     let s = g.scale();
-    (0..g.b * g.k).into_par_iter().for_each(|task| {
+    parallel_for(g.b * g.k, |task| {
         let (b, kh) = (task / g.k, task % g.k);
         let mut p = vec![0f32; BLOCK * t];
         let mut dp = vec![0f32; BLOCK * t];

@@ -35,12 +35,12 @@ impl<'a> View<'a> {
     }
 }
 
-/// How many threads one product may use: all of rayon's from outside a parallel task, one inside.
+/// How many threads one product may use: all of the pool's from outside a parallel task, one inside.
 pub fn threads() -> usize {
-    if rayon::current_thread_index().is_some() {
+    if super::in_task() {
         1
     } else {
-        rayon::current_num_threads()
+        candle_core::utils::get_num_threads()
     }
 }
 

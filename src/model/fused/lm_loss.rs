@@ -8,10 +8,9 @@
 //! once as candle's zero-filled accumulator, and added one into the other.
 
 use super::gemm::{matmul_new, View};
-use super::{applies, f32_data, CResult};
+use super::{applies, f32_data, for_each_chunk_mut, parallel_map, CResult};
 use crate::model::ops::logsumexp;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 /// What the forward pass leaves for the backward pass: the logits and each row's log-sum-exp.
@@ -51,14 +50,13 @@ impl CustomOp2 for LmNll {
             f32_data(ws, wl, self.name())?,
         );
         let logits = matmul_new(n, v, c, View::rows(h, c), View::rows(w, c).t(), 1.0);
-        let (nll, lse): (Vec<f32>, Vec<f32>) = logits
-            .par_chunks(v)
-            .zip(self.targets.par_iter())
-            .map(|(row, &t)| {
-                let lse = logsumexp(row);
-                (if t < 0 { 0.0 } else { lse - row[t as usize] }, lse)
-            })
-            .unzip();
+        let (nll, lse): (Vec<f32>, Vec<f32>) = parallel_map(n, |i| {
+            let (row, t) = (&logits[i * v..(i + 1) * v], self.targets[i]);
+            let lse = logsumexp(row);
+            (if t < 0 { 0.0 } else { lse - row[t as usize] }, lse)
+        })
+        .into_iter()
+        .unzip();
         if self.keep {
             *self.kept.lock().expect("not poisoned") = Some(Kept { logits, lse });
         }
@@ -78,17 +76,14 @@ impl CustomOp2 for LmNll {
         let (v, c) = w.dims2()?;
         let n = lse.len();
         let g = dnll.to_vec1::<f32>()?;
-        logits
-            .par_chunks_mut(v)
-            .enumerate()
-            .for_each(|(i, row)| match self.targets[i] {
-                t if t < 0 || g[i] == 0.0 => row.fill(0.0),
-                t => {
-                    super::exp::exp_shifted_sum(row, lse[i]);
-                    row.iter_mut().for_each(|p| *p *= g[i]);
-                    row[t as usize] -= g[i];
-                }
-            });
+        for_each_chunk_mut(&mut logits, v, |i, row| match self.targets[i] {
+            t if t < 0 || g[i] == 0.0 => row.fill(0.0),
+            t => {
+                super::exp::exp_shifted_sum(row, lse[i]);
+                row.iter_mut().for_each(|p| *p *= g[i]);
+                row[t as usize] -= g[i];
+            }
+        });
         let grad = View::rows(&logits, v);
         let dev = h.device();
         let dh = if h.track_op() {

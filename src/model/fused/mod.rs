@@ -56,19 +56,79 @@ pub fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
+thread_local! {
+    /// Set while this thread runs a task of [`parallel_for`].
+    static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Runs f(i) for every i < n over candle's CPU worker pool, the threads candle's own ops run on
-/// (the calling thread among them), in chunks taken from a shared cursor. One pool for both: while
-/// the GEMM ran on rayon's pool, candle's idle worker spun on the same cores (and rayon's while
-/// candle's ops ran); moving the GEMM here made SmolLM2's prompt processing 37% faster and the
-/// training step about 6%. Must not be called from inside `f` on the calling thread (candle's pool
-/// is not reentrant there); the GEMM's tasks and the attention's (on rayon) do not.
+/// (the calling thread among them), in chunks taken from a shared cursor. One pool for our kernels
+/// and candle's ops: with the GEMM on rayon's pool, candle's idle worker spun on the same cores
+/// while rayon's worked, and the other way round; moving the GEMM here made SmolLM2's prompt
+/// processing 37% faster and the training step about 6%. Called from inside a task (ours or
+/// rayon's), it runs inline on that thread.
 pub(crate) fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
-    candle_core::utils::barrier_pool().execute_chunked(n, |r| r.for_each(&f));
+    if n <= 1 || in_task() {
+        (0..n).for_each(f);
+        return;
+    }
+    candle_core::utils::barrier_pool().execute_chunked(n, |r| {
+        let outer = IN_TASK.with(|t| t.replace(true));
+        r.for_each(&f);
+        IN_TASK.with(|t| t.set(outer));
+    });
+}
+
+/// Whether the caller is inside a parallel task (of [`parallel_for`] or of rayon), where a kernel
+/// uses one thread.
+pub(crate) fn in_task() -> bool {
+    IN_TASK.with(|t| t.get()) || rayon::current_thread_index().is_some()
+}
+
+/// f(i) for every i < n over the pool ([`parallel_for`]), the results in index order.
+pub(crate) fn parallel_map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
+    let slots = Slots(out.as_mut_ptr());
+    // SAFETY: slot i is written by task i alone, and `out` outlives the tasks.
+    parallel_for(n, |i| unsafe { *slots.at(i) = Some(f(i)) });
+    out.into_iter()
+        .map(|r| r.expect("every task ran"))
+        .collect()
+}
+
+struct Slots<R>(*mut Option<R>);
+// SAFETY: each task writes a different slot (see `parallel_map`).
+unsafe impl<R: Send> Sync for Slots<R> {}
+
+impl<R> Slots<R> {
+    /// # Safety
+    /// `i` must lie inside the buffer.
+    unsafe fn at(&self, i: usize) -> *mut Option<R> {
+        self.0.add(i)
+    }
+}
+
+/// `out` in chunks of `chunk` elements (the last one may be shorter): f(chunk index, chunk) over
+/// the pool ([`parallel_for`]).
+pub(crate) fn for_each_chunk_mut(
+    out: &mut [f32],
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let (len, base) = (out.len(), SharedMut(out.as_mut_ptr()));
+    let chunk = chunk.max(1);
+    parallel_for(len.div_ceil(chunk), |i| {
+        let (lo, hi) = (i * chunk, ((i + 1) * chunk).min(len));
+        // SAFETY: chunk i is out[lo..hi], disjoint from the others and visited by one task.
+        f(i, unsafe {
+            std::slice::from_raw_parts_mut(base.at(lo), hi - lo)
+        })
+    });
 }
 
 /// A pointer that parallel tasks share to write disjoint parts of one output buffer.
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(crate) struct SharedMut(pub(crate) *mut f32);
 // SAFETY: every user writes regions no other task touches (documented at each use).
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
@@ -82,26 +142,33 @@ impl SharedMut {
     unsafe fn at(&self, offset: usize) -> *mut f32 {
         self.0.add(offset)
     }
+
+    /// The `len` elements from `offset` as a slice.
+    ///
+    /// # Safety
+    /// They must lie inside the buffer, and no other live reference may reach them.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(offset), len)
+    }
 }
 
 /// Sum of the rows of `x` (rows × cols), split over the cores: (cols,).
 fn column_sums(x: &[f32], cols: usize) -> Vec<f32> {
-    use rayon::prelude::*;
-    let rows = x.len() / cols;
-    let chunk = rows.div_ceil(rayon::current_num_threads()).max(1);
-    x.par_chunks(chunk * cols)
-        .map(|part| {
-            let mut acc = vec![0f32; cols];
-            for row in part.chunks_exact(cols) {
-                acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-            }
-            acc
-        })
-        .reduce(
-            || vec![0f32; cols],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
+    let rows = x.len() / cols.max(1);
+    let chunk = rows
+        .div_ceil(4 * candle_core::utils::get_num_threads())
+        .max(1);
+    let parts = parallel_map(rows.div_ceil(chunk), |c| {
+        let mut acc = vec![0f32; cols];
+        for row in x[c * chunk * cols..((c + 1) * chunk).min(rows) * cols].chunks_exact(cols) {
+            acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+        }
+        acc
+    });
+    let mut sum = vec![0f32; cols];
+    for p in parts {
+        sum.iter_mut().zip(&p).for_each(|(s, v)| *s += v);
+    }
+    sum
 }

@@ -8,9 +8,8 @@
 //!   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))   (RMSNorm drops mean(dxhat))
 //!   dw = sum over rows of dy * xhat, db = sum over rows of dy.
 
-use super::{f32_data, with_f32, CResult};
+use super::{f32_data, for_each_chunk_mut, parallel_map, with_f32, CResult, SharedMut};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
-use rayon::prelude::*;
 
 #[derive(Clone, Copy)]
 struct Stats {
@@ -34,15 +33,16 @@ impl Stats {
     fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
         let c = w.len();
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(c)
-            .zip(x.par_chunks(c))
-            .with_min_len(16)
-            .for_each(|(yr, xr)| {
+        // Tasks of 16 rows.
+        for_each_chunk_mut(&mut y, 16 * c, |i, yc| {
+            let xc = &x[i * 16 * c..][..yc.len()];
+            for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
                 let (mean, rstd) = self.of(xr);
                 for j in 0..c {
                     yr[j] = (xr[j] - mean) * rstd * w[j] + b.map_or(0.0, |b| b[j]);
                 }
-            });
+            }
+        });
         y
     }
 
@@ -51,11 +51,16 @@ impl Stats {
         let c = w.len();
         let mut dx = vec![0f32; x.len()];
         let rows = x.len() / c;
-        let chunk = rows.div_ceil(4 * rayon::current_num_threads()).max(1);
-        let (dw, db) = dx
-            .par_chunks_mut(chunk * c)
-            .zip(x.par_chunks(chunk * c).zip(g.par_chunks(chunk * c)))
-            .map(|(dxc, (xc, gc))| {
+        let chunk = rows
+            .div_ceil(4 * candle_core::utils::get_num_threads())
+            .max(1);
+        let dxp = SharedMut(dx.as_mut_ptr());
+        let parts = parallel_map(rows.div_ceil(chunk), |ci| {
+            let (lo, hi) = (ci * chunk * c, ((ci + 1) * chunk).min(rows) * c);
+            // SAFETY: rows of task ci only, inside dx.
+            let dxc = unsafe { std::slice::from_raw_parts_mut(dxp.at(lo), hi - lo) };
+            let (xc, gc) = (&x[lo..hi], &g[lo..hi]);
+            {
                 let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
                 let mut xhat = vec![0f32; c];
                 for ((dxr, xr), gr) in dxc
@@ -82,15 +87,13 @@ impl Stats {
                     }
                 }
                 (dw, db)
-            })
-            .reduce(
-                || (vec![0f32; c], vec![0f32; c]),
-                |(mut a, mut b), (c2, d)| {
-                    a.iter_mut().zip(&c2).for_each(|(x, y)| *x += y);
-                    b.iter_mut().zip(&d).for_each(|(x, y)| *x += y);
-                    (a, b)
-                },
-            );
+            }
+        });
+        let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
+        for (pw, pb) in parts {
+            dw.iter_mut().zip(&pw).for_each(|(x, y)| *x += y);
+            db.iter_mut().zip(&pb).for_each(|(x, y)| *x += y);
+        }
         (dx, dw, db)
     }
 
