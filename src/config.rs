@@ -132,7 +132,8 @@ pub struct TrainSection {
     pub dtype: String,
     /// Print a progress line every this many steps when not on a terminal.
     pub log_every: usize,
-    /// Peak FLOP/s of the device for MFU (0 = an estimate for the device).
+    /// Peak FLOP/s of one device (one process) for MFU; 0 = an estimate: the CPU's vector units
+    /// and clock as /proc/cpuinfo reports them, or an H100-class GPU's dense bf16.
     pub peak_flops: f64,
     /// End this invocation after this step with a checkpoint, to continue later with --resume
     /// (for time-limited jobs); 0 = run to the end.

@@ -22,11 +22,40 @@ pub(super) fn device_peak_flops(cfg: &RunConfig, device: &Device) -> f64 {
         return cfg.train.peak_flops;
     }
     match device {
-        // Zen 4 / Ice Lake class core: 2 x 512-bit FMA per cycle at ~3 GHz = ~96 GFLOP/s fp32.
-        Device::Cpu => candle_core::utils::get_num_threads() as f64 * 96e9,
+        Device::Cpu => candle_core::utils::get_num_threads() as f64 * cpu_core_peak_flops(),
         // H100/H200 dense bf16.
         _ => 989e12,
     }
+}
+
+/// fp32 FLOP/s of one core: FLOP per cycle from the vector units the CPU reports, times the clock
+/// /proc/cpuinfo gives (3 GHz where it gives none). Two 512-bit FMA pipes (16 lanes x 2 FLOP x 2)
+/// are 64 FLOP/cycle: Intel with avx512f, AMD from Zen 5 (family 0x1a). AVX2 + FMA, Zen 4 (which
+/// splits 512-bit work over two 256-bit pipes) and Arm cores are taken as 32; x86 without FMA 8. `train.peak_flops`
+/// overrides it (CPUs with a single 512-bit pipe have half this).
+fn cpu_core_peak_flops() -> f64 {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_string())
+    };
+    let ghz = field("cpu MHz")
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(3.0, |mhz| mhz / 1000.0);
+    let flags = field("flags").unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let family = field("cpu family").and_then(|v| v.parse::<u32>().ok());
+    let per_cycle = match field("vendor_id").as_deref() {
+        // Arm cores: two to four 128-bit FMA pipes.
+        _ if cfg!(not(target_arch = "x86_64")) => 32.0,
+        _ if !has("fma") => 8.0,
+        Some("GenuineIntel") if has("avx512f") => 64.0,
+        Some("AuthenticAMD") if has("avx512f") && family >= Some(0x1a) => 64.0,
+        _ => 32.0,
+    };
+    per_cycle * ghz * 1e9
 }
 
 pub(super) fn open_data(
