@@ -130,7 +130,7 @@ fn fused_update(
     let (mut np, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
     const CHUNK: usize = 1 << 14;
     let mut pass = |pd: &[f32], gd: &[f32], md: &[f32], vd: &[f32]| {
-        // m and v are written through their own chunking of the same boundaries.
+        // New m and v: the same elements as the chunk of new p, written through shared pointers.
         let (mp, vp) = (SharedMut(nm.as_mut_ptr()), SharedMut(nv.as_mut_ptr()));
         for_each_chunk_mut(&mut np, CHUNK, |c, po| {
             let o = c * CHUNK;

@@ -73,10 +73,25 @@ pub(crate) fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
         return;
     }
     candle_core::utils::barrier_pool().execute_chunked(n, |r| {
-        let outer = IN_TASK.with(|t| t.replace(true));
+        let _task = TaskMark::enter();
         r.for_each(&f);
-        IN_TASK.with(|t| t.set(outer));
     });
+}
+
+/// Marks this thread as inside a task until dropped (also when the task panics, which candle's
+/// pool passes on to the caller).
+struct TaskMark(bool);
+
+impl TaskMark {
+    fn enter() -> Self {
+        TaskMark(IN_TASK.with(|t| t.replace(true)))
+    }
+}
+
+impl Drop for TaskMark {
+    fn drop(&mut self) {
+        IN_TASK.with(|t| t.set(self.0));
+    }
 }
 
 /// Whether the caller is inside a parallel task (of [`parallel_for`] or of rayon), where a kernel

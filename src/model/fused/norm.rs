@@ -58,36 +58,34 @@ impl Stats {
         let parts = parallel_map(rows.div_ceil(chunk), |ci| {
             let (lo, hi) = (ci * chunk * c, ((ci + 1) * chunk).min(rows) * c);
             // SAFETY: rows of task ci only, inside dx.
-            let dxc = unsafe { std::slice::from_raw_parts_mut(dxp.at(lo), hi - lo) };
+            let dxc = unsafe { dxp.slice(lo, hi - lo) };
             let (xc, gc) = (&x[lo..hi], &g[lo..hi]);
+            let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
+            let mut xhat = vec![0f32; c];
+            for ((dxr, xr), gr) in dxc
+                .chunks_exact_mut(c)
+                .zip(xc.chunks_exact(c))
+                .zip(gc.chunks_exact(c))
             {
-                let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
-                let mut xhat = vec![0f32; c];
-                for ((dxr, xr), gr) in dxc
-                    .chunks_exact_mut(c)
-                    .zip(xc.chunks_exact(c))
-                    .zip(gc.chunks_exact(c))
-                {
-                    let (mean, rstd) = self.of(xr);
-                    let (mut m1, mut m2) = (0f32, 0f32);
-                    for j in 0..c {
-                        xhat[j] = (xr[j] - mean) * rstd;
-                        let dxh = gr[j] * w[j];
-                        m1 += dxh;
-                        m2 += dxh * xhat[j];
-                        dw[j] += gr[j] * xhat[j];
-                        db[j] += gr[j];
-                    }
-                    let (m1, m2) = (
-                        if self.centered { m1 / c as f32 } else { 0.0 },
-                        m2 / c as f32,
-                    );
-                    for j in 0..c {
-                        dxr[j] = rstd * (gr[j] * w[j] - m1 - xhat[j] * m2);
-                    }
+                let (mean, rstd) = self.of(xr);
+                let (mut m1, mut m2) = (0f32, 0f32);
+                for j in 0..c {
+                    xhat[j] = (xr[j] - mean) * rstd;
+                    let dxh = gr[j] * w[j];
+                    m1 += dxh;
+                    m2 += dxh * xhat[j];
+                    dw[j] += gr[j] * xhat[j];
+                    db[j] += gr[j];
                 }
-                (dw, db)
+                let (m1, m2) = (
+                    if self.centered { m1 / c as f32 } else { 0.0 },
+                    m2 / c as f32,
+                );
+                for j in 0..c {
+                    dxr[j] = rstd * (gr[j] * w[j] - m1 - xhat[j] * m2);
+                }
             }
+            (dw, db)
         });
         let (mut dw, mut db) = (vec![0f32; c], vec![0f32; c]);
         for (pw, pb) in parts {
