@@ -90,6 +90,14 @@ fn small_matmul_matches_gemm() {
             .expect("the fast path applies");
         let gemm = x.matmul(&w.t().unwrap()).unwrap();
         assert_close("small_matmul_t", &fast, &gemm, 1e-3);
+        // f16 weights (decoding's output projection) against the same weights widened to f32.
+        let wh = w.to_dtype(candle_core::DType::F16).unwrap();
+        let half = ops::small_matmul_t(&x, &wh)
+            .unwrap()
+            .expect("the fast path takes f16 weights");
+        let widened = wh.to_dtype(candle_core::DType::F32).unwrap();
+        let want = x.matmul(&widened.t().unwrap()).unwrap();
+        assert_close("small_matmul_t f16", &half, &want, 1e-3);
     }
     // Not for many rows, nor when a gradient is tracked.
     let w = Tensor::randn(0f32, 1.0, (8, 8), &Device::Cpu).unwrap();

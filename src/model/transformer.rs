@@ -402,6 +402,8 @@ pub struct Transformer {
     blocks: Vec<Block>,
     ln_f: Norm,
     lm_head: Tensor,
+    /// An f16 copy of the output projection for decoding steps, made by [`Transformer::quantize`].
+    lm_head_half: Option<Tensor>,
 }
 
 impl Transformer {
@@ -449,6 +451,7 @@ impl Transformer {
             blocks,
             ln_f: Norm::new(weights, "ln_f", cfg),
             lm_head,
+            lm_head_half: None,
             wte,
         })
     }
@@ -512,15 +515,26 @@ impl Transformer {
 
     /// Hidden states (B, T, C) -> f32 logits (B, T, V).
     fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        if let Some(w) = &self.lm_head_half {
+            let (b, t, c) = h.dims3()?;
+            if let Some(y) = super::ops::small_matmul_t(&h.reshape((b * t, c))?, w)? {
+                return Ok(y.reshape((b, t, ()))?);
+            }
+        }
         Ok(linear(h, &self.lm_head, None)?.to_dtype(DType::F32)?)
     }
 
     /// Inference with quantized weights: every linear layer of the blocks gets a `dtype` copy of its
     /// weight that decoding steps use (see `use_quantized`); the f32 weights stay for prompts and
-    /// training. The output projection stays f32: the next token is an argmax over its logits, and
-    /// 8-bit activations there flip close calls (SmolLM2's first answer token among them). CPU only;
-    /// layers that carry a LoRA adapter or whose width is not a multiple of the block size stay f32.
+    /// training. The output projection is not quantized: the next token is an argmax over its
+    /// logits, and 8-bit activations there flip close calls (SmolLM2's first answer token among
+    /// them). It gets an f16 copy instead, which decoding steps multiply with f32 activations: half
+    /// the bytes of the largest weight to read per token. CPU only; layers that carry a LoRA adapter
+    /// or whose width is not a multiple of the block size stay f32.
     pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
+        if self.lm_head.device().is_cpu() && self.lm_head.dtype() == DType::F32 {
+            self.lm_head_half = Some(self.lm_head.to_dtype(DType::F16)?.contiguous()?);
+        }
         for b in &mut self.blocks {
             for l in b.linears_mut() {
                 if l.lora.is_none() {
