@@ -34,34 +34,18 @@ impl CustomOp1 for TokenNll {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (n, v) = layout.shape().dims2()?;
         let x = f32_data(storage, layout, self.name())?;
-        let out = parallel_map(n, |i| {
-            let t = self.targets[i];
-            if t < 0 {
-                return 0.0;
-            }
-            let row = &x[i * v..(i + 1) * v];
-            logsumexp(row) - row[t as usize]
-        });
+        let out = parallel_map(n, |i| row_nll(&x[i * v..(i + 1) * v], self.targets[i]).0);
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 
-    /// d nll_i / d logits_ij = softmax_ij - [j == target_i], scaled by the incoming gradient.
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {
         let (n, v) = arg.dims2()?;
         let g = grad_res.to_vec1::<f32>()?;
         let grad = with_f32(arg, self.name(), |x| {
-            let mut out = vec![0f32; n * v];
+            let mut out = x.to_vec();
             for_each_chunk_mut(&mut out, v, |i, o| {
-                let t = self.targets[i];
-                if t < 0 || g[i] == 0.0 {
-                    return;
-                }
-                let row = &x[i * v..(i + 1) * v];
-                let lse = logsumexp(row);
-                o.copy_from_slice(row);
-                super::fused::exp::exp_shifted_sum(o, lse);
-                o.iter_mut().for_each(|p| *p *= g[i]);
-                o[t as usize] -= g[i];
+                let lse = logsumexp(o);
+                nll_grad_row(o, lse, self.targets[i], g[i])
             });
             out
         })?;
@@ -69,13 +53,37 @@ impl CustomOp1 for TokenNll {
     }
 }
 
-/// Per-row negative log-likelihood of `targets` (i64, negative = ignored) under `logits` (N, V).
-pub fn token_nll(logits: &Tensor, targets: &Tensor) -> CResult<Tensor> {
+/// (nll, log-sum-exp) of one row of logits for target `t`; the nll is 0 where `t` is negative
+/// (ignored).
+pub(crate) fn row_nll(row: &[f32], t: i64) -> (f32, f32) {
+    let lse = logsumexp(row);
+    (if t < 0 { 0.0 } else { lse - row[t as usize] }, lse)
+}
+
+/// One row of logits (log-sum-exp `lse`) turned in place into d nll / d logits =
+/// (softmax - onehot(t)) * g; zeros where the target is ignored or no gradient arrives.
+pub(crate) fn nll_grad_row(row: &mut [f32], lse: f32, t: i64, g: f32) {
+    if t < 0 || g == 0.0 {
+        row.fill(0.0);
+        return;
+    }
+    super::fused::exp::exp_shifted_sum(row, lse);
+    row.iter_mut().for_each(|p| *p *= g);
+    row[t as usize] -= g;
+}
+
+/// The targets as i64 ids, an error naming the first outside a vocabulary of `v`.
+pub(crate) fn checked_targets(targets: &Tensor, v: usize) -> CResult<Vec<i64>> {
     let t: Vec<i64> = targets.to_vec1()?;
-    let v = logits.dim(1)?;
     if let Some(bad) = t.iter().find(|&&x| x >= v as i64) {
         candle_core::bail!("target id {bad} is outside the vocabulary of {v}")
     }
+    Ok(t)
+}
+
+/// Per-row negative log-likelihood of `targets` (i64, negative = ignored) under `logits` (N, V).
+pub fn token_nll(logits: &Tensor, targets: &Tensor) -> CResult<Tensor> {
+    let t = checked_targets(targets, logits.dim(1)?)?;
     if applies(logits) {
         return logits.contiguous()?.apply_op1(TokenNll {
             targets: Arc::new(t),

@@ -43,7 +43,7 @@ fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, (n, i, o): (usize, usize, us
 }
 
 /// dx and dw (each only when wanted) for y = x @ w^T.
-fn backward(
+pub(super) fn backward(
     x: &Tensor,
     w: &Tensor,
     g: &Tensor,

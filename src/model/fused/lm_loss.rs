@@ -9,7 +9,7 @@
 
 use super::gemm::{matmul_new, View};
 use super::{applies, f32_data, for_each_chunk_mut, parallel_map, CResult};
-use crate::model::ops::logsumexp;
+use crate::model::ops::{checked_targets, nll_grad_row, row_nll};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
@@ -50,13 +50,10 @@ impl CustomOp2 for LmNll {
             f32_data(ws, wl, self.name())?,
         );
         let logits = matmul_new(n, v, c, View::rows(h, c), View::rows(w, c).t(), 1.0);
-        let (nll, lse): (Vec<f32>, Vec<f32>) = parallel_map(n, |i| {
-            let (row, t) = (&logits[i * v..(i + 1) * v], self.targets[i]);
-            let lse = logsumexp(row);
-            (if t < 0 { 0.0 } else { lse - row[t as usize] }, lse)
-        })
-        .into_iter()
-        .unzip();
+        let (nll, lse): (Vec<f32>, Vec<f32>) =
+            parallel_map(n, |i| row_nll(&logits[i * v..(i + 1) * v], self.targets[i]))
+                .into_iter()
+                .unzip();
         if self.keep {
             *self.kept.lock().expect("not poisoned") = Some(Kept { logits, lse });
         }
@@ -73,35 +70,14 @@ impl CustomOp2 for LmNll {
         let Some(Kept { mut logits, lse }) = self.kept.lock().expect("not poisoned").take() else {
             candle_core::bail!("lm-nll: backward without a forward that kept its logits")
         };
-        let (v, c) = w.dims2()?;
-        let n = lse.len();
+        let v = w.dim(0)?;
         let g = dnll.to_vec1::<f32>()?;
-        for_each_chunk_mut(&mut logits, v, |i, row| match self.targets[i] {
-            t if t < 0 || g[i] == 0.0 => row.fill(0.0),
-            t => {
-                super::exp::exp_shifted_sum(row, lse[i]);
-                row.iter_mut().for_each(|p| *p *= g[i]);
-                row[t as usize] -= g[i];
-            }
+        for_each_chunk_mut(&mut logits, v, |i, row| {
+            nll_grad_row(row, lse[i], self.targets[i], g[i])
         });
-        let grad = View::rows(&logits, v);
-        let dev = h.device();
-        let dh = if h.track_op() {
-            let dh = super::with_f32(w, self.name(), |wd| {
-                matmul_new(n, c, v, grad, View::rows(wd, c), 1.0)
-            })?;
-            Some(Tensor::from_vec(dh, (n, c), dev)?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            let dw = super::with_f32(h, self.name(), |hd| {
-                matmul_new(v, c, n, grad.t(), View::rows(hd, c), 1.0)
-            })?;
-            Some(Tensor::from_vec(dw, (v, c), dev)?)
-        } else {
-            None
-        };
+        // The rest is the linear layer's backward pass on that gradient.
+        let grad = Tensor::from_vec(logits, (lse.len(), v), h.device())?;
+        let (dh, dw, _) = super::linear::backward(h, w, &grad)?;
         Ok((dh, dw))
     }
 }
@@ -114,11 +90,7 @@ pub fn lm_nll(h: &Tensor, w: &Tensor, targets: &Tensor) -> CResult<Tensor> {
         let logits = super::linear::linear(h, w, None)?.to_dtype(DType::F32)?;
         return crate::model::ops::token_nll(&logits, targets);
     }
-    let t: Vec<i64> = targets.to_vec1()?;
-    let v = w.dim(0)?;
-    if let Some(bad) = t.iter().find(|&&x| x >= v as i64) {
-        candle_core::bail!("target id {bad} is outside the vocabulary of {v}")
-    }
+    let t = checked_targets(targets, w.dim(0)?)?;
     let op = LmNll {
         targets: Arc::new(t),
         kept: Mutex::new(None),

@@ -103,24 +103,12 @@ pub(crate) fn in_task() -> bool {
 /// f(i) for every i < n over the pool ([`parallel_for`]), the results in index order.
 pub(crate) fn parallel_map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
     let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
-    let slots = Slots(out.as_mut_ptr());
+    let slots = SharedMut(out.as_mut_ptr());
     // SAFETY: slot i is written by task i alone, and `out` outlives the tasks.
     parallel_for(n, |i| unsafe { *slots.at(i) = Some(f(i)) });
     out.into_iter()
         .map(|r| r.expect("every task ran"))
         .collect()
-}
-
-struct Slots<R>(*mut Option<R>);
-// SAFETY: each task writes a different slot (see `parallel_map`).
-unsafe impl<R: Send> Sync for Slots<R> {}
-
-impl<R> Slots<R> {
-    /// # Safety
-    /// `i` must lie inside the buffer.
-    unsafe fn at(&self, i: usize) -> *mut Option<R> {
-        self.0.add(i)
-    }
 }
 
 /// `out` in chunks of `chunk` elements (the last one may be shorter): f(chunk index, chunk) over
@@ -135,26 +123,30 @@ pub(crate) fn for_each_chunk_mut(
     parallel_for(len.div_ceil(chunk), |i| {
         let (lo, hi) = (i * chunk, ((i + 1) * chunk).min(len));
         // SAFETY: chunk i is out[lo..hi], disjoint from the others and visited by one task.
-        f(i, unsafe {
-            std::slice::from_raw_parts_mut(base.at(lo), hi - lo)
-        })
+        f(i, unsafe { base.slice(lo, hi - lo) })
     });
 }
 
 /// A pointer that parallel tasks share to write disjoint parts of one output buffer.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedMut(pub(crate) *mut f32);
+pub(crate) struct SharedMut<T = f32>(pub(crate) *mut T);
 // SAFETY: every user writes regions no other task touches (documented at each use).
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
 
-impl SharedMut {
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
     /// The element `offset` past the start (a method, so that closures capture the whole
     /// `SharedMut` and not the bare pointer).
     ///
     /// # Safety
     /// `offset` must lie inside the buffer.
-    unsafe fn at(&self, offset: usize) -> *mut f32 {
+    unsafe fn at(&self, offset: usize) -> *mut T {
         self.0.add(offset)
     }
 
@@ -163,7 +155,7 @@ impl SharedMut {
     /// # Safety
     /// They must lie inside the buffer, and no other live reference may reach them.
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+    pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(offset), len)
     }
 }

@@ -9,7 +9,7 @@
 //! dst (m x n, row stride `dst_rs`) = [dst +] scale * A (m x k) * B (k x n), A and B strided views.
 
 use super::gemm::View;
-use super::{parallel_for, SharedMut};
+use super::{for_each_chunk_mut, parallel_for, SharedMut};
 use std::arch::x86_64::*;
 
 /// Rows of the register tile (one broadcast of A each).
@@ -64,10 +64,10 @@ pub fn available() -> bool {
 }
 
 /// B (kc x nc) from (p0, j0) into NR-wide column panels, each kc x NR row-major, zero-padded;
-/// panels split over the cores when `parallel`.
-fn pack_b(b: &View, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32], parallel: bool) {
+/// panels split over the cores (one thread inside a parallel task).
+fn pack_b(b: &View, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32]) {
     let out = &mut out[..nc.div_ceil(NR) * kc * NR];
-    let one = |(panel, dst): (usize, &mut [f32])| {
+    let one = |panel: usize, dst: &mut [f32]| {
         let jp = panel * NR;
         let w = NR.min(nc - jp);
         if b.rs == 1 && b.cs != 1 {
@@ -118,17 +118,7 @@ fn pack_b(b: &View, p0: usize, kc: usize, j0: usize, nc: usize, out: &mut [f32],
             }
         }
     };
-    if parallel {
-        let (panels, len) = (SharedMut(out.as_mut_ptr()), kc * NR);
-        // SAFETY: panel p is out[p * len..(p + 1) * len], inside `out`, written by its task alone.
-        parallel_for(out.len() / len, |p| {
-            one((p, unsafe {
-                std::slice::from_raw_parts_mut(panels.at(p * len), len)
-            }))
-        });
-    } else {
-        out.chunks_mut(kc * NR).enumerate().for_each(one);
-    }
+    for_each_chunk_mut(out, kc * NR, one);
 }
 
 /// dst[j * ds + i] = src[i * ss + j] for i, j < 16: a 16 x 16 block transposed through registers
@@ -410,7 +400,7 @@ pub unsafe fn sgemm(
             for p0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - p0);
                 let acc = accumulate || p0 > 0;
-                pack_b(&b, p0, kc, j0, nc, &mut bpack.0, threads > 1);
+                pack_b(&b, p0, kc, j0, nc, &mut bpack.0);
                 let bp = &bpack.0;
                 let block = |i0: usize| {
                     let mc = mc.min(m - i0);
