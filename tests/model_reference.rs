@@ -18,37 +18,66 @@ fn check_against_reference(name: &str) {
 
     // Logits and loss.
     let params = Params::from_tensors(&m.weights).unwrap();
-    let model = Transformer::new(&m.cfg, &params.tensors()).unwrap();
+    let mut model = Transformer::new(&m.cfg, &params.tensors()).unwrap();
     let logits = model.forward(&ids, 0, None).unwrap();
     let d = max_abs_diff(&logits, &exp["logits"]);
     eprintln!("{name}: max |logits - transformers| = {d:.3e}");
     assert!(d < 1e-4, "{name}: logits differ by {d}");
-    // The loss twice: from the logits above, and as training computes it (`Transformer::loss`,
-    // the output projection fused with the loss, its logits never leaving the op).
+    // The loss three times: from the logits above; as `Transformer::loss` computes it (the output
+    // projection fused with the loss, its logits never leaving the op); and so in training mode,
+    // where a GPT-2 block is one fused node whose weight gradients `Transformer::backward` collects.
     let composed = cross_entropy(&logits, targets).unwrap();
+    let grads = composed.backward().unwrap();
+    check_loss_and_gradients(
+        name,
+        "logits + cross_entropy",
+        &m.cfg,
+        &params,
+        &exp,
+        &composed,
+        grads,
+    );
     let fused = model.loss(&ids, targets).unwrap();
-    for (path, loss) in [
-        ("logits + cross_entropy", composed),
-        ("Transformer::loss", fused),
-    ] {
-        let name = format!("{name} ({path})");
-        check_loss_and_gradients(&name, &m.cfg, &params, &exp, &loss);
-    }
+    let grads = model.backward(&fused).unwrap();
+    check_loss_and_gradients(
+        name,
+        "Transformer::loss",
+        &m.cfg,
+        &params,
+        &exp,
+        &fused,
+        grads,
+    );
+    model.set_training(true);
+    let train = model.loss(&ids, targets).unwrap();
+    let qkv = params.vars["h.0.attn.qkv.weight"].as_tensor();
+    let fused_block = train.backward().unwrap().get(qkv).is_none();
+    assert_eq!(
+        fused_block,
+        m.cfg.norm == chatforge::model::NormKind::LayerNorm,
+        "{name}: the blocks run as fused nodes in training mode exactly when they are GPT-2's"
+    );
+    let train = model.loss(&ids, targets).unwrap();
+    let grads = model.backward(&train).unwrap();
+    let path = "Transformer::loss, training mode";
+    check_loss_and_gradients(name, path, &m.cfg, &params, &exp, &train, grads);
 }
 
 fn check_loss_and_gradients(
     name: &str,
+    path: &str,
     cfg: &chatforge::model::ModelConfig,
     params: &Params,
     exp: &std::collections::HashMap<String, Tensor>,
     loss: &Tensor,
+    grads: candle_core::backprop::GradStore,
 ) {
+    let name = format!("{name} ({path})");
     let dl = (loss.to_scalar::<f32>().unwrap() - exp["loss"].to_vec1::<f32>().unwrap()[0]).abs();
     eprintln!("{name}: |loss - transformers| = {dl:.3e}");
     assert!(dl < 1e-5, "{name}: loss differs by {dl}");
 
     // Gradients of every parameter, compared in HF names and layouts.
-    let grads = loss.backward().unwrap();
     let ours: std::collections::BTreeMap<String, Tensor> = params
         .vars
         .iter()

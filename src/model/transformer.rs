@@ -6,9 +6,11 @@
 //! gradients (see DESIGN.md): only composed ops and our own `ops.rs` (forward + backward) are used.
 
 use super::config::{MlpKind, ModelConfig, NormKind, Positions};
+use super::fused::block::{BlockParams, GradSink};
 use super::kv_cache::KvCache;
 use super::params::check_weights;
 use crate::error::Result;
+use candle_core::backprop::GradStore;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use std::collections::BTreeMap;
@@ -354,6 +356,9 @@ pub struct Block {
     attn: CausalSelfAttention,
     ln_2: Norm,
     mlp: Mlp,
+    /// In training mode, where a GPT-2 block running as one fused node puts its weights'
+    /// gradients (see [`Transformer::backward`]).
+    sink: Option<GradSink>,
 }
 
 impl Block {
@@ -380,6 +385,28 @@ impl Block {
         Ok((&x + self.mlp.forward(&self.ln_2.forward(&x)?)?)?)
     }
 
+    /// The parameters in `fused::block`'s order where this is a GPT-2 block (LayerNorms, GELU MLP,
+    /// biases everywhere, no LoRA).
+    fn gpt_params(&self) -> Option<BlockParams> {
+        if self.ln_1.kind != NormKind::LayerNorm || self.mlp.kind != MlpKind::Gelu {
+            return None;
+        }
+        let norm = |n: &Norm| Some([n.weight.clone(), n.bias.clone()?]);
+        let lin = |l: &Linear| match (&l.lora, &l.b) {
+            (None, Some(b)) => Some([l.w.clone(), b.clone()]),
+            _ => None,
+        };
+        let parts = [
+            norm(&self.ln_1)?,
+            lin(&self.attn.qkv)?,
+            lin(&self.attn.proj)?,
+            norm(&self.ln_2)?,
+            lin(&self.mlp.fc)?,
+            lin(&self.mlp.proj)?,
+        ];
+        Some(parts.concat().try_into().expect("six pairs"))
+    }
+
     fn forward(
         &self,
         x: &Tensor,
@@ -387,6 +414,21 @@ impl Block {
         start: usize,
         cache: Option<&mut (Tensor, Tensor)>,
     ) -> Result<Tensor> {
+        if let (Some(sink), None, None) = (&self.sink, rope, &cache) {
+            if let Some(p) = self.gpt_params() {
+                if super::fused::block::applies(x, &p) {
+                    let a = &self.attn;
+                    let heads = (a.n_head, a.n_kv_head, a.head_dim);
+                    return Ok(super::fused::block::gpt_block(
+                        x,
+                        &p,
+                        heads,
+                        self.ln_1.eps,
+                        sink,
+                    )?);
+                }
+            }
+        }
         let x = (x + self
             .attn
             .forward(&self.ln_1.forward(x)?, rope, start, cache)?)?;
@@ -404,6 +446,8 @@ pub struct Transformer {
     lm_head: Tensor,
     /// An f16 copy of the output projection for decoding steps, made by [`Transformer::quantize`].
     lm_head_half: Option<Tensor>,
+    /// Weight gradients of the blocks that ran as fused nodes (training mode).
+    grad_sink: GradSink,
 }
 
 impl Transformer {
@@ -428,6 +472,7 @@ impl Transformer {
                 attn: CausalSelfAttention::new(weights, &format!("h.{i}.attn"), cfg, &mut ad),
                 ln_2: Norm::new(weights, &format!("h.{i}.ln_2"), cfg),
                 mlp: Mlp::new(weights, &format!("h.{i}.mlp"), cfg, &mut ad),
+                sink: None,
             })
             .collect();
         if let Some(name) = ad.keys().next() {
@@ -452,6 +497,7 @@ impl Transformer {
             ln_f: Norm::new(weights, "ln_f", cfg),
             lm_head,
             lm_head_half: None,
+            grad_sink: GradSink::default(),
             wte,
         })
     }
@@ -506,11 +552,31 @@ impl Transformer {
     /// The training objective: mean next-token cross-entropy of idx (B, T) against targets (B, T)
     /// (`IGNORE_INDEX` left out). The (B * T, V) logits, the largest activation, stay inside one
     /// fused projection-and-loss op (`fused::lm_loss`), and no reshape of them enters the graph.
+    ///
+    /// In training mode take its gradients with [`Transformer::backward`].
     pub fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        // Fused blocks' gradients from a backward not taken through `backward` are stale.
+        self.grad_sink.lock().expect("not poisoned").clear();
         let h = self.forward_hidden(idx, 0, None)?;
         let (b, t, c) = h.dims3()?;
         let h = h.reshape((b * t, c))?;
         super::loss::projected_cross_entropy(&h, &self.lm_head, targets)
+    }
+
+    /// The gradients of `loss`, a function of this model's outputs: candle's backward, plus the
+    /// weight gradients that fused GPT-2 blocks (training mode, see `fused::block`) deliver
+    /// outside candle's graph. Use it instead of `loss.backward()` on a model in training mode.
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        let mut grads = loss.backward()?;
+        let fused = std::mem::take(&mut *self.grad_sink.lock().expect("not poisoned"));
+        for (w, g) in fused {
+            let g = match grads.remove(&w) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            grads.insert(&w, g);
+        }
+        Ok(grads)
     }
 
     /// Hidden states (B, T, C) -> f32 logits (B, T, V).
@@ -599,9 +665,12 @@ impl Transformer {
         Ok(self.logits(&h)?.squeeze(1)?)
     }
 
-    /// Switches LoRA dropout on (training) or off (evaluation, generation).
+    /// Switches training mode on or off (evaluation, generation): LoRA dropout, and, on the CPU in
+    /// f32, GPT-2 blocks as single fused nodes whose weight gradients only
+    /// [`Transformer::backward`] collects.
     pub fn set_training(&mut self, on: bool) {
         for b in &mut self.blocks {
+            b.sink = on.then(|| self.grad_sink.clone());
             for l in b.linears_mut() {
                 if let Some(a) = l.adapters_mut() {
                     a.training = on;

@@ -265,7 +265,7 @@ impl Run<'_> {
             } else {
                 loss
             };
-            let mut store = scaled.backward()?;
+            let mut store = model.backward(&scaled)?;
             for (name, var) in &self.params.vars {
                 if let Some(g) = store.remove(var.as_tensor()) {
                     let g = match grads.remove(name) {

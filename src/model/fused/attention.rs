@@ -17,13 +17,14 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 /// Query rows per block.
 const BLOCK: usize = 64;
 
+/// B sequences of T tokens, H query heads and K key/value heads of D channels.
 #[derive(Clone, Copy)]
-struct Geometry {
-    b: usize,
-    t: usize,
-    h: usize,
-    k: usize,
-    d: usize,
+pub(super) struct Geometry {
+    pub(super) b: usize,
+    pub(super) t: usize,
+    pub(super) h: usize,
+    pub(super) k: usize,
+    pub(super) d: usize,
 }
 
 impl Geometry {
@@ -74,7 +75,7 @@ fn probabilities(
     causal_softmax_rows(&mut p[..(r1 - r0) * n], n, r0);
 }
 
-fn forward(qkv: &[f32], g: Geometry) -> Vec<f32> {
+pub(super) fn forward(qkv: &[f32], g: Geometry) -> Vec<f32> {
     let (t, hd, w) = (g.t, g.h * g.d, g.w());
     let mut y = vec![0f32; g.b * t * hd];
     let out = SharedMut(y.as_mut_ptr());
@@ -99,7 +100,7 @@ fn forward(qkv: &[f32], g: Geometry) -> Vec<f32> {
     y
 }
 
-fn backward(qkv: &[f32], y: &[f32], dy: &[f32], g: Geometry) -> Vec<f32> {
+pub(super) fn backward(qkv: &[f32], y: &[f32], dy: &[f32], g: Geometry) -> Vec<f32> {
     let (t, hd, w) = (g.t, g.h * g.d, g.w());
     let mut dqkv = vec![0f32; qkv.len()];
     let out = SharedMut(dqkv.as_mut_ptr());

@@ -29,7 +29,12 @@ fn out_shape(x: &Layout, o: usize) -> Shape {
     Shape::from(dims)
 }
 
-fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, (n, i, o): (usize, usize, usize)) -> Vec<f32> {
+pub(super) fn forward(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    (n, i, o): (usize, usize, usize),
+) -> Vec<f32> {
     let (xv, wt) = (View::rows(x, i), View::rows(w, i).t());
     let Some(b) = b else {
         return matmul_new(n, o, i, xv, wt, 1.0);
@@ -40,6 +45,21 @@ fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, (n, i, o): (usize, usize, us
     }
     matmul(n, o, i, &mut y, o, true, xv, wt, 1.0);
     y
+}
+
+/// [dx, dw, db] of y = x @ w^T + b for the gradient g of y, on slices: x (N, I), w (O, I),
+/// g (N, O).
+pub(super) fn grads(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    (n, i, o): (usize, usize, usize),
+) -> [Vec<f32>; 3] {
+    [
+        matmul_new(n, i, o, View::rows(g, o), View::rows(w, i), 1.0),
+        matmul_new(o, i, n, View::rows(g, o).t(), View::rows(x, i), 1.0),
+        column_sums(g, o),
+    ]
 }
 
 /// dx and dw (each only when wanted) for y = x @ w^T.

@@ -17,6 +17,7 @@
 //! gradients.
 
 pub mod attention;
+pub mod block;
 pub mod exp;
 pub mod gemm;
 pub mod linear;
@@ -49,6 +50,28 @@ pub(crate) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> 
         Storage::Cpu(cpu) => Ok(f(f32_data(cpu, layout, op)?)),
         _ => candle_core::bail!("{op}: CPU tensor expected"),
     }
+}
+
+/// Runs `f` on the f32 data of N CPU tensors (each made contiguous first).
+pub(crate) fn with_f32s<const N: usize, R>(
+    ts: &[Tensor; N],
+    op: &str,
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> CResult<R> {
+    let ts = ts
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<CResult<Vec<_>>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(N);
+    for (st, layout) in &guards {
+        match &**st {
+            Storage::Cpu(cpu) => slices.push(f32_data(cpu, layout, op)?),
+            _ => candle_core::bail!("{op}: CPU tensor expected"),
+        }
+    }
+    let slices: [&[f32]; N] = slices.try_into().expect("one slice per tensor");
+    Ok(f(slices))
 }
 
 /// Whether the fused kernels apply: f32 on the CPU.

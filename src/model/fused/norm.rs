@@ -12,9 +12,10 @@ use super::{f32_data, for_each_chunk_mut, parallel_map, with_f32, CResult, Share
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
 
 #[derive(Clone, Copy)]
-struct Stats {
-    centered: bool,
-    eps: f32,
+pub(super) struct Stats {
+    /// LayerNorm (subtract the mean) rather than RMSNorm.
+    pub(super) centered: bool,
+    pub(super) eps: f32,
 }
 
 impl Stats {
@@ -30,7 +31,7 @@ impl Stats {
         (mean, 1.0 / (var + self.eps).sqrt())
     }
 
-    fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+    pub(super) fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
         let c = w.len();
         let mut y = vec![0f32; x.len()];
         // Tasks of 16 rows.
@@ -48,8 +49,22 @@ impl Stats {
 
     /// (dx, dw, db) for the rows of x.
     fn backward(&self, x: &[f32], w: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let c = w.len();
         let mut dx = vec![0f32; x.len()];
+        let (dw, db) = self.backward_into(x, w, g, &mut dx, false);
+        (dx, dw, db)
+    }
+
+    /// (dw, db) for the rows of x, their dx written into `dx`, or added to it when `accumulate`
+    /// (a residual stream's gradient).
+    pub(super) fn backward_into(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        g: &[f32],
+        dx: &mut [f32],
+        accumulate: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let c = w.len();
         let rows = x.len() / c;
         let chunk = rows
             .div_ceil(4 * candle_core::utils::get_num_threads())
@@ -82,7 +97,8 @@ impl Stats {
                     m2 / c as f32,
                 );
                 for j in 0..c {
-                    dxr[j] = rstd * (gr[j] * w[j] - m1 - xhat[j] * m2);
+                    let d = rstd * (gr[j] * w[j] - m1 - xhat[j] * m2);
+                    dxr[j] = if accumulate { dxr[j] + d } else { d };
                 }
             }
             (dw, db)
@@ -92,7 +108,7 @@ impl Stats {
             dw.iter_mut().zip(&pw).for_each(|(x, y)| *x += y);
             db.iter_mut().zip(&pb).for_each(|(x, y)| *x += y);
         }
-        (dx, dw, db)
+        (dw, db)
     }
 
     fn grads(&self, x: &Tensor, w: &Tensor, g: &Tensor) -> CResult<(Tensor, Tensor, Tensor)> {
