@@ -490,3 +490,27 @@ fn fused_gpt_block_matches_the_separate_ops() {
         assert!(rel < 1e-4, "gradient of {name} differs (relative {rel})");
     }
 }
+
+#[test]
+fn swiglu_matches_silu_times_up() {
+    // Rows of gate then up, gates from -100 to 100 (exp clamped at the ends), 7 rows (ragged
+    // against the 16-row tasks) of I = 37.
+    let i = 37;
+    let h: Vec<f32> = (0..7 * 2 * i)
+        .map(|j| ((j * 53 % 201) as f32 - 100.0) * if j % 3 == 0 { 1.0 } else { 0.05 })
+        .collect();
+    let h = Tensor::from_vec(h, (7, 2 * i), &Device::Cpu).unwrap();
+    let fused = ops::swiglu(&h, i).unwrap();
+    let gate = h.narrow(1, 0, i).unwrap();
+    let up = h.narrow(1, i, i).unwrap();
+    let composed = (candle_nn::ops::silu(&gate).unwrap() * up).unwrap();
+    let d = max_abs_diff(&fused, &composed) / common::max_abs(&composed);
+    assert!(
+        d < 1e-6,
+        "swiglu differs by {d} (relative to the largest value)"
+    );
+    assert!(
+        ops::swiglu(&h, i + 1).is_err(),
+        "a row that is not gate and up"
+    );
+}

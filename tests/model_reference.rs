@@ -23,6 +23,12 @@ fn check_against_reference(name: &str) {
     let d = max_abs_diff(&logits, &exp["logits"]);
     eprintln!("{name}: max |logits - transformers| = {d:.3e}");
     assert!(d < 1e-4, "{name}: logits differ by {d}");
+    // Without gradients (inference), attention runs fused from the start of the sequence, RoPE
+    // applied to the projection's rows, and SwiGLU is one pass.
+    let inference = m.transformer().unwrap().forward(&ids, 0, None).unwrap();
+    let d = max_abs_diff(&inference, &exp["logits"]);
+    eprintln!("{name}: max |inference logits - transformers| = {d:.3e}");
+    assert!(d < 1e-4, "{name}: inference logits differ by {d}");
     // The loss three times: from the logits above; as `Transformer::loss` computes it (the output
     // projection fused with the loss, its logits never leaving the op); and so in training mode,
     // where a GPT-2 block is one fused node whose weight gradients `Transformer::backward` collects.

@@ -208,6 +208,35 @@ pub(crate) fn gelu_backward(x: &[f32], dy: &[f32], out: &mut [f32]) {
     });
 }
 
+/// silu(gate) * up for h (..., 2I) holding gate then up -> (..., I): one pass over the rows, f32 on
+/// the CPU, no backward pass (inference; training runs candle's ops).
+pub fn swiglu(h: &Tensor, i: usize) -> CResult<Tensor> {
+    let mut dims = h.dims().to_vec();
+    if dims.last() != Some(&(2 * i)) {
+        candle_core::bail!("swiglu: rows of {:?} are not gate and up of {i}", h.dims())
+    }
+    *dims.last_mut().expect("checked") = i;
+    let out = with_f32(h, "swiglu", |h| {
+        let mut out = vec![0f32; h.len() / 2];
+        for_each_chunk_mut(&mut out, 16 * i, |ci, rows| {
+            for (r, o) in rows.chunks_exact_mut(i).enumerate() {
+                let row = &h[(ci * 16 + r) * 2 * i..][..2 * i];
+                let (gate, up) = row.split_at(i);
+                // o = exp(-gate), clamped so that it stays finite.
+                o.iter_mut()
+                    .zip(gate)
+                    .for_each(|(o, &g)| *o = (-g).clamp(-80.0, 80.0));
+                super::fused::exp::exp_shifted_sum(o, 0.0);
+                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                    *o = g / (1.0 + *o) * u;
+                }
+            }
+        });
+        out
+    })?;
+    Tensor::from_vec(out, dims, h.device())
+}
+
 /// GPT-2's tanh GELU, elementwise; the backward pass is one more elementwise kernel instead of the
 /// dozen composed ops candle's own `gelu` backward builds.
 struct Gelu;
