@@ -361,8 +361,11 @@ fn gemm_matches_a_naive_product_on_every_layout() {
         (37, 70, 400),
         (130, 45, 800),
         (24, 64, 32),
-        // More columns than one packed block of B (NC = 512), ragged.
+        // More columns than one packed block of B (NC = 512), ragged; up to 256 rows, x . w^T
+        // runs as (w . x^T)^T.
         (130, 1100, 40),
+        // More rows than that: x . w^T packs w^T.
+        (300, 310, 50),
     ] {
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
