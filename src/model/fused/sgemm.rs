@@ -268,6 +268,8 @@ unsafe fn tile_product(
         "2:",
         "vmovups zmm24, zmmword ptr [{b}]",
         "vmovups zmm25, zmmword ptr [{b} + 64]",
+        "prefetcht0 [{b} + 1024]",
+        "prefetcht0 [{b} + 1088]",
         fma_row!("{a0}", "", "0", "1", "26"),
         fma_row!("{a0}", " + {l}", "2", "3", "27"),
         fma_row!("{a0}", " + {l}*2", "4", "5", "26"),
@@ -347,6 +349,11 @@ unsafe fn kernel(
     accumulate: bool,
     scale: f32,
 ) {
+    // The tile of C is read or written once the loop is done: fetched meanwhile.
+    for r in 0..rows {
+        _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + 16) as *const i8);
+    }
     let mut tile = [0f32; MR * NR];
     tile_product(kc, a, rs, ps, b, &mut tile);
     let s = _mm512_set1_ps(scale);
