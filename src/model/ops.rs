@@ -8,7 +8,7 @@
 //! On other devices (or dtypes) they fall back to composed candle ops, which have backward passes
 //! too. Tests compare both paths, values and gradients.
 
-use super::fused::{applies, f32_data, for_each_chunk_mut, parallel_map, with_f32};
+use super::fused::{applies, f32_data, filled, for_each_chunk_mut, parallel_map, with_f32};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
 use std::sync::Arc;
 
@@ -183,15 +183,15 @@ fn exp_2u(x: &[f32], out: &mut [f32]) {
     super::fused::exp::exp_shifted_sum(out, 0.0);
 }
 
-/// out = gelu(x), elementwise over the cores: 0.5 x (1 + tanh u) = x E / (E + 1), E = exp(2u).
-pub(crate) fn gelu_forward(x: &[f32], out: &mut [f32]) {
-    for_each_chunk_mut(out, 4096, |i, o| {
+/// gelu(x), elementwise over the cores: 0.5 x (1 + tanh u) = x E / (E + 1), E = exp(2u).
+pub(crate) fn gelu_forward(x: &[f32]) -> Vec<f32> {
+    filled(x.len(), 4096, |i, o| {
         let x = &x[i * 4096..][..o.len()];
         exp_2u(x, o);
         for (oj, &v) in o.iter_mut().zip(x) {
             *oj = v * *oj / (*oj + 1.0);
         }
-    });
+    })
 }
 
 /// out = dy * gelu'(x): dy (0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) k (1 + 3 a x^2)).
@@ -248,9 +248,7 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
         let x = f32_data(storage, layout, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        gelu_forward(x, &mut out);
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        Ok((CpuStorage::F32(gelu_forward(x)), layout.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {

@@ -125,17 +125,17 @@ fn fused_update(
     v: &Tensor,
     h: Hyper,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    use crate::model::fused::{for_each_chunk_mut, with_f32, SharedMut};
+    use crate::model::fused::{filled, with_f32, SharedMut};
     let n = p.elem_count();
-    let (mut np, mut nm, mut nv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    let (mut nm, mut nv) = (Vec::<f32>::with_capacity(n), Vec::<f32>::with_capacity(n));
     const CHUNK: usize = 1 << 14;
     let mut pass = |pd: &[f32], gd: &[f32], md: &[f32], vd: &[f32]| {
         // New m and v: the same elements as the chunk of new p, written through shared pointers.
         let (mp, vp) = (SharedMut(nm.as_mut_ptr()), SharedMut(nv.as_mut_ptr()));
-        for_each_chunk_mut(&mut np, CHUNK, |c, po| {
+        filled(n, CHUNK, |c, po| {
             let o = c * CHUNK;
-            // SAFETY: elements o..o + po.len() of m and v, this task's alone.
-            let (mo, vo) = unsafe { (mp.slice(o, po.len()), vp.slice(o, po.len())) };
+            // SAFETY: elements o..o + po.len() of m's and v's allocations, this task's alone.
+            let (mo, vo) = unsafe { (mp.zeroed_slice(o, po.len()), vp.zeroed_slice(o, po.len())) };
             for i in 0..po.len() {
                 let gi = gd[o + i] as f64 * h.scale;
                 let mi = h.b1 * md[o + i] as f64 + (1.0 - h.b1) * gi;
@@ -148,11 +148,16 @@ fn fused_update(
         })
     };
     let op = "adamw";
-    with_f32(p, op, |pd| {
+    let np = with_f32(p, op, |pd| {
         with_f32(g, op, |gd| {
             with_f32(m, op, |md| with_f32(v, op, |vd| pass(pd, gd, md, vd)))
         })
     })????;
+    // SAFETY: the pass wrote every element of both (each chunk of p's n elements).
+    unsafe {
+        nm.set_len(n);
+        nv.set_len(n);
+    }
     let dev = p.device();
     Ok((
         Tensor::from_vec(np, p.shape(), dev)?,

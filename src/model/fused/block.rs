@@ -15,7 +15,7 @@
 
 use super::attention::{self, Geometry};
 use super::norm::Stats;
-use super::{f32_data, for_each_chunk_mut, linear, with_f32, with_f32s, CResult};
+use super::{f32_data, filled, linear, with_f32, with_f32s, CResult};
 use crate::model::ops::{gelu_backward, gelu_forward};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use std::sync::{Arc, Mutex};
@@ -56,8 +56,7 @@ fn linear_residual(
     residual: &[f32],
     (n, i, o): (usize, usize, usize),
 ) -> Vec<f32> {
-    let mut y = vec![0f32; n * o];
-    for_each_chunk_mut(&mut y, 64 * o, |ci, rows| {
+    let mut y = filled(n * o, 64 * o, |ci, rows| {
         let res = &residual[ci * 64 * o..][..rows.len()];
         for (yr, rr) in rows.chunks_exact_mut(o).zip(res.chunks_exact(o)) {
             yr.iter_mut()
@@ -81,8 +80,7 @@ fn forward(x: &[f32], p: [&[f32]; 12], s: &Shapes, ln: Stats) -> (Vec<f32>, Kept
     let x2 = linear_residual(&y, p[4], p[5], x, (n, s.att, c));
     let h2 = ln.forward(&x2, p[6], Some(p[7]));
     let pre = linear::forward(&h2, p[8], Some(p[9]), (n, c, s.mlp));
-    let mut act = vec![0f32; pre.len()];
-    gelu_forward(&pre, &mut act);
+    let act = gelu_forward(&pre);
     let out = linear_residual(&act, p[10], p[11], &x2, (n, s.mlp, c));
     let kept = Kept {
         h1,

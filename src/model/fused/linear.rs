@@ -7,7 +7,7 @@
 //! gradient nobody asked for (a frozen base weight under LoRA) is not computed.
 
 use super::gemm::{matmul, matmul_new, View};
-use super::{column_sums, f32_data, with_f32, CResult};
+use super::{column_sums, f32_data, filled, with_f32, CResult};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 fn dims(x: &Layout, w: &Layout) -> CResult<(usize, usize, usize)> {
@@ -39,10 +39,9 @@ pub(super) fn forward(
     let Some(b) = b else {
         return matmul_new(n, o, i, xv, wt, 1.0);
     };
-    let mut y = Vec::with_capacity(n * o);
-    for _ in 0..n {
-        y.extend_from_slice(b);
-    }
+    let mut y = filled(n * o, 64 * o, |_, rows| {
+        rows.chunks_exact_mut(o).for_each(|r| r.copy_from_slice(b))
+    });
     matmul(n, o, i, &mut y, o, true, xv, wt, 1.0);
     y
 }
@@ -228,8 +227,7 @@ impl CustomOp3 for LinearGelu {
         let CpuStorage::F32(pre) = out else {
             candle_core::bail!("linear-gelu: f32 expected")
         };
-        let mut y = vec![0f32; pre.len()];
-        crate::model::ops::gelu_forward(&pre, &mut y);
+        let y = crate::model::ops::gelu_forward(&pre);
         if self.keep {
             *self.pre.lock().expect("not poisoned") = Some(pre);
         }

@@ -150,6 +150,23 @@ pub(crate) fn for_each_chunk_mut(
     });
 }
 
+/// A new vector of `n` elements made by f(chunk index, chunk) over the pool ([`parallel_for`]), in
+/// chunks of `chunk` elements that each task zeroes just before: `vec![0.0; n]` would zero the
+/// whole buffer on the calling thread first, while the pool's other worker waits.
+pub(crate) fn filled(n: usize, chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut v = Vec::<f32>::with_capacity(n);
+    let base = SharedMut(v.as_mut_ptr());
+    let chunk = chunk.max(1);
+    parallel_for(n.div_ceil(chunk), |i| {
+        let (lo, hi) = (i * chunk, ((i + 1) * chunk).min(n));
+        // SAFETY: elements lo..hi of the allocation, this task's alone.
+        f(i, unsafe { base.zeroed_slice(lo, hi - lo) })
+    });
+    // SAFETY: every chunk of the n elements was initialised above.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// A pointer that parallel tasks share to write disjoint parts of one output buffer.
 pub(crate) struct SharedMut<T = f32>(pub(crate) *mut T);
 // SAFETY: every user writes regions no other task touches (documented at each use).
@@ -180,6 +197,18 @@ impl<T> SharedMut<T> {
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(offset), len)
+    }
+}
+
+impl SharedMut<f32> {
+    /// As [`SharedMut::slice`], for memory that may be uninitialised: zeroed first.
+    ///
+    /// # Safety
+    /// The elements must lie inside the allocation, and no other live reference may reach them.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn zeroed_slice(&self, offset: usize, len: usize) -> &mut [f32] {
+        std::ptr::write_bytes(self.0.add(offset), 0, len);
+        self.slice(offset, len)
     }
 }
 

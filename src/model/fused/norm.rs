@@ -8,7 +8,7 @@
 //!   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))   (RMSNorm drops mean(dxhat))
 //!   dw = sum over rows of dy * xhat, db = sum over rows of dy.
 
-use super::{f32_data, for_each_chunk_mut, parallel_map, with_f32, CResult, SharedMut};
+use super::{f32_data, filled, parallel_map, with_f32, CResult, SharedMut};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
 
 #[derive(Clone, Copy)]
@@ -33,9 +33,8 @@ impl Stats {
 
     pub(super) fn forward(&self, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
         let c = w.len();
-        let mut y = vec![0f32; x.len()];
         // Tasks of 16 rows.
-        for_each_chunk_mut(&mut y, 16 * c, |i, yc| {
+        filled(x.len(), 16 * c, |i, yc| {
             let xc = &x[i * 16 * c..][..yc.len()];
             for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
                 let (mean, rstd) = self.of(xr);
@@ -43,8 +42,7 @@ impl Stats {
                     yr[j] = (xr[j] - mean) * rstd * w[j] + b.map_or(0.0, |b| b[j]);
                 }
             }
-        });
-        y
+        })
     }
 
     /// (dx, dw, db) for the rows of x.
