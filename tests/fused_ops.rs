@@ -358,14 +358,14 @@ fn gemm_matches_a_naive_product_on_every_layout() {
     for (m, n, k) in [
         (1, 1, 1),
         (13, 33, 17),
+        // Fewer rows than columns and depth: x . w^T runs as (w . x^T)^T (ragged 16 x 16 blocks).
         (37, 70, 400),
         (130, 45, 800),
         (24, 64, 32),
-        // More columns than one packed block of B (NC = 512), ragged; up to 256 rows, x . w^T
-        // runs as (w . x^T)^T.
+        // More columns than one packed block of B (NC = 512), ragged.
         (130, 1100, 40),
-        // More rows than that: x . w^T packs w^T.
-        (300, 310, 50),
+        // More rows than the swap takes (256), deeper than they are: x . w^T packs w^T.
+        (300, 310, 350),
     ] {
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)

@@ -400,7 +400,9 @@ pub unsafe fn sgemm(
     scale: f32,
     threads: usize,
 ) {
-    if m <= SWAP_ROWS && m < n && a.cs == 1 && b.rs == 1 && b.cs != 1 {
+    // Swapped, x is packed (m x k) and the result transposed (m x n), instead of packing w^T
+    // (k x n): worth it for k and n larger than m.
+    if m <= SWAP_ROWS && m < n && m < k && a.cs == 1 && b.rs == 1 && b.cs != 1 {
         swapped(m, n, k, dst, dst_rs, accumulate, a, b, scale, threads);
     } else {
         blocked(m, n, k, dst, dst_rs, accumulate, a, b, scale, threads);
