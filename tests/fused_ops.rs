@@ -516,4 +516,15 @@ fn swiglu_matches_silu_times_up() {
         ops::swiglu(&h, i + 1).is_err(),
         "a row that is not gate and up"
     );
+    // Gradients on moderate values (where silu's curvature matters).
+    let h = (Tensor::randn(0f32, 2.0, (2, 9, 2 * i), &Device::Cpu).unwrap())
+        .contiguous()
+        .unwrap();
+    let (y1, g1) = value_and_grad(&h, |x| ops::swiglu(x, i));
+    let (y2, g2) = value_and_grad(&h, |x| {
+        let gate = x.narrow(2, 0, i)?;
+        candle_nn::ops::silu(&gate)? * x.narrow(2, i, i)?
+    });
+    assert_close("swiglu value", &y1, &y2, 1e-5);
+    assert_close("swiglu grad", &g1, &g2, 1e-3);
 }

@@ -208,33 +208,75 @@ pub(crate) fn gelu_backward(x: &[f32], dy: &[f32], out: &mut [f32]) {
     });
 }
 
-/// silu(gate) * up for h (..., 2I) holding gate then up -> (..., I): one pass over the rows, f32 on
-/// the CPU, no backward pass (inference; training runs candle's ops).
-pub fn swiglu(h: &Tensor, i: usize) -> CResult<Tensor> {
-    let mut dims = h.dims().to_vec();
-    if dims.last() != Some(&(2 * i)) {
-        candle_core::bail!("swiglu: rows of {:?} are not gate and up of {i}", h.dims())
+/// exp(-gate), clamped so that it stays finite, into `o`: sigmoid(gate) = 1 / (1 + o).
+fn exp_neg(gate: &[f32], o: &mut [f32]) {
+    o.iter_mut()
+        .zip(gate)
+        .for_each(|(o, &g)| *o = (-g).clamp(-80.0, 80.0));
+    super::fused::exp::exp_shifted_sum(o, 0.0);
+}
+
+/// SwiGLU's gating, silu(gate) * up, on rows (..., 2I) of gate then up -> (..., I). Backward, with
+/// s = sigmoid(gate): d_up = dy gate s, d_gate = dy up s (1 + gate (1 - s)).
+struct SwiGlu(usize);
+
+impl CustomOp1 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
     }
-    *dims.last_mut().expect("checked") = i;
-    let out = with_f32(h, "swiglu", |h| {
-        let mut out = vec![0f32; h.len() / 2];
-        for_each_chunk_mut(&mut out, 16 * i, |ci, rows| {
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let (h, i) = (f32_data(storage, layout, self.name())?, self.0);
+        let out = filled(h.len() / 2, 16 * i, |ci, rows| {
             for (r, o) in rows.chunks_exact_mut(i).enumerate() {
-                let row = &h[(ci * 16 + r) * 2 * i..][..2 * i];
-                let (gate, up) = row.split_at(i);
-                // o = exp(-gate), clamped so that it stays finite.
-                o.iter_mut()
-                    .zip(gate)
-                    .for_each(|(o, &g)| *o = (-g).clamp(-80.0, 80.0));
-                super::fused::exp::exp_shifted_sum(o, 0.0);
+                let (gate, up) = h[(ci * 16 + r) * 2 * i..][..2 * i].split_at(i);
+                exp_neg(gate, o);
                 for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
                     *o = g / (1.0 + *o) * u;
                 }
             }
         });
-        out
-    })?;
-    Tensor::from_vec(out, dims, h.device())
+        let mut dims = layout.shape().dims().to_vec();
+        *dims.last_mut().expect("rows") = i;
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    fn bwd(&self, h: &Tensor, _y: &Tensor, dy: &Tensor) -> CResult<Option<Tensor>> {
+        let i = self.0;
+        let dh = with_f32(h, self.name(), |h| {
+            with_f32(dy, self.name(), |dy| {
+                filled(h.len(), 32 * i, |ci, rows| {
+                    for (r, o) in rows.chunks_exact_mut(2 * i).enumerate() {
+                        let row = ci * 16 + r;
+                        let (gate, up) = h[row * 2 * i..][..2 * i].split_at(i);
+                        let dyr = &dy[row * i..][..i];
+                        let (dg, du) = o.split_at_mut(i);
+                        exp_neg(gate, dg);
+                        for j in 0..i {
+                            let sg = 1.0 / (1.0 + dg[j]);
+                            du[j] = dyr[j] * gate[j] * sg;
+                            dg[j] = dyr[j] * up[j] * sg * (1.0 + gate[j] * (1.0 - sg));
+                        }
+                    }
+                })
+            })
+        })??;
+        Ok(Some(Tensor::from_vec(dh, h.shape(), h.device())?))
+    }
+}
+
+/// silu(gate) * up for h (..., 2I) holding gate then up -> (..., I), one pass over the rows (and
+/// one for backward), f32 on the CPU; elsewhere candle's ops.
+pub fn swiglu(h: &Tensor, i: usize) -> CResult<Tensor> {
+    if h.dims().last() != Some(&(2 * i)) {
+        candle_core::bail!("swiglu: rows of {:?} are not gate and up of {i}", h.dims())
+    }
+    if !applies(h) {
+        let gate = h.narrow(D::Minus1, 0, i)?;
+        let up = h.narrow(D::Minus1, i, i)?;
+        return candle_nn::ops::silu(&gate)? * up;
+    }
+    h.contiguous()?.apply_op1(SwiGlu(i))
 }
 
 /// GPT-2's tanh GELU, elementwise; the backward pass is one more elementwise kernel instead of the

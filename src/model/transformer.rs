@@ -180,38 +180,6 @@ impl Rope {
         })
     }
 
-    /// RoPE on the first `heads` heads (of D channels) of every row of a fused projection
-    /// (B, T, W) at positions 0..T, as one pass over the rows; f32 on the CPU, no backward pass.
-    fn apply_to_rows(&self, qkv: &Tensor, heads: usize) -> Result<Tensor> {
-        use super::fused::{for_each_chunk_mut, with_f32};
-        let (b, t, w) = qkv.dims3()?;
-        let d = self.cos.dim(1)?;
-        let half = d / 2;
-        let out = with_f32(qkv, "rope", |q| {
-            with_f32(&self.cos, "rope", |cos| {
-                with_f32(&self.sin, "rope", |sin| {
-                    let mut out = q.to_vec();
-                    for_each_chunk_mut(&mut out, 16 * w, |ci, rows| {
-                        for (r, row) in rows.chunks_exact_mut(w).enumerate() {
-                            let pos = (ci * 16 + r) % t;
-                            let (c, s) = (&cos[pos * d..][..half], &sin[pos * d..][..half]);
-                            for head in row[..heads * d].chunks_exact_mut(d) {
-                                let (x1, x2) = head.split_at_mut(half);
-                                for i in 0..half {
-                                    let (a, z) = (x1[i], x2[i]);
-                                    x1[i] = a * c[i] - z * s[i];
-                                    x2[i] = z * c[i] + a * s[i];
-                                }
-                            }
-                        }
-                    });
-                    out
-                })
-            })
-        })???;
-        Ok(Tensor::from_vec(out, (b, t, w), qkv.device())?)
-    }
-
     /// x: (B, heads, T, D) at positions start..start+T -> same shape.
     fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
         let (_, _, t, d) = x.dims4()?;
@@ -256,16 +224,15 @@ impl CausalSelfAttention {
         let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
         let qkv = self.qkv.forward(x)?;
         // From the start of a sequence (training, scoring, a prompt into an empty cache): the fused
-        // attention straight out of the projection, RoPE applied to its rows first (that one
-        // without a backward pass, so only where no gradient is wanted).
+        // attention straight out of the projection, RoPE applied to its rows first.
         let fresh = match &cache {
             Some(c) => c.0.dim(2)? == 0,
             None => true,
         };
-        let rope_fused = rope.is_none() || (!qkv.track_op() && super::fused::applies(&qkv));
+        let rope_fused = rope.is_none() || super::fused::applies(&qkv);
         if start == 0 && fresh && rope_fused {
             let qkv = match rope {
-                Some(r) => r.apply_to_rows(&qkv, h + k)?,
+                Some(r) => super::fused::rope::rope_rows(&qkv, &r.cos, &r.sin, h + k)?,
                 None => qkv,
             };
             let y = super::fused::attention::causal_attention(&qkv, h, k, d)?;
@@ -390,15 +357,7 @@ impl Mlp {
         let hdn = self.fc.forward(x)?;
         let act = match self.kind {
             MlpKind::Gelu => super::ops::gelu(&hdn)?, // tanh approximation, GPT-2's "gelu_new"
-            MlpKind::SwiGlu if !hdn.track_op() && super::fused::applies(&hdn) => {
-                super::ops::swiglu(&hdn, self.intermediate)?
-            }
-            MlpKind::SwiGlu => {
-                let i = self.intermediate;
-                let gate = hdn.narrow(D::Minus1, 0, i)?;
-                let up = hdn.narrow(D::Minus1, i, i)?;
-                (candle_nn::ops::silu(&gate)? * up)?
-            }
+            MlpKind::SwiGlu => super::ops::swiglu(&hdn, self.intermediate)?,
         };
         self.proj.forward(&act)
     }

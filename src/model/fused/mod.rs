@@ -23,6 +23,7 @@ pub mod gemm;
 pub mod linear;
 pub mod lm_loss;
 pub mod norm;
+pub mod rope;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
 
