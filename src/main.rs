@@ -137,8 +137,9 @@ struct BenchArgs {
     runs: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Weights for the linear layers: f32, q8_0, or auto (q8_0 for a quantized GGUF file, as
-    /// generate, chat and serve use them).
+    /// Weights for the linear layers: f32, q8_0, q4_1 (chatforge's 4-bit blocks, f32 activations),
+    /// or auto (as generate, chat and serve use them: q4_1 for a Q4_1 GGUF file, q8_0 for
+    /// other quantized ones, f32 otherwise).
     #[arg(long, default_value = "auto")]
     weights: String,
     /// Print the report as JSON.
@@ -470,12 +471,15 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
                 // What generate, chat and serve use.
                 "auto" => m.inference_transformer()?,
                 "f32" => m.transformer()?,
-                "q8_0" => {
+                w @ ("q8_0" | "q4_1") => {
                     let mut t = m.transformer()?;
-                    t.quantize(candle_core::quantized::GgmlDType::Q8_0)?;
+                    t.quantize(match w {
+                        "q8_0" => candle_core::quantized::GgmlDType::Q8_0,
+                        _ => candle_core::quantized::GgmlDType::Q4_1,
+                    })?;
                     t
                 }
-                w => bail!("--weights {w}: expected auto, f32 or q8_0"),
+                w => bail!("--weights {w}: expected auto, f32, q8_0 or q4_1"),
             };
             let r =
                 chatforge::infer::speed::measure(&model, a.prompt_tokens, a.new_tokens, a.runs)?;

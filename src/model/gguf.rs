@@ -11,6 +11,7 @@ use super::hf::weights_from_hf;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,19 +38,16 @@ impl GgufFile {
         })
     }
 
-    /// Whether the layers' matrices are stored quantized (judged by the first feed-forward
-    /// projection): inference then keeps them 8-bit instead of f32 (`Transformer::quantize`).
-    pub fn is_quantized(&self) -> bool {
-        use candle_core::quantized::GgmlDType;
-        self.content
-            .tensor_infos
-            .get("blk.0.ffn_down.weight")
-            .is_some_and(|t| {
-                !matches!(
-                    t.ggml_dtype,
-                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
-                )
-            })
+    /// The quantized format the layers' matrices are stored in (judged by the first feed-forward
+    /// projection), None for float ones: inference then keeps them quantized instead of f32
+    /// (`LoadedModel::inference_transformer`).
+    pub fn quantization(&self) -> Option<GgmlDType> {
+        let t = self.content.tensor_infos.get("blk.0.ffn_down.weight")?;
+        (!matches!(
+            t.ggml_dtype,
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        ))
+        .then_some(t.ggml_dtype)
     }
 
     fn err(&self, msg: impl std::fmt::Display) -> Error {
@@ -274,12 +272,13 @@ fn unpermute_rope_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((rows, cols))?)
 }
 
-/// A GGUF file's contents: config, weights (f32), tokenizer, and whether its layers were quantized.
+/// A GGUF file's contents: config, weights (f32), tokenizer, and the format its layers were
+/// quantized in.
 pub struct GgufModel {
     pub cfg: ModelConfig,
     pub weights: BTreeMap<String, Tensor>,
     pub tokenizer: Tokenizer,
-    pub quantized: bool,
+    pub quantized: Option<GgmlDType>,
 }
 
 /// Loads a GGUF file.
@@ -291,6 +290,6 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufModel> {
         cfg,
         weights,
         tokenizer: f.tokenizer()?,
-        quantized: f.is_quantized(),
+        quantized: f.quantization(),
     })
 }

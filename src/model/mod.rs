@@ -10,6 +10,7 @@ pub mod lora;
 pub mod loss;
 pub mod ops;
 pub mod params;
+pub mod q4;
 pub mod transformer;
 
 pub use config::{Family, MlpKind, ModelConfig, NormKind, Positions};
@@ -19,6 +20,7 @@ pub use transformer::Transformer;
 
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,8 +31,9 @@ pub struct LoadedModel {
     pub cfg: ModelConfig,
     pub weights: BTreeMap<String, Tensor>,
     pub tokenizer: Option<Tokenizer>,
-    /// Loaded from a GGUF file whose layers are quantized: inference keeps them 8-bit.
-    pub quantized: bool,
+    /// Loaded from a GGUF file whose layers are quantized: their format (inference keeps them
+    /// quantized, see [`LoadedModel::inference_transformer`]).
+    pub quantized: Option<GgmlDType>,
 }
 
 impl LoadedModel {
@@ -79,7 +82,7 @@ impl LoadedModel {
             cfg,
             weights,
             tokenizer,
-            quantized: false,
+            quantized: None,
         })
     }
 
@@ -106,7 +109,7 @@ impl LoadedModel {
             cfg: base.cfg,
             weights,
             tokenizer,
-            quantized: false,
+            quantized: None,
         })
     }
 
@@ -114,13 +117,17 @@ impl LoadedModel {
         Transformer::new(&self.cfg, &self.weights)
     }
 
-    /// The model for generation: with 8-bit (Q8_0) weights on the CPU when the file was quantized,
-    /// so that decoding reads a quarter of the bytes of f32 (Q8_0 holds every Q4/Q5 value of the
-    /// file to within half an 8-bit step, and candle has SIMD kernels for it).
+    /// The model for generation: on the CPU, a file stored quantized stays so for decoding. Q4_1
+    /// files get chatforge's 4-bit blocks, which hold their values exactly (`model::q4`),
+    /// multiplied with f32 activations; other formats get 8-bit (Q8_0) weights, which hold every
+    /// Q4/Q5/Q6 value of the file to within half an 8-bit step, on candle's SIMD kernels.
     pub fn inference_transformer(&self) -> Result<Transformer> {
         let mut t = self.transformer()?;
-        if self.quantized && t.device().is_cpu() {
-            t.quantize(candle_core::quantized::GgmlDType::Q8_0)?;
+        if let (Some(q), true) = (self.quantized, t.device().is_cpu()) {
+            t.quantize(match q {
+                GgmlDType::Q4_1 => GgmlDType::Q4_1,
+                _ => GgmlDType::Q8_0,
+            })?;
         }
         Ok(t)
     }

@@ -57,7 +57,7 @@ struct Linear {
     w: Tensor,
     b: Option<Tensor>,
     lora: Option<super::lora::Adapter>,
-    q: Option<QMatMul>,
+    q: Option<Quantized>,
 }
 
 impl Linear {
@@ -72,7 +72,7 @@ impl Linear {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.q {
-            Some(q) if use_quantized(x) => quantized_linear(q, x, self.b.as_ref()),
+            Some(q) if use_quantized(x) => q.linear(x, self.b.as_ref()),
             _ => linear_with(x, &self.w, self.b.as_ref(), self.lora.as_ref()),
         }
     }
@@ -84,16 +84,29 @@ impl Linear {
 
 type Adapters = BTreeMap<String, super::lora::Adapter>;
 
-/// x (B, T, in) through a quantized weight (candle's quantized matmul: x is quantized to 8 bits
-/// per block and dotted with the weight's blocks, never expanding the weight to f32).
-fn quantized_linear(q: &QMatMul, x: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let y = q.forward(&x.to_dtype(DType::F32)?.contiguous()?)?;
-    let y = match b {
-        Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
-        None => y,
-    };
-    Ok(y.to_dtype(dtype)?)
+/// A quantized copy of a linear layer's weight, for decoding.
+enum Quantized {
+    /// candle's quantized matmul: x is quantized to 8 bits per block and dotted with the weight's
+    /// blocks, never expanding the weight to f32.
+    Ggml(QMatMul),
+    /// chatforge's 4-bit blocks multiplied with f32 activations (`model::q4`).
+    Q4(super::q4::Q4Weight),
+}
+
+impl Quantized {
+    /// x (B, T, in) through the weight, plus the bias.
+    fn linear(&self, x: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let y = match self {
+            Quantized::Ggml(q) => q.forward(&x.to_dtype(DType::F32)?.contiguous()?)?,
+            Quantized::Q4(q) => q.matmul_t(x)?,
+        };
+        let y = match b {
+            Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
+            None => y,
+        };
+        Ok(y.to_dtype(dtype)?)
+    }
 }
 
 /// Whether x (B, T, in) goes through the quantized weight: when decoding (a few rows, where reading
@@ -110,12 +123,15 @@ fn decoding_rows(x: &Tensor) -> bool {
 
 /// A quantized copy of `w` [out, in], or None where the format does not fit (rows not a multiple
 /// of the block size).
-fn quantize_weight(w: &Tensor, dtype: GgmlDType) -> Result<Option<QMatMul>> {
+fn quantize_weight(w: &Tensor, dtype: GgmlDType) -> Result<Option<Quantized>> {
     if !w.device().is_cpu() || w.dim(1)? % dtype.block_size() != 0 {
         return Ok(None);
     }
+    if dtype == GgmlDType::Q4_1 {
+        return Ok(super::q4::Q4Weight::quantize(w)?.map(Quantized::Q4));
+    }
     let q = QTensor::quantize(&w.to_dtype(DType::F32)?, dtype)?;
-    Ok(Some(QMatMul::from_qtensor(q)?))
+    Ok(Some(Quantized::Ggml(QMatMul::from_qtensor(q)?)))
 }
 
 pub struct Norm {
@@ -608,7 +624,9 @@ impl Transformer {
     /// logits, and 8-bit activations there flip close calls (SmolLM2's first answer token among
     /// them). It gets an f16 copy instead, which decoding steps multiply with f32 activations: half
     /// the bytes of the largest weight to read per token. CPU only; layers that carry a LoRA adapter
-    /// or whose width is not a multiple of the block size stay f32.
+    /// or whose width is not a multiple of the block size stay f32. `Q4_1` runs on chatforge's own
+    /// 4-bit kernel with f32 activations (`model::q4`; candle's Q4_1 kernel is scalar), the other
+    /// formats on candle's quantized matmul.
     pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
         if self.lm_head.device().is_cpu() && self.lm_head.dtype() == DType::F32 {
             self.lm_head_half = Some(self.lm_head.to_dtype(DType::F16)?.contiguous()?);

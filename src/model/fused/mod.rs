@@ -75,6 +75,14 @@ pub(crate) fn with_f32s<const N: usize, R>(
     Ok(f(slices))
 }
 
+/// Whether this CPU runs the AVX-512 kernels (avx512f, and `CHATFORGE_NO_AVX512` unset).
+pub(crate) fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return sgemm::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Whether the fused kernels apply: f32 on the CPU.
 pub fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
