@@ -530,40 +530,52 @@ fn swiglu_matches_silu_times_up() {
 }
 
 #[test]
-fn four_bit_weights_hold_a_q4_file_exactly_and_multiply_like_f32() {
+fn block_weights_hold_a_files_q4_1_and_q8_0_exactly_and_multiply_like_f32() {
     use candle_core::quantized::{GgmlDType, QTensor};
-    use chatforge::model::q4::Q4Weight;
-    // A weight as a Q4_1 GGUF file holds it: quantized by candle (GGML's format), then dequantized
-    // to f32, as the loader does. (Q4_0's blocks need not reach both ends of their codes, so they
-    // do not come back exactly; such files decode through Q8_0.)
+    use chatforge::model::blockq::{BlockWeight, Format};
     let w = Tensor::randn(0f32, 0.5, (70, 96), &Device::Cpu).unwrap();
-    let dtype = GgmlDType::Q4_1;
-    let file = QTensor::quantize(&w, dtype)
+    for (dtype, format) in [(GgmlDType::Q4_1, Format::Q4), (GgmlDType::Q8_0, Format::Q8)] {
+        // The weight as a GGUF file holds it: quantized by candle (GGML's format), then
+        // dequantized to f32, as the loader does.
+        let file = QTensor::quantize(&w, dtype)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let q = BlockWeight::quantize_exact(&file, format)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{dtype:?}: the file's blocks come back exactly"));
+        let back = Tensor::from_vec(q.dequantize(), (70, 96), &Device::Cpu).unwrap();
+        let d = max_abs_diff(&back, &file);
+        assert!(
+            d < 1e-6,
+            "{dtype:?}: the file's values come back to within {d}"
+        );
+        // Decoding rows through the blocks against x . w^T in f32.
+        for rows in [1, 5] {
+            let x = Tensor::randn(0f32, 1.0, (1, rows, 96), &Device::Cpu).unwrap();
+            let got = q.matmul_t(&x).unwrap();
+            let want = x.broadcast_matmul(&file.t().unwrap()).unwrap();
+            assert_eq!(got.dims(), &[1, rows, 70]);
+            let rel = max_abs_diff(&got, &want) / common::max_abs(&want);
+            assert!(rel < 1e-5, "{dtype:?}, {rows} rows: differs by {rel}");
+        }
+    }
+    // Q4_0's blocks need not reach both ends of their codes: not exact in either format (such
+    // files decode through candle's Q8_0); nor is a plain f32 weight.
+    let q4_0 = QTensor::quantize(&w, GgmlDType::Q4_0)
         .unwrap()
         .dequantize(&Device::Cpu)
         .unwrap();
-    let q = Q4Weight::quantize(&file)
+    assert!(BlockWeight::quantize_exact(&q4_0, Format::Q4)
         .unwrap()
-        .expect("96 columns are 3 blocks");
-    let back = Tensor::from_vec(q.dequantize(), (70, 96), &Device::Cpu).unwrap();
-    let d = max_abs_diff(&back, &file);
-    assert!(
-        d < 1e-6,
-        "{dtype:?}: the file's values come back to within {d}"
-    );
-    // Decoding rows through the 4-bit blocks against x . w^T in f32.
-    for rows in [1, 5] {
-        let x = Tensor::randn(0f32, 1.0, (1, rows, 96), &Device::Cpu).unwrap();
-        let got = q.matmul_t(&x).unwrap();
-        let want = x.broadcast_matmul(&file.t().unwrap()).unwrap();
-        assert_eq!(got.dims(), &[1, rows, 70]);
-        let rel = max_abs_diff(&got, &want) / common::max_abs(&want);
-        assert!(rel < 1e-5, "{dtype:?}, {rows} rows: differs by {rel}");
-    }
+        .is_none());
+    assert!(BlockWeight::quantize_exact(&w, Format::Q8)
+        .unwrap()
+        .is_none());
     // Rows that do not split into blocks of 32 stay as they are; a wrong input width is an error.
     let odd = Tensor::zeros((4, 40), candle_core::DType::F32, &Device::Cpu).unwrap();
-    assert!(Q4Weight::quantize(&odd).unwrap().is_none());
-    let q = Q4Weight::quantize(&w).unwrap().unwrap();
+    assert!(BlockWeight::quantize(&odd, Format::Q8).unwrap().is_none());
+    let q = BlockWeight::quantize(&w, Format::Q4).unwrap().unwrap();
     let x = Tensor::zeros((1, 95), candle_core::DType::F32, &Device::Cpu).unwrap();
     assert!(q.matmul_t(&x).is_err());
 }

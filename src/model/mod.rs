@@ -1,5 +1,6 @@
 //! The Transformer, its parameters, and model directories on disk.
 
+pub mod blockq;
 pub mod config;
 pub mod fused;
 pub mod gguf;
@@ -10,7 +11,6 @@ pub mod lora;
 pub mod loss;
 pub mod ops;
 pub mod params;
-pub mod q4;
 pub mod transformer;
 
 pub use config::{Family, MlpKind, ModelConfig, NormKind, Positions};
@@ -118,7 +118,7 @@ impl LoadedModel {
     }
 
     /// The model for generation: on the CPU, a file stored quantized stays so for decoding. Q4_1
-    /// files get chatforge's 4-bit blocks, which hold their values exactly (`model::q4`),
+    /// files get chatforge's 4-bit blocks, which hold their values exactly (`model::blockq`),
     /// multiplied with f32 activations; other formats get 8-bit (Q8_0) weights, which hold every
     /// Q4/Q5/Q6 value of the file to within half an 8-bit step, on candle's SIMD kernels.
     pub fn inference_transformer(&self) -> Result<Transformer> {

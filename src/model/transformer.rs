@@ -5,6 +5,7 @@
 //! candle's fused norm/softmax/rotary/sdpa kernels have no backward pass and would silently cut
 //! gradients (see DESIGN.md): only composed ops and our own `ops.rs` (forward + backward) are used.
 
+use super::blockq::{BlockWeight, Format};
 use super::config::{MlpKind, ModelConfig, NormKind, Positions};
 use super::fused::block::{BlockParams, GradSink};
 use super::kv_cache::KvCache;
@@ -89,8 +90,8 @@ enum Quantized {
     /// candle's quantized matmul: x is quantized to 8 bits per block and dotted with the weight's
     /// blocks, never expanding the weight to f32.
     Ggml(QMatMul),
-    /// chatforge's 4-bit blocks multiplied with f32 activations (`model::q4`).
-    Q4(super::q4::Q4Weight),
+    /// chatforge's blocks multiplied with f32 activations (`model::blockq`).
+    Blocks(BlockWeight),
 }
 
 impl Quantized {
@@ -99,7 +100,7 @@ impl Quantized {
         let dtype = x.dtype();
         let y = match self {
             Quantized::Ggml(q) => q.forward(&x.to_dtype(DType::F32)?.contiguous()?)?,
-            Quantized::Q4(q) => q.matmul_t(x)?,
+            Quantized::Blocks(q) => q.matmul_t(x)?,
         };
         let y = match b {
             Some(b) => y.broadcast_add(&b.to_dtype(DType::F32)?)?,
@@ -128,7 +129,7 @@ fn quantize_weight(w: &Tensor, dtype: GgmlDType) -> Result<Option<Quantized>> {
         return Ok(None);
     }
     if dtype == GgmlDType::Q4_1 {
-        return Ok(super::q4::Q4Weight::quantize(w)?.map(Quantized::Q4));
+        return Ok(BlockWeight::quantize(w, Format::Q4)?.map(Quantized::Blocks));
     }
     let q = QTensor::quantize(&w.to_dtype(DType::F32)?, dtype)?;
     Ok(Some(Quantized::Ggml(QMatMul::from_qtensor(q)?)))
@@ -474,6 +475,9 @@ pub struct Transformer {
     lm_head: Tensor,
     /// An f16 copy of the output projection for decoding steps, made by [`Transformer::quantize`].
     lm_head_half: Option<Tensor>,
+    /// The output projection in 8-bit blocks for decoding steps, where those hold it exactly (a
+    /// file's Q8_0 tensor), made by [`Transformer::quantize`] instead of the f16 copy.
+    lm_head_q8: Option<BlockWeight>,
     /// Weight gradients of the blocks that ran as fused nodes (training mode).
     grad_sink: GradSink,
 }
@@ -525,6 +529,7 @@ impl Transformer {
             ln_f: Norm::new(weights, "ln_f", cfg),
             lm_head,
             lm_head_half: None,
+            lm_head_q8: None,
             grad_sink: GradSink::default(),
             wte,
         })
@@ -609,6 +614,9 @@ impl Transformer {
 
     /// Hidden states (B, T, C) -> f32 logits (B, T, V).
     fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        if let (Some(q), true) = (&self.lm_head_q8, decoding_rows(h) && !h.track_op()) {
+            return q.matmul_t(h);
+        }
         if let Some(w) = &self.lm_head_half {
             let (b, t, c) = h.dims3()?;
             if let Some(y) = super::ops::small_matmul_t(&h.reshape((b * t, c))?, w)? {
@@ -620,16 +628,20 @@ impl Transformer {
 
     /// Inference with quantized weights: every linear layer of the blocks gets a `dtype` copy of its
     /// weight that decoding steps use (see `use_quantized`); the f32 weights stay for prompts and
-    /// training. The output projection is not quantized: the next token is an argmax over its
-    /// logits, and 8-bit activations there flip close calls (SmolLM2's first answer token among
-    /// them). It gets an f16 copy instead, which decoding steps multiply with f32 activations: half
-    /// the bytes of the largest weight to read per token. CPU only; layers that carry a LoRA adapter
-    /// or whose width is not a multiple of the block size stay f32. `Q4_1` runs on chatforge's own
-    /// 4-bit kernel with f32 activations (`model::q4`; candle's Q4_1 kernel is scalar), the other
-    /// formats on candle's quantized matmul.
+    /// training. `Q4_1` runs on chatforge's own 4-bit blocks with f32 activations
+    /// (`model::blockq`; candle's Q4_1 kernel is scalar), the other formats on candle's quantized
+    /// matmul. The output projection is never quantized further than the file did: the next token
+    /// is an argmax over its logits, and 8-bit activations there flip close calls (SmolLM2's first
+    /// answer token among them). Where 8-bit blocks hold it exactly (a file's Q8_0 tensor) decoding
+    /// steps use those with f32 activations; otherwise an f16 copy, half the bytes of f32. CPU only;
+    /// layers that carry a LoRA adapter or whose width is not a multiple of the block size stay
+    /// f32.
     pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
         if self.lm_head.device().is_cpu() && self.lm_head.dtype() == DType::F32 {
-            self.lm_head_half = Some(self.lm_head.to_dtype(DType::F16)?.contiguous()?);
+            self.lm_head_q8 = BlockWeight::quantize_exact(&self.lm_head, Format::Q8)?;
+            if self.lm_head_q8.is_none() {
+                self.lm_head_half = Some(self.lm_head.to_dtype(DType::F16)?.contiguous()?);
+            }
         }
         for b in &mut self.blocks {
             for l in b.linears_mut() {
