@@ -249,7 +249,7 @@ impl CausalSelfAttention {
         let rope_fused = rope.is_none() || super::fused::applies(&qkv);
         if start == 0 && fresh && rope_fused {
             let qkv = match rope {
-                Some(r) => super::fused::rope::rope_rows(&qkv, &r.cos, &r.sin, h + k)?,
+                Some(r) => super::fused::rope::rope_rows(&qkv, &r.cos, &r.sin, h + k, 0)?,
                 None => qkv,
             };
             let y = super::fused::attention::causal_attention(&qkv, h, k, d)?;
@@ -259,6 +259,23 @@ impl CausalSelfAttention {
                 let v = heads.narrow(2, h + k, k)?.transpose(1, 2)?.contiguous()?;
                 *c = (kk, v);
             }
+            return self.proj.forward(&y);
+        }
+        if super::fused::applies(&qkv) && !qkv.track_op() {
+            // Inference past the start (decoding): RoPE on the rows, the new keys and values
+            // appended to the cache, the queries attending over it in one op.
+            let qkv = match rope {
+                Some(r) => super::fused::rope::rope_rows(&qkv, &r.cos, &r.sin, h + k, start)?,
+                None => qkv,
+            };
+            let heads = qkv.reshape((b, t, h + 2 * k, d))?;
+            let kk = heads.narrow(2, h, k)?.transpose(1, 2)?.contiguous()?;
+            let v = heads.narrow(2, h + k, k)?.transpose(1, 2)?.contiguous()?;
+            let (kk, v) = match cache {
+                Some(c) => append_kv(c, kk, v)?,
+                None => (kk, v),
+            };
+            let y = super::fused::attention::cached_attention(&qkv, &kk, &v, h)?;
             return self.proj.forward(&y);
         }
         let qkv = qkv.reshape((b, t, h + 2 * k, d))?;

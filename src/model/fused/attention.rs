@@ -197,6 +197,56 @@ pub fn causal_attention(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<T
     qkv.contiguous()?.apply_op1(CausalAttention(g))
 }
 
+/// Attention of the T new queries in qkv (B, T, (H + 2K) * D) over a cache of keys and values
+/// (B, K, S, D) whose last T positions are the new tokens (decoding, prompts after earlier turns):
+/// -> (B, T, H * D). Query i sees keys 0..=S - T + i. Inference only (no backward pass); f32 on the
+/// CPU, the caller checks [`super::applies`]. One task per (sequence, query head).
+pub fn cached_attention(qkv: &Tensor, keys: &Tensor, values: &Tensor, h: usize) -> CResult<Tensor> {
+    let (b, t, w) = qkv.dims3()?;
+    let (b2, k, s, d) = keys.dims4()?;
+    let heads_ok = k > 0 && h.is_multiple_of(k) && w == (h + 2 * k) * d;
+    if b2 != b || values.dims() != keys.dims() || !heads_ok || s < t {
+        candle_core::bail!(
+            "cached attention: qkv {:?} with {h} query heads against keys {:?} and values {:?}",
+            qkv.dims(),
+            keys.dims(),
+            values.dims()
+        )
+    }
+    let (hd, rep, scale) = (h * d, h / k, 1.0 / (d as f32).sqrt());
+    let y = with_f32(qkv, "cached-attention", |q| {
+        with_f32(keys, "cached-attention", |kc| {
+            with_f32(values, "cached-attention", |vc| {
+                let mut y = vec![0f32; b * t * hd];
+                let out = SharedMut(y.as_mut_ptr());
+                parallel_for(b * h, |task| {
+                    let (bi, hq) = (task / h, task % h);
+                    let kv = (bi * k + hq / rep) * s * d;
+                    let (kk, vv) = (&kc[kv..][..s * d], &vc[kv..][..s * d]);
+                    let mut p = vec![0f32; s];
+                    for i in 0..t {
+                        let qr = &q[(bi * t + i) * w + hq * d..][..d];
+                        let seen = s - t + i + 1;
+                        for (pj, kr) in p[..seen].iter_mut().zip(kk.chunks_exact(d)) {
+                            *pj = scale * qr.iter().zip(kr).map(|(a, c)| a * c).sum::<f32>();
+                        }
+                        let max = p[..seen].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let inv = 1.0 / super::exp::exp_shifted_sum(&mut p[..seen], max);
+                        // SAFETY: row i, columns hq*D.. of sequence bi of y: this task's alone.
+                        let yr = unsafe { out.slice((bi * t + i) * hd + hq * d, d) };
+                        for (pj, vr) in p[..seen].iter().zip(vv.chunks_exact(d)) {
+                            let pj = pj * inv;
+                            yr.iter_mut().zip(vr).for_each(|(y, v)| *y += pj * v);
+                        }
+                    }
+                });
+                y
+            })
+        })
+    })???;
+    Tensor::from_vec(y, (b, t, hd), qkv.device())
+}
+
 /// The composed candle version: split heads, scores, masked softmax, weighted values.
 pub fn reference(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<Tensor> {
     let g = geometry(qkv, h, k, d)?;

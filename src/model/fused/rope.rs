@@ -1,6 +1,6 @@
 //! Rotary position embedding applied in place of the heads' layout change: on the first `heads`
 //! heads (queries, then keys) of every row of the fused qkv projection (B, T, W), at positions
-//! 0..T, in the Hugging Face "rotate half" layout (channel i pairs with i + D/2):
+//! start..start + T, in the Hugging Face "rotate half" layout (channel i pairs with i + D/2):
 //!
 //!   y1 = x1 cos - x2 sin,   y2 = x2 cos + x1 sin
 //!
@@ -15,6 +15,8 @@ struct RopeRows {
     cos: Tensor,
     sin: Tensor,
     heads: usize,
+    /// Position of the rows' first token.
+    start: usize,
 }
 
 impl RopeRows {
@@ -30,7 +32,7 @@ impl RopeRows {
                     let src = &x[ci * 16 * w..][..rows.len()];
                     rows.copy_from_slice(src);
                     for (r, row) in rows.chunks_exact_mut(w).enumerate() {
-                        let pos = (ci * 16 + r) % t;
+                        let pos = self.start + (ci * 16 + r) % t;
                         let (c, s) = (&cos[pos * d..][..half], &sin[pos * d..][..half]);
                         for head in row[..self.heads * d].chunks_exact_mut(d) {
                             let (x1, x2) = head.split_at_mut(half);
@@ -69,11 +71,17 @@ impl CustomOp1 for RopeRows {
 }
 
 /// RoPE on the first `heads` heads of D channels (D = the tables' width) of every row of qkv
-/// (B, T, W), at positions 0..T; f32 on the CPU (callers check `fused::applies`).
-pub fn rope_rows(qkv: &Tensor, cos: &Tensor, sin: &Tensor, heads: usize) -> CResult<Tensor> {
+/// (B, T, W), at positions start..start + T; f32 on the CPU (callers check `fused::applies`).
+pub fn rope_rows(
+    qkv: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    heads: usize,
+    start: usize,
+) -> CResult<Tensor> {
     let (_, t, w) = qkv.dims3()?;
     let (ctx, d) = cos.dims2()?;
-    if t > ctx || heads * d > w || d % 2 != 0 {
+    if start + t > ctx || heads * d > w || d % 2 != 0 {
         candle_core::bail!(
             "rope: {heads} heads of {d} in rows of {w} at {t} positions (tables for {ctx})"
         )
@@ -82,6 +90,7 @@ pub fn rope_rows(qkv: &Tensor, cos: &Tensor, sin: &Tensor, heads: usize) -> CRes
         cos: cos.clone(),
         sin: sin.clone(),
         heads,
+        start,
     };
     qkv.contiguous()?.apply_op1(op)
 }
