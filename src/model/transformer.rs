@@ -262,20 +262,7 @@ impl CausalSelfAttention {
             return self.proj.forward(&y);
         }
         if super::fused::applies(&qkv) && !qkv.track_op() {
-            // Inference past the start (decoding): RoPE on the rows, the new keys and values
-            // appended to the cache, the queries attending over it in one op.
-            let qkv = match rope {
-                Some(r) => super::fused::rope::rope_rows(&qkv, &r.cos, &r.sin, h + k, start)?,
-                None => qkv,
-            };
-            let heads = qkv.reshape((b, t, h + 2 * k, d))?;
-            let kk = heads.narrow(2, h, k)?.transpose(1, 2)?.contiguous()?;
-            let v = heads.narrow(2, h + k, k)?.transpose(1, 2)?.contiguous()?;
-            let (kk, v) = match cache {
-                Some(c) => append_kv(c, kk, v)?,
-                None => (kk, v),
-            };
-            let y = super::fused::attention::cached_attention(&qkv, &kk, &v, h)?;
+            let y = self.attend_cached(qkv, rope, start, cache)?;
             return self.proj.forward(&y);
         }
         let qkv = qkv.reshape((b, t, h + 2 * k, d))?;
@@ -286,6 +273,32 @@ impl CausalSelfAttention {
         };
         let y = self.attend(&q, &kk, &v)?;
         self.proj.forward(&y)
+    }
+
+    /// Inference past the start of a sequence (decoding): RoPE on the rows of qkv (B, T, W) at
+    /// positions start.., the new keys and values appended to the cache, the queries attending
+    /// over it in one op (`fused::attention::cached_attention`) -> (B, T, H * D).
+    fn attend_cached(
+        &self,
+        qkv: Tensor,
+        rope: Option<&Rope>,
+        start: usize,
+        cache: Option<&mut (Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = qkv.dims3()?;
+        let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        let qkv = match rope {
+            Some(r) => super::fused::rope::rope_rows(&qkv, &r.cos, &r.sin, h + k, start)?,
+            None => qkv,
+        };
+        let heads = qkv.reshape((b, t, h + 2 * k, d))?;
+        let kk = heads.narrow(2, h, k)?.transpose(1, 2)?.contiguous()?;
+        let v = heads.narrow(2, h + k, k)?.transpose(1, 2)?.contiguous()?;
+        let (kk, v) = match cache {
+            Some(c) => append_kv(c, kk, v)?,
+            None => (kk, v),
+        };
+        Ok(super::fused::attention::cached_attention(&qkv, &kk, &v, h)?)
     }
 
     /// Query, key and value heads from the fused projection, RoPE applied at positions start...
@@ -333,7 +346,16 @@ impl CausalSelfAttention {
     ) -> Result<Tensor> {
         let b = x.dim(0)?;
         let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
-        let qkv = self.qkv.forward(x)?.reshape((b, 1, h + 2 * k, d))?;
+        let qkv = self.qkv.forward(x)?;
+        if super::fused::applies(&qkv) && !qkv.track_op() {
+            let rows = caches
+                .iter_mut()
+                .enumerate()
+                .map(|(i, c)| self.attend_cached(qkv.narrow(0, i, 1)?, rope, positions[i], Some(c)))
+                .collect::<Result<Vec<_>>>()?;
+            return self.proj.forward(&Tensor::cat(&rows, 0)?);
+        }
+        let qkv = qkv.reshape((b, 1, h + 2 * k, d))?;
         let mut rows = Vec::with_capacity(b);
         for (i, cache) in caches.iter_mut().enumerate() {
             let (q, kk, v) = self.split_heads(&qkv.narrow(0, i, 1)?, rope, positions[i])?;
