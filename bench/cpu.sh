@@ -8,7 +8,8 @@
 #   2. GEMM GFLOP/s on that model's matrix products: chatforge's AVX-512 kernel, the `gemm` crate
 #      it replaced (CHATFORGE_NO_AVX512=1), PyTorch (MKL);
 #   3. SmolLM2-135M (../shared/data, Q4_1 GGUF): prompt processing (128 tokens) and generation
-#      (64 tokens) with `chatforge bench` (8-bit and f32 weights) vs transformers on the same
+#      (64 tokens) with `chatforge bench` (auto: the file's own 4-bit blocks and 8-bit output
+#      projection, as generate/chat/serve decode; q8_0; f32 weights) vs transformers on the same
 #      dequantised weights vs llama.cpp's llama-bench on the same GGUF.
 #
 #   bash bench/cpu.sh            # RUNS=3 STEPS=12 THREADS=2 by default
@@ -83,8 +84,10 @@ $PY bench/cpu/torch_gemm.py "$THREADS" >>"$WORK/gemm.jsonl"
 echo "== decoding SmolLM2-135M"
 SMOL=$DATA/SmolLM2-135M-Instruct.Q4_1.gguf
 $CF convert --input $SMOL --output "$WORK/smollm2" >/dev/null 2>&1
-for w in q8_0 f32; do
-  $CF bench --model $SMOL --weights $w --runs 5 --json | sed "s/^{/{\"impl\": \"chatforge ($w weights)\", /" >>"$WORK/decode.jsonl"
+for w in auto q8_0 f32; do
+  label="$w weights"
+  [ $w = auto ] && label="the file's 4-bit blocks, 8-bit output"
+  $CF bench --model $SMOL --weights $w --runs 5 --json | sed "s/^{/{\"impl\": \"chatforge ($label)\", /" >>"$WORK/decode.jsonl"
 done
 $PY bench/cpu/hf_decode.py --model "$WORK/smollm2" --runs 5 --threads "$THREADS" >>"$WORK/decode.jsonl"
 $LLAMA/build/bin/llama-bench -m $SMOL -t "$THREADS" -p 128 -n 64 -r 5 -o json 2>/dev/null >"$WORK/llama.json"
