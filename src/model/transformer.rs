@@ -248,16 +248,10 @@ impl CausalSelfAttention {
         };
         let rope_fused = rope.is_none() || super::fused::applies(&qkv);
         if start == 0 && fresh && rope_fused {
-            let qkv = match rope {
-                Some(r) => super::fused::rope::rope_rows(&qkv, &r.cos, &r.sin, h + k, 0)?,
-                None => qkv,
-            };
+            let qkv = self.roped(qkv, rope, 0)?;
             let y = super::fused::attention::causal_attention(&qkv, h, k, d)?;
             if let Some(c) = cache {
-                let heads = qkv.reshape((b, t, h + 2 * k, d))?;
-                let kk = heads.narrow(2, h, k)?.transpose(1, 2)?.contiguous()?;
-                let v = heads.narrow(2, h + k, k)?.transpose(1, 2)?.contiguous()?;
-                *c = (kk, v);
+                *c = self.kv_heads(&qkv)?;
             }
             return self.proj.forward(&y);
         }
@@ -285,20 +279,39 @@ impl CausalSelfAttention {
         start: usize,
         cache: Option<&mut (Tensor, Tensor)>,
     ) -> Result<Tensor> {
-        let (b, t, _) = qkv.dims3()?;
-        let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
-        let qkv = match rope {
-            Some(r) => super::fused::rope::rope_rows(&qkv, &r.cos, &r.sin, h + k, start)?,
-            None => qkv,
-        };
-        let heads = qkv.reshape((b, t, h + 2 * k, d))?;
-        let kk = heads.narrow(2, h, k)?.transpose(1, 2)?.contiguous()?;
-        let v = heads.narrow(2, h + k, k)?.transpose(1, 2)?.contiguous()?;
+        let qkv = self.roped(qkv, rope, start)?;
+        let (kk, v) = self.kv_heads(&qkv)?;
         let (kk, v) = match cache {
             Some(c) => append_kv(c, kk, v)?,
             None => (kk, v),
         };
-        Ok(super::fused::attention::cached_attention(&qkv, &kk, &v, h)?)
+        Ok(super::fused::attention::cached_attention(
+            &qkv,
+            &kk,
+            &v,
+            self.n_head,
+        )?)
+    }
+
+    /// qkv (B, T, W) with RoPE (if the model has it) on its query and key heads at positions
+    /// start.. (`fused::rope`).
+    fn roped(&self, qkv: Tensor, rope: Option<&Rope>, start: usize) -> Result<Tensor> {
+        let heads = self.n_head + self.n_kv_head;
+        Ok(match rope {
+            Some(r) => super::fused::rope::rope_rows(&qkv, &r.cos, &r.sin, heads, start)?,
+            None => qkv,
+        })
+    }
+
+    /// The key and value heads of projection rows (B, T, W) -> (B, K, T, D) each, as the cache
+    /// holds them.
+    fn kv_heads(&self, qkv: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t, _) = qkv.dims3()?;
+        let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
+        let heads = qkv.reshape((b, t, h + 2 * k, d))?;
+        let kk = heads.narrow(2, h, k)?.transpose(1, 2)?.contiguous()?;
+        let v = heads.narrow(2, h + k, k)?.transpose(1, 2)?.contiguous()?;
+        Ok((kk, v))
     }
 
     /// Query, key and value heads from the fused projection, RoPE applied at positions start...
