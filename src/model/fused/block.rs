@@ -15,7 +15,7 @@
 
 use super::attention::{self, Geometry};
 use super::norm::Stats;
-use super::{f32_data, filled, linear, with_f32, with_f32s, CResult};
+use super::{f32_data, linear, with_f32, with_f32s, CResult};
 use crate::model::ops::{gelu_backward, gelu_forward};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use std::sync::{Arc, Mutex};
@@ -48,40 +48,16 @@ struct Shapes {
     geometry: Geometry,
 }
 
-/// residual + x @ w^T + b: the output rows start as residual + bias and the GEMM adds into them.
-fn linear_residual(
-    x: &[f32],
-    w: &[f32],
-    b: &[f32],
-    residual: &[f32],
-    (n, i, o): (usize, usize, usize),
-) -> Vec<f32> {
-    let mut y = filled(n * o, 64 * o, |ci, rows| {
-        let res = &residual[ci * 64 * o..][..rows.len()];
-        for (yr, rr) in rows.chunks_exact_mut(o).zip(res.chunks_exact(o)) {
-            yr.iter_mut()
-                .zip(rr.iter().zip(b))
-                .for_each(|(y, (r, b))| *y = r + b);
-        }
-    });
-    let (xv, wt) = (
-        super::gemm::View::rows(x, i),
-        super::gemm::View::rows(w, i).t(),
-    );
-    super::gemm::matmul(n, o, i, &mut y, o, true, xv, wt, 1.0);
-    y
-}
-
 fn forward(x: &[f32], p: [&[f32]; 12], s: &Shapes, ln: Stats) -> (Vec<f32>, Kept) {
     let (n, c) = (s.n, s.c);
     let h1 = ln.forward(x, p[0], Some(p[1]));
-    let qkv = linear::forward(&h1, p[2], Some(p[3]), (n, c, s.qkv));
+    let qkv = linear::forward(&h1, p[2], Some(p[3]), None, (n, c, s.qkv));
     let y = attention::forward(&qkv, s.geometry);
-    let x2 = linear_residual(&y, p[4], p[5], x, (n, s.att, c));
+    let x2 = linear::forward(&y, p[4], Some(p[5]), Some(x), (n, s.att, c));
     let h2 = ln.forward(&x2, p[6], Some(p[7]));
-    let pre = linear::forward(&h2, p[8], Some(p[9]), (n, c, s.mlp));
+    let pre = linear::forward(&h2, p[8], Some(p[9]), None, (n, c, s.mlp));
     let act = gelu_forward(&pre);
-    let out = linear_residual(&act, p[10], p[11], &x2, (n, s.mlp, c));
+    let out = linear::forward(&act, p[10], Some(p[11]), Some(&x2), (n, s.mlp, c));
     let kept = Kept {
         h1,
         qkv,

@@ -29,18 +29,28 @@ fn out_shape(x: &Layout, o: usize) -> Shape {
     Shape::from(dims)
 }
 
+/// [residual +] x @ w^T [+ b] on slices: x (N, I), w (O, I), residual (N, O). With a bias or a
+/// residual the output rows start as residual + bias and the GEMM adds into them.
 pub(super) fn forward(
     x: &[f32],
     w: &[f32],
     b: Option<&[f32]>,
+    residual: Option<&[f32]>,
     (n, i, o): (usize, usize, usize),
 ) -> Vec<f32> {
     let (xv, wt) = (View::rows(x, i), View::rows(w, i).t());
-    let Some(b) = b else {
+    if b.is_none() && residual.is_none() {
         return matmul_new(n, o, i, xv, wt, 1.0);
-    };
-    let mut y = filled(n * o, 64 * o, |_, rows| {
-        rows.chunks_exact_mut(o).for_each(|r| r.copy_from_slice(b))
+    }
+    let mut y = filled(n * o, 64 * o, |ci, rows| {
+        for (r, yr) in rows.chunks_exact_mut(o).enumerate() {
+            if let Some(res) = residual {
+                yr.copy_from_slice(&res[(ci * 64 + r) * o..][..o]);
+            }
+            if let Some(b) = b {
+                yr.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
     });
     matmul(n, o, i, &mut y, o, true, xv, wt, 1.0);
     y
@@ -109,7 +119,10 @@ impl CustomOp2 for LinearNoBias {
         let d = dims(xl, wl)?;
         let x = f32_data(xs, xl, self.name())?;
         let w = f32_data(ws, wl, self.name())?;
-        Ok((CpuStorage::F32(forward(x, w, None, d)), out_shape(xl, d.2)))
+        Ok((
+            CpuStorage::F32(forward(x, w, None, None, d)),
+            out_shape(xl, d.2),
+        ))
     }
 
     fn bwd(
@@ -148,7 +161,7 @@ impl CustomOp3 for LinearBias {
         let w = f32_data(ws, wl, self.name())?;
         let b = f32_data(bs, bl, self.name())?;
         Ok((
-            CpuStorage::F32(forward(x, w, Some(b), d)),
+            CpuStorage::F32(forward(x, w, Some(b), None, d)),
             out_shape(xl, d.2),
         ))
     }
