@@ -52,11 +52,21 @@ impl BlockWeight {
     /// The quantized copy of w (rows, cols) on the CPU, or None where the rows do not split into
     /// blocks of 32.
     pub fn quantize(w: &Tensor, format: Format) -> Result<Option<Self>> {
+        Ok(Self::values(w)?.map(|(data, rows, cols)| Self::of(&data, rows, cols, format)))
+    }
+
+    /// w's values and shape, where its rows split into blocks of 32 and it is on the CPU.
+    fn values(w: &Tensor) -> Result<Option<(Vec<f32>, usize, usize)>> {
         let (rows, cols) = w.dims2()?;
         if !cols.is_multiple_of(QK) || !w.device().is_cpu() {
             return Ok(None);
         }
         let data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Some((data, rows, cols)))
+    }
+
+    /// The blocks of `data` (rows, cols), cols a multiple of 32.
+    fn of(data: &[f32], rows: usize, cols: usize, format: Format) -> Self {
         let blocks = rows * cols / QK;
         let cb = format.code_bytes();
         let mut codes = vec![0u8; blocks * cb];
@@ -85,22 +95,22 @@ impl BlockWeight {
                 }
             }
         }
-        Ok(Some(BlockWeight {
+        BlockWeight {
             format,
             rows,
             cols,
             codes,
             scales,
-        }))
+        }
     }
 
     /// [`BlockWeight::quantize`] where that holds w exactly (to within 1e-6 of its largest value),
     /// as it does a file's blocks of this format, dequantized; None otherwise.
     pub fn quantize_exact(w: &Tensor, format: Format) -> Result<Option<Self>> {
-        let Some(q) = Self::quantize(w, format)? else {
+        let Some((data, rows, cols)) = Self::values(w)? else {
             return Ok(None);
         };
-        let data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let q = Self::of(&data, rows, cols, format);
         let top = data.iter().fold(0f32, |a, v| a.max(v.abs()));
         let worst = q
             .dequantize()
