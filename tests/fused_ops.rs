@@ -261,6 +261,47 @@ fn fused_attention_matches_composed_attention() {
 }
 
 #[test]
+fn cached_attention_over_strided_cache_buffers_matches_causal_attention() {
+    use chatforge::model::fused::attention;
+    // (B, S, T, H, K, D): the last T of S positions are new. D = 64 and 128 take the AVX-512
+    // kernel, D = 48 the portable one; grouped-query and multi-head; one new token and several.
+    for (b, s, t, h, k, d) in [
+        (1, 70, 1, 9, 3, 64),
+        (2, 33, 5, 4, 4, 128),
+        (2, 20, 1, 6, 2, 48),
+        (1, 9, 9, 2, 1, 64),
+    ] {
+        let qkv = randn(&[b, s, (h + 2 * k) * d], 1.0);
+        let want = attention::reference(&qkv, h, k, d)
+            .unwrap()
+            .narrow(1, s - t, t)
+            .unwrap();
+        // Keys and values as a cache holds them: (B, K, S, D) views into buffers with room for
+        // 2S + 3 positions, so that rows of different heads are not adjacent.
+        let heads = qkv.reshape((b, s, h + 2 * k, d)).unwrap();
+        let cached = |from: usize| {
+            let rows = heads.narrow(2, from, k).unwrap().transpose(1, 2).unwrap();
+            let buf =
+                Tensor::zeros((b, k, 2 * s + 3, d), candle_core::DType::F32, &Device::Cpu).unwrap();
+            buf.slice_set(&rows.contiguous().unwrap(), 2, 0).unwrap();
+            buf.narrow(2, 0, s).unwrap()
+        };
+        let (keys, values) = (cached(h), cached(h + k));
+        assert_eq!(keys.is_contiguous(), b * k == 1);
+        let new = qkv.narrow(1, s - t, t).unwrap();
+        let y = attention::cached_attention(&new, &keys, &values, h).unwrap();
+        assert_eq!(y.dims(), &[b, t, h * d]);
+        assert_rel("cached attention", &y, &want, 1e-5);
+    }
+    // More new tokens than cached positions, and heads that do not fit the rows, are errors.
+    let qkv = randn(&[1, 4, 4 * 8], 1.0);
+    let kv = randn(&[1, 1, 3, 8], 1.0);
+    assert!(attention::cached_attention(&qkv, &kv, &kv, 2).is_err());
+    let kv = randn(&[1, 1, 6, 8], 1.0);
+    assert!(attention::cached_attention(&qkv, &kv, &kv, 3).is_err());
+}
+
+#[test]
 fn fused_adamw_matches_the_composed_update() {
     use chatforge::train::optim::{AdamW, AdamWConfig};
     use std::collections::BTreeMap;

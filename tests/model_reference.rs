@@ -151,7 +151,18 @@ fn incremental_decoding_with_kv_cache_equals_full_forward() {
         let mut rows = vec![model
             .forward(&ids.narrow(1, 0, 5).unwrap(), 0, Some(&mut cache))
             .unwrap()];
+        // A copy of the cache, taken where it has room to spare, goes on with other tokens (as
+        // the scoring of several continuations of one context does) while the original goes on
+        // with the real ones: each must see its own sequence only.
+        let other = Tensor::new(&[[7u32, 3]], &Device::Cpu).unwrap();
+        let (mut fork, mut forked) = (None, Vec::new());
         for t in 5..ids.dim(1).unwrap() {
+            if t == 6 {
+                let mut c = cache.clone();
+                let x = other.narrow(1, 0, 1).unwrap();
+                forked.push(model.forward(&x, 6, Some(&mut c)).unwrap());
+                fork = Some(c);
+            }
             rows.push(
                 model
                     .forward(&ids.narrow(1, t, 1).unwrap(), t, Some(&mut cache))
@@ -161,6 +172,16 @@ fn incremental_decoding_with_kv_cache_equals_full_forward() {
         let inc = Tensor::cat(&rows, 1).unwrap();
         let d = max_abs_diff(&full, &inc);
         assert!(d < 1e-5, "{name}: cached decoding differs by {d}");
+        let x = other.narrow(1, 1, 1).unwrap();
+        forked.push(model.forward(&x, 7, fork.as_mut()).unwrap());
+        let branch = Tensor::cat(&[&ids.narrow(1, 0, 6).unwrap(), &other], 1).unwrap();
+        let want = model
+            .forward(&branch, 0, None)
+            .unwrap()
+            .narrow(1, 6, 2)
+            .unwrap();
+        let d = max_abs_diff(&Tensor::cat(&forked, 1).unwrap(), &want);
+        assert!(d < 1e-5, "{name}: the cache's copy decodes off by {d}");
     }
 }
 

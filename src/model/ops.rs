@@ -372,7 +372,7 @@ struct MatVec;
 /// Sum of a[i] * b[i] with 32 independent accumulators (four 8-wide vectors, enough to hide the
 /// FMA latency) so that the compiler vectorises it.
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 32];
     let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
     let (ra, rb) = (ca.remainder(), cb.remainder());

@@ -8,7 +8,7 @@
 use super::blockq::{BlockWeight, Format};
 use super::config::{MlpKind, ModelConfig, NormKind, Positions};
 use super::fused::block::{BlockParams, GradSink};
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, LayerKv};
 use super::params::check_weights;
 use crate::error::Result;
 use candle_core::backprop::GradStore;
@@ -235,23 +235,21 @@ impl CausalSelfAttention {
         x: &Tensor,
         rope: Option<&Rope>,
         start: usize,
-        cache: Option<&mut (Tensor, Tensor)>,
+        cache: Option<&mut LayerKv>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
         let qkv = self.qkv.forward(x)?;
         // From the start of a sequence (training, scoring, a prompt into an empty cache): the fused
         // attention straight out of the projection, RoPE applied to its rows first.
-        let fresh = match &cache {
-            Some(c) => c.0.dim(2)? == 0,
-            None => true,
-        };
+        let fresh = cache.as_ref().is_none_or(|c| c.len() == 0);
         let rope_fused = rope.is_none() || super::fused::applies(&qkv);
         if start == 0 && fresh && rope_fused {
             let qkv = self.roped(qkv, rope, 0)?;
             let y = super::fused::attention::causal_attention(&qkv, h, k, d)?;
             if let Some(c) = cache {
-                *c = self.kv_heads(&qkv)?;
+                let (kk, v) = self.kv_heads(&qkv)?;
+                c.set(kk, v)?;
             }
             return self.proj.forward(&y);
         }
@@ -262,7 +260,7 @@ impl CausalSelfAttention {
         let qkv = qkv.reshape((b, t, h + 2 * k, d))?;
         let (q, kk, v) = self.split_heads(&qkv, rope, start)?;
         let (kk, v) = match cache {
-            Some(c) => append_kv(c, kk, v)?,
+            Some(c) => append_kv(c, &kk, &v)?,
             None => (kk, v),
         };
         let y = self.attend(&q, &kk, &v)?;
@@ -277,12 +275,15 @@ impl CausalSelfAttention {
         qkv: Tensor,
         rope: Option<&Rope>,
         start: usize,
-        cache: Option<&mut (Tensor, Tensor)>,
+        cache: Option<&mut LayerKv>,
     ) -> Result<Tensor> {
         let qkv = self.roped(qkv, rope, start)?;
         let (kk, v) = self.kv_heads(&qkv)?;
         let (kk, v) = match cache {
-            Some(c) => append_kv(c, kk, v)?,
+            Some(c) => {
+                c.append(&kk, &v)?;
+                c.views()?
+            }
             None => (kk, v),
         };
         Ok(super::fused::attention::cached_attention(
@@ -355,7 +356,7 @@ impl CausalSelfAttention {
         x: &Tensor,
         rope: Option<&Rope>,
         positions: &[usize],
-        caches: &mut [&mut (Tensor, Tensor)],
+        caches: &mut [&mut LayerKv],
     ) -> Result<Tensor> {
         let b = x.dim(0)?;
         let (h, k, d) = (self.n_head, self.n_kv_head, self.head_dim);
@@ -372,27 +373,19 @@ impl CausalSelfAttention {
         let mut rows = Vec::with_capacity(b);
         for (i, cache) in caches.iter_mut().enumerate() {
             let (q, kk, v) = self.split_heads(&qkv.narrow(0, i, 1)?, rope, positions[i])?;
-            let (kk, v) = append_kv(cache, kk, v)?;
+            let (kk, v) = append_kv(cache, &kk, &v)?;
             rows.push(self.attend(&q, &kk, &v)?);
         }
         self.proj.forward(&Tensor::cat(&rows, 0)?)
     }
 }
 
-/// Appends new keys/values (B, K, T, D) to a layer's cache and returns the whole of it.
-fn append_kv(c: &mut (Tensor, Tensor), kk: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-    let kk = if c.0.dim(2)? == 0 {
-        kk
-    } else {
-        Tensor::cat(&[&c.0, &kk], 2)?
-    };
-    let v = if c.1.dim(2)? == 0 {
-        v
-    } else {
-        Tensor::cat(&[&c.1, &v], 2)?
-    };
-    *c = (kk.clone(), v.clone());
-    Ok((kk, v))
+/// Appends new keys/values (B, K, T, D) to a layer's cache and returns the whole of it, contiguous
+/// (candle's composed attention, off the fused path).
+fn append_kv(c: &mut LayerKv, kk: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    c.append(kk, v)?;
+    let (kk, v) = c.views()?;
+    Ok((kk.contiguous()?, v.contiguous()?))
 }
 
 pub struct Mlp {
@@ -457,7 +450,7 @@ impl Block {
         x: &Tensor,
         rope: Option<&Rope>,
         positions: &[usize],
-        caches: &mut [&mut (Tensor, Tensor)],
+        caches: &mut [&mut LayerKv],
     ) -> Result<Tensor> {
         let a = self
             .attn
@@ -493,7 +486,7 @@ impl Block {
         x: &Tensor,
         rope: Option<&Rope>,
         start: usize,
-        cache: Option<&mut (Tensor, Tensor)>,
+        cache: Option<&mut LayerKv>,
     ) -> Result<Tensor> {
         if let (Some(sink), None, None) = (&self.sink, rope, &cache) {
             if let Some(p) = self.gpt_params() {
@@ -748,8 +741,7 @@ impl Transformer {
             x = x.broadcast_add(&pe.reshape((b, 1, ()))?)?;
         }
         for (i, block) in self.blocks.iter().enumerate() {
-            let mut layer: Vec<&mut (Tensor, Tensor)> =
-                caches.iter_mut().map(|c| c.layer_mut(i)).collect();
+            let mut layer: Vec<&mut LayerKv> = caches.iter_mut().map(|c| c.layer_mut(i)).collect();
             x = block.forward_ragged(&x, self.rope.as_ref(), &positions, &mut layer)?;
         }
         for c in caches.iter_mut() {

@@ -11,7 +11,7 @@
 //! with s = 1 / sqrt(D). Each task writes only its own heads' columns of y (or of dqkv).
 
 use super::gemm::{matmul, matmul_ptr, View};
-use super::{f32_data, parallel_for, with_f32, CResult, SharedMut};
+use super::{f32_data, parallel_for, with_f32, with_f32_rows, CResult, SharedMut};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 /// Query rows per block.
@@ -199,8 +199,10 @@ pub fn causal_attention(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<T
 
 /// Attention of the T new queries in qkv (B, T, (H + 2K) * D) over a cache of keys and values
 /// (B, K, S, D) whose last T positions are the new tokens (decoding, prompts after earlier turns):
-/// -> (B, T, H * D). Query i sees keys 0..=S - T + i. Inference only (no backward pass); f32 on the
-/// CPU, the caller checks [`super::applies`]. One task per (sequence, query head).
+/// -> (B, T, H * D). Query i sees keys 0..=S - T + i. Keys and values may be strided views (a
+/// cache's buffers with room to spare) as long as their rows are contiguous; they are read in
+/// place. Inference only (no backward pass); f32 on the CPU, the caller checks
+/// [`super::applies`]. One task per (sequence, query head).
 pub fn cached_attention(qkv: &Tensor, keys: &Tensor, values: &Tensor, h: usize) -> CResult<Tensor> {
     let (b, t, w) = qkv.dims3()?;
     let (b2, k, s, d) = keys.dims4()?;
@@ -215,29 +217,22 @@ pub fn cached_attention(qkv: &Tensor, keys: &Tensor, values: &Tensor, h: usize) 
     }
     let (hd, rep, scale) = (h * d, h / k, 1.0 / (d as f32).sqrt());
     let y = with_f32(qkv, "cached-attention", |q| {
-        with_f32(keys, "cached-attention", |kc| {
-            with_f32(values, "cached-attention", |vc| {
+        with_f32_rows(keys, "cached-attention", |kc, ks| {
+            with_f32_rows(values, "cached-attention", |vc, vs| {
                 let mut y = vec![0f32; b * t * hd];
                 let out = SharedMut(y.as_mut_ptr());
                 parallel_for(b * h, |task| {
                     let (bi, hq) = (task / h, task % h);
-                    let kv = (bi * k + hq / rep) * s * d;
-                    let (kk, vv) = (&kc[kv..][..s * d], &vc[kv..][..s * d]);
+                    let kv = hq / rep;
+                    let kk = Rows::new(kc, ks, bi, kv, s, d);
+                    let vv = Rows::new(vc, vs, bi, kv, s, d);
                     let mut p = vec![0f32; s];
                     for i in 0..t {
                         let qr = &q[(bi * t + i) * w + hq * d..][..d];
                         let seen = s - t + i + 1;
-                        for (pj, kr) in p[..seen].iter_mut().zip(kk.chunks_exact(d)) {
-                            *pj = scale * qr.iter().zip(kr).map(|(a, c)| a * c).sum::<f32>();
-                        }
-                        let max = p[..seen].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let inv = 1.0 / super::exp::exp_shifted_sum(&mut p[..seen], max);
                         // SAFETY: row i, columns hq*D.. of sequence bi of y: this task's alone.
                         let yr = unsafe { out.slice((bi * t + i) * hd + hq * d, d) };
-                        for (pj, vr) in p[..seen].iter().zip(vv.chunks_exact(d)) {
-                            let pj = pj * inv;
-                            yr.iter_mut().zip(vr).for_each(|(y, v)| *y += pj * v);
-                        }
+                        attend_row(qr, &kk, &vv, scale, &mut p[..seen], yr);
                     }
                 });
                 y
@@ -245,6 +240,136 @@ pub fn cached_attention(qkv: &Tensor, keys: &Tensor, values: &Tensor, h: usize) 
         })
     })???;
     Tensor::from_vec(y, (b, t, hd), qkv.device())
+}
+
+/// The S rows of D channels of one (sequence, key/value head) in a strided buffer.
+struct Rows<'a> {
+    data: &'a [f32],
+    stride: usize,
+    d: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// Rows of sequence bi, head kv in `data` with strides `st` (B, K, S, D; st[3] = 1).
+    fn new(data: &'a [f32], st: &[usize], bi: usize, kv: usize, s: usize, d: usize) -> Self {
+        let from = bi * st[0] + kv * st[1];
+        let len = if s == 0 { 0 } else { (s - 1) * st[2] + d };
+        Rows {
+            data: &data[from..][..len],
+            stride: st[2],
+            d,
+        }
+    }
+
+    fn row(&self, j: usize) -> &[f32] {
+        &self.data[j * self.stride..][..self.d]
+    }
+}
+
+/// One query row q against the first p.len() keys: y += softmax(scale * q . k_j) v_j.
+fn attend_row(q: &[f32], keys: &Rows, values: &Rows, scale: f32, p: &mut [f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::avx512() {
+            // SAFETY: avx512f is available; q, y and every row hold 16 N floats.
+            match q.len() {
+                32 => return unsafe { avx512::attend_row::<2>(q, keys, values, scale, p, y) },
+                64 => return unsafe { avx512::attend_row::<4>(q, keys, values, scale, p, y) },
+                128 => return unsafe { avx512::attend_row::<8>(q, keys, values, scale, p, y) },
+                _ => {}
+            }
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { attend_row_avx2(q, keys, values, scale, p, y) };
+        }
+    }
+    attend_row_body(q, keys, values, scale, p, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_row_avx2(
+    q: &[f32],
+    keys: &Rows,
+    values: &Rows,
+    scale: f32,
+    p: &mut [f32],
+    y: &mut [f32],
+) {
+    attend_row_body(q, keys, values, scale, p, y)
+}
+
+#[inline(always)]
+fn attend_row_body(
+    q: &[f32],
+    keys: &Rows,
+    values: &Rows,
+    scale: f32,
+    p: &mut [f32],
+    y: &mut [f32],
+) {
+    for (j, pj) in p.iter_mut().enumerate() {
+        *pj = scale * crate::model::ops::dot_body(q, keys.row(j));
+    }
+    let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let inv = 1.0 / super::exp::exp_shifted_sum(p, max);
+    for (j, pj) in p.iter().enumerate() {
+        let pj = pj * inv;
+        y.iter_mut()
+            .zip(values.row(j))
+            .for_each(|(y, v)| *y += pj * v);
+    }
+}
+
+/// `attend_row` for heads of D = 16 N channels: the scaled query and the output row stay in
+/// registers, one 16-lane reduction per key.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Rows;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn attend_row<const N: usize>(
+        q: &[f32],
+        keys: &Rows,
+        values: &Rows,
+        scale: f32,
+        p: &mut [f32],
+        y: &mut [f32],
+    ) {
+        assert!(q.len() == 16 * N && y.len() == 16 * N && keys.d == 16 * N && values.d == 16 * N);
+        let mut qv = [_mm512_setzero_ps(); N];
+        for (c, v) in qv.iter_mut().enumerate() {
+            *v = _mm512_mul_ps(_mm512_loadu_ps(q[16 * c..].as_ptr()), _mm512_set1_ps(scale));
+        }
+        for (j, pj) in p.iter_mut().enumerate() {
+            let k = keys.row(j).as_ptr();
+            let mut acc = [_mm512_setzero_ps(); 2];
+            for (c, qc) in qv.iter().enumerate() {
+                acc[c % 2] = _mm512_fmadd_ps(*qc, _mm512_loadu_ps(k.add(16 * c)), acc[c % 2]);
+            }
+            *pj = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+        }
+        let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let inv = 1.0 / crate::model::fused::exp::exp_shifted_sum(p, max);
+        // Two sets of accumulators (even and odd keys) so that consecutive FMAs do not wait on
+        // each other.
+        let mut acc = [[_mm512_setzero_ps(); N]; 2];
+        for (j, &pj) in p.iter().enumerate() {
+            let (w, v, a) = (_mm512_set1_ps(pj), values.row(j).as_ptr(), &mut acc[j % 2]);
+            for (c, ac) in a.iter_mut().enumerate() {
+                *ac = _mm512_fmadd_ps(w, _mm512_loadu_ps(v.add(16 * c)), *ac);
+            }
+        }
+        let inv = _mm512_set1_ps(inv);
+        for c in 0..N {
+            let out = y[16 * c..].as_mut_ptr();
+            let sum = _mm512_add_ps(acc[0][c], acc[1][c]);
+            _mm512_storeu_ps(out, _mm512_fmadd_ps(sum, inv, _mm512_loadu_ps(out)));
+        }
+    }
 }
 
 /// The composed candle version: split heads, scores, masked softmax, weighted values.

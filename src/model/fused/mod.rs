@@ -53,6 +53,29 @@ pub(crate) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> 
     }
 }
 
+/// Runs `f` on the f32 data of a CPU tensor whose rows (last dimension) are contiguous, read in
+/// place whatever its other strides (a view with room between rows, such as a KV cache's
+/// buffers): the storage from the tensor's first element, and its strides. A tensor with strided
+/// rows is made contiguous first.
+pub(crate) fn with_f32_rows<R>(
+    t: &Tensor,
+    op: &str,
+    f: impl FnOnce(&[f32], &[usize]) -> R,
+) -> CResult<R> {
+    let t = match t.stride().last() {
+        Some(1) => t.clone(),
+        _ => t.contiguous()?,
+    };
+    let (st, layout) = t.storage_and_layout();
+    match &*st {
+        Storage::Cpu(cpu) => {
+            let data = &cpu.as_slice::<f32>()?[layout.start_offset()..];
+            Ok(f(data, layout.stride()))
+        }
+        _ => candle_core::bail!("{op}: CPU tensor expected"),
+    }
+}
+
 /// Runs `f` on the f32 data of N CPU tensors (each made contiguous first).
 pub(crate) fn with_f32s<const N: usize, R>(
     ts: &[Tensor; N],
