@@ -1,12 +1,19 @@
 //! Data-parallel training's collectives: one small interface (sum all-reduce, broadcast, barrier)
-//! behind which a run is a single process ([`Single`]) or one rank of an MPI job (`Mpi`, with the
-//! `mpi` feature, when the process was launched by `mpirun`/`srun`).
+//! behind which a run is a single process ([`Single`]), one rank of an MPI job (`Mpi`, with the
+//! `mpi` feature, when the process was launched by `mpirun`/`srun`), or one GPU of an NCCL job
+//! (`Nccl`, with the `nccl` feature, when launched `torchrun`-style with `RANK`, `WORLD_SIZE`,
+//! `MASTER_ADDR` and `MASTER_PORT`; see [`rendezvous`]).
 //!
 //! Every rank runs the same training loop on its own slice of the data; after each backward pass the
 //! gradients are summed over the ranks and averaged, so every rank takes the same optimizer step and
 //! the weights stay identical. Rank 0 alone writes files and prints progress.
 
 use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+
+#[cfg(feature = "nccl")]
+mod nccl;
+pub mod rendezvous;
 
 /// The collective operations data-parallel training needs. Every rank calls them in the same
 /// order; a call returns once all ranks made it.
@@ -29,6 +36,19 @@ pub trait Collective {
     /// Whether this rank writes the run's files and prints its progress.
     fn is_lead(&self) -> bool {
         self.rank() == 0
+    }
+    /// The device this rank trains on, given the configured one (`train.device`): that one,
+    /// except where the collective owns the device (NCCL: cuda:LOCAL_RANK).
+    fn device(&self, requested: &str) -> Result<Device> {
+        crate::device(requested)
+    }
+    /// The element-wise sum over the ranks of a tensor (the flattened gradients), as f32 on the
+    /// tensor's device. By default through host memory and [`Collective::all_reduce_sum`]; NCCL
+    /// sums on the GPUs.
+    fn all_reduce_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        let mut v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        self.all_reduce_sum(&mut v);
+        Ok(Tensor::from_vec(v, t.shape(), t.device())?)
     }
 }
 
@@ -60,12 +80,21 @@ pub fn launcher_world() -> Option<usize> {
 }
 
 /// The collective of this process: MPI when built with the `mpi` feature and launched by an MPI
-/// launcher, else [`Single`]. Call it once, early (it initialises MPI), and keep the value until
-/// the end of the program (dropping it finalises MPI).
+/// launcher; NCCL when built with the `nccl` feature and launched `torchrun`-style (`RANK` and
+/// `WORLD_SIZE` set, more than one rank); else [`Single`]. Call it once, early (it initialises
+/// MPI or joins the NCCL job), and keep the value until the end of the program (dropping it
+/// finalises MPI).
 pub fn init() -> Result<Box<dyn Collective>> {
-    let Some(world) = launcher_world() else {
-        return Ok(Box::new(Single));
-    };
+    if let Some(world) = launcher_world() {
+        return init_mpi(world);
+    }
+    match rendezvous::LaunchEnv::from_env()? {
+        Some(env) if env.world > 1 => init_nccl(env),
+        _ => Ok(Box::new(Single)),
+    }
+}
+
+fn init_mpi(world: usize) -> Result<Box<dyn Collective>> {
     #[cfg(feature = "mpi")]
     {
         let _ = world;
@@ -81,6 +110,22 @@ pub fn init() -> Result<Box<dyn Collective>> {
             )));
         }
         Ok(Box::new(Single))
+    }
+}
+
+fn init_nccl(env: rendezvous::LaunchEnv) -> Result<Box<dyn Collective>> {
+    #[cfg(feature = "nccl")]
+    {
+        Ok(Box::new(nccl::Nccl::init(env)?))
+    }
+    #[cfg(not(feature = "nccl"))]
+    {
+        Err(Error::Config(format!(
+            "launched as rank {} of {} (RANK, WORLD_SIZE), but this chatforge was built without \
+             NCCL (cargo build --release --features nccl); refusing to run {} independent copies \
+             of the same run",
+            env.rank, env.world, env.world
+        )))
     }
 }
 

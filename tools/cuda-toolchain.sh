@@ -5,6 +5,7 @@
 #   tools/cuda-toolchain.sh            # creates .cuda-toolchain/{venv,cuda,env.sh}
 #   source .cuda-toolchain/env.sh
 #   nice -n 10 cargo build --release --features cuda --target-dir target-cuda --bin chatforge
+#   (or --features nccl: the same plus data-parallel training over NCCL)
 #
 # Layout produced:
 #   .cuda-toolchain/venv            Python venv holding the nvidia-* wheels
@@ -39,6 +40,7 @@ PACKAGES=(
   "nvidia-cublas==13.0.0.19"      # cublas*.h, libcublas.so.13, libcublasLt.so.13
   "nvidia-curand==10.4.0.35"      # curand*.h, libcurand.so.10
   "nvidia-cuda-nvrtc==13.0.48"    # nvrtc.h, libnvrtc.so.13
+  "nvidia-nccl-cu13==2.30.7"      # libnccl.so.2 (--features nccl; cudarc's NCCL 2.30 bindings)
 )
 
 mkdir -p "$TC"
@@ -54,6 +56,8 @@ for f in bin/nvcc include/cuda_runtime.h include/crt/host_config.h nvvm/bin/cicc
          lib/libcurand.so.10 lib/libnvrtc.so.13; do
   [ -e "$CU/$f" ] || { echo "missing $CU/$f after pip install" >&2; exit 1; }
 done
+NCCL_LIB="$SITE/nvidia/nccl/lib/libnccl.so.2"
+[ -e "$NCCL_LIB" ] || { echo "missing $NCCL_LIB after pip install" >&2; exit 1; }
 
 # --- CUDA_ROOT-like tree -----------------------------------------------------
 rm -rf "$CUDA"
@@ -67,6 +71,8 @@ for so in "$CU"/lib/lib*.so.*; do
   base="${name%%.so.*}"                       # libcublas.so.13 -> libcublas
   [ -e "$CUDA/lib64/$base.so" ] || ln -sr "$so" "$CUDA/lib64/$base.so"
 done
+ln -sr "$NCCL_LIB" "$CUDA/lib64/libnccl.so.2"
+ln -sr "$NCCL_LIB" "$CUDA/lib64/libnccl.so"
 
 # --- libcuda.so stub (link time only) ----------------------------------------
 CUDARC_DRIVER_SYS=""

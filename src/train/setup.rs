@@ -215,7 +215,7 @@ impl<'c> Run<'c> {
         }
         // Every rank has looked before rank 0 creates the run.
         coll.barrier();
-        let device = crate::device(&cfg.train.device)?;
+        let device = coll.device(&cfg.train.device)?;
         let mut start = if cfg.is_sft() {
             let (p, lm) = load_base(&cfg, &device)?;
             // Fine-tuning rows are at most the model's context long.
@@ -297,7 +297,7 @@ impl<'c> Run<'c> {
             cfg = r?;
         }
         let accum = cfg.accumulation(world)?;
-        let device = crate::device(&cfg.train.device)?;
+        let device = coll.device(&cfg.train.device)?;
         let loaded = load_checkpoint(&ckpt, &device)?;
         let mut state = loaded.state;
         state.config = cfg.clone();

@@ -204,15 +204,14 @@ impl Run<'_> {
         totals: &mut [f64],
     ) -> Result<BTreeMap<String, Tensor>> {
         let world = self.coll.world();
-        let mut buf: Vec<f32> = Vec::new();
+        let mut flat = Vec::with_capacity(grads.len());
         let mut layout = Vec::with_capacity(grads.len());
         for (name, g) in grads {
-            let v = g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            layout.push((name, g.shape().clone(), g.dtype(), v.len()));
-            buf.extend(v);
+            flat.push(g.flatten_all()?.to_dtype(DType::F32)?);
+            layout.push((name, g.shape().clone(), g.dtype(), g.elem_count()));
         }
         // The loss, the token count and the buffer length (every rank must send as many).
-        let n = buf.len() as f64;
+        let n = layout.iter().map(|l| l.3).sum::<usize>() as f64;
         let mut t = totals.to_vec();
         t.push(n);
         self.coll.all_reduce_sum_f64(&mut t);
@@ -222,14 +221,15 @@ impl Run<'_> {
             ));
         }
         totals.copy_from_slice(&t);
-        self.coll.all_reduce_sum(&mut buf);
-        let w = world as f32;
+        // One all-reduce of all of them, on their device (NCCL sums on the GPUs).
+        let sum = self.coll.all_reduce_sum_tensor(&Tensor::cat(&flat, 0)?)?;
+        let w = Tensor::new(world as f32, sum.device())?;
+        let avg = sum.broadcast_div(&w)?;
         let mut out = BTreeMap::new();
         let mut off = 0;
         for (name, shape, dtype, len) in layout {
-            let avg: Vec<f32> = buf[off..off + len].iter().map(|x| x / w).collect();
-            let t = Tensor::from_vec(avg, shape, &self.device)?;
-            out.insert(name, t.to_dtype(dtype)?);
+            let g = avg.narrow(0, off, len)?.reshape(shape)?.to_dtype(dtype)?;
+            out.insert(name, g);
             off += len;
         }
         Ok(out)
