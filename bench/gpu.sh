@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU training benchmark: chatforge (built with --features cuda) against PyTorch eager and
+# GPU training benchmark: chatforge (built with --features nccl, i.e. CUDA and NCCL) against PyTorch eager and
 # torch.compile, GPT-2 124M at context 1024, fp32 and bf16, on the same token shard. One command,
 # a few minutes on an H100/H200:
 #
@@ -20,7 +20,7 @@ if [ -z "${CHATFORGE_BIN:-}" ]; then
   bash tools/cuda-toolchain.sh
   # shellcheck disable=SC1091
   source .cuda-toolchain/env.sh
-  cargo build --release --features cuda --target-dir target-cuda --bin chatforge
+  cargo build --release --features nccl --target-dir target-cuda --bin chatforge
   CHATFORGE_BIN=target-cuda/release/chatforge
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
@@ -42,6 +42,29 @@ for dtype in f32 bf16; do
   fi
   tail -n 12 "$WORK/cf-$dtype.log"
 done
+# The NCCL path on one GPU (a torchrun-style launch of one rank): its all-reduce of one rank must
+# leave the f32 run's losses as they were.
+if [ -n "${runs[0]:-}" ] && [ "${runs[0]%%=*}" = f32 ]; then
+  echo "== chatforge f32 over NCCL, one rank (losses against the plain f32 run)"
+  if RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 \
+    "$CHATFORGE_BIN" pretrain --out "$WORK/cf-nccl" --device cuda \
+    --set data.dir="$WORK/data" --set model.preset=gpt2 --set train.context=1024 \
+    --set train.batch_size="$BATCH" --set train.max_steps="$STEPS" --set train.lr=6e-4 \
+    --set train.warmup_steps=2 --set train.log_every=5 --set eval.every=0 --set eval.tokens=8192 \
+    --set eval.sample_every=0 --set eval.sample_tokens=8 --set checkpoint.every=0 \
+    >"$WORK/cf-nccl.log" 2>&1; then
+    python3 - "$WORK/cf-f32/metrics.jsonl" "$WORK/cf-nccl/metrics.jsonl" <<'PY'
+import json, sys
+def losses(p):
+    return {r["step"]: r["loss"] for r in map(json.loads, open(p)) if r.get("kind") == "train"}
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+for s in sorted(b):
+    print(f"step {s}: plain {a.get(s, float('nan')):.6f}  nccl {b[s]:.6f}")
+PY
+  else
+    echo "chatforge over NCCL FAILED"; tail -n 20 "$WORK/cf-nccl.log"
+  fi
+fi
 echo "== PyTorch"
 python3 bench/torch_gpt2.py --shard "$WORK/data/bench_train_000000.bin" --steps "$STEPS" \
   --batch "$BATCH" | tee "$WORK/torch.jsonl"

@@ -33,6 +33,11 @@ pub trait Collective {
     /// Ends every rank of the job (after an error on this one, so the others don't wait forever in
     /// a collective). A single process just returns.
     fn abort(&self, code: i32);
+    /// Whether training goes through the collectives: with more than one rank, and with one
+    /// where the collective asks for it (NCCL, so that its path can be checked on one GPU).
+    fn communicates(&self) -> bool {
+        self.world() > 1
+    }
     /// Whether this rank writes the run's files and prints its progress.
     fn is_lead(&self) -> bool {
         self.rank() == 0
@@ -81,15 +86,17 @@ pub fn launcher_world() -> Option<usize> {
 
 /// The collective of this process: MPI when built with the `mpi` feature and launched by an MPI
 /// launcher; NCCL when built with the `nccl` feature and launched `torchrun`-style (`RANK` and
-/// `WORLD_SIZE` set, more than one rank); else [`Single`]. Call it once, early (it initialises
+/// `WORLD_SIZE` set); else [`Single`]. Call it once, early (it initialises
 /// MPI or joins the NCCL job), and keep the value until the end of the program (dropping it
 /// finalises MPI).
 pub fn init() -> Result<Box<dyn Collective>> {
     if let Some(world) = launcher_world() {
         return init_mpi(world);
     }
+    // A one-rank launch is a single process, except that a build with NCCL goes through it
+    // all the same (so that the NCCL path can be checked on one GPU).
     match rendezvous::LaunchEnv::from_env()? {
-        Some(env) if env.world > 1 => init_nccl(env),
+        Some(env) if env.world > 1 || cfg!(feature = "nccl") => init_nccl(env),
         _ => Ok(Box::new(Single)),
     }
 }

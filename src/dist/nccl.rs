@@ -143,6 +143,9 @@ impl Collective for Nccl {
         // NCCL has no barrier: a one-value all-reduce that every rank waits for.
         self.all_reduce_sum(&mut [0f32]);
     }
+    fn communicates(&self) -> bool {
+        true
+    }
     fn abort(&self, code: i32) {
         // torchrun (or whatever started the ranks) ends the others when one exits non-zero.
         std::process::exit(code)

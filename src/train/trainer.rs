@@ -177,7 +177,7 @@ pub fn resume_on(path: &Path, overrides: &[String], coll: &dyn Collective) -> Re
 
 /// Sets every parameter to rank 0's values (one broadcast of all of them, in name order).
 pub(super) fn broadcast_params(params: &Params, coll: &dyn Collective) -> Result<()> {
-    if coll.world() == 1 {
+    if !coll.communicates() {
         return Ok(());
     }
     let mut buf = Vec::with_capacity(params.count());
@@ -279,7 +279,7 @@ impl Run<'_> {
         model.set_training(false);
         let loss = loss_sum / accum as f64;
         let world = self.coll.world();
-        if world == 1 {
+        if !self.coll.communicates() {
             return Ok((loss, grads, tokens));
         }
         // Rank r's micro-batch k is batch k * world + r of the single-process stream: the average
