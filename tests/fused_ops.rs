@@ -500,38 +500,60 @@ fn fused_lm_nll_matches_projection_then_token_nll() {
 }
 
 #[test]
-fn fused_gpt_block_matches_the_separate_ops() {
-    // A GPT-2 whose blocks run as single fused nodes in training mode: loss and every gradient
+fn fused_blocks_match_the_separate_ops() {
+    // Models whose blocks run as single fused nodes in training mode: loss and every gradient
     // against the same model in evaluation mode (each block a chain of separate ops), at a shape
-    // where attention spans several 64-row blocks and a sequence is ragged against them.
+    // where attention spans several 64-row blocks and a sequence is ragged against them. GPT-2;
+    // a Llama with grouped-query attention (RoPE, RMSNorm, SwiGLU, no biases); and one with
+    // biases on its attention projections (as Qwen2 has).
     use chatforge::model::params::{init_weights, Params};
     use chatforge::model::{ModelConfig, Transformer};
-    let cfg = ModelConfig::gpt2(2, 4, 64, 97, 160);
-    let params = Params::from_tensors(&init_weights(&cfg, 7, &Device::Cpu).unwrap()).unwrap();
-    let mut model = Transformer::new(&cfg, &params.tensors()).unwrap();
-    let ids: Vec<u32> = (0..2 * 150).map(|i| (i * 31 % 97) as u32).collect();
-    let idx = Tensor::from_vec(ids, (2, 150), &Device::Cpu).unwrap();
-    let targets = idx
-        .roll(-1, 1)
-        .unwrap()
-        .to_dtype(candle_core::DType::I64)
-        .unwrap();
-    let separate = model.loss(&idx, &targets).unwrap();
-    let g_separate = model.backward(&separate).unwrap();
-    model.set_training(true);
-    let fused = model.loss(&idx, &targets).unwrap();
-    let g_fused = model.backward(&fused).unwrap();
-    let dl = max_abs_diff(&separate, &fused);
-    assert!(dl < 1e-5, "loss differs by {dl}");
-    for (name, v) in &params.vars {
-        let (a, b) = (
-            g_separate.get(v.as_tensor()).unwrap(),
-            g_fused
-                .get(v.as_tensor())
-                .unwrap_or_else(|| panic!("no gradient for {name}")),
+    let llama = ModelConfig::llama(2, 4, 2, 64, 96, 97, 160, false);
+    let biased = ModelConfig {
+        attn_bias: true,
+        ..llama.clone()
+    };
+    for (name, cfg) in [
+        ("gpt2", ModelConfig::gpt2(2, 4, 64, 97, 160)),
+        ("llama", llama),
+        ("llama with attention biases", biased),
+    ] {
+        let params = Params::from_tensors(&init_weights(&cfg, 7, &Device::Cpu).unwrap()).unwrap();
+        let mut model = Transformer::new(&cfg, &params.tensors()).unwrap();
+        let ids: Vec<u32> = (0..2 * 150).map(|i| (i * 31 % 97) as u32).collect();
+        let idx = Tensor::from_vec(ids, (2, 150), &Device::Cpu).unwrap();
+        let targets = idx
+            .roll(-1, 1)
+            .unwrap()
+            .to_dtype(candle_core::DType::I64)
+            .unwrap();
+        let separate = model.loss(&idx, &targets).unwrap();
+        let g_separate = model.backward(&separate).unwrap();
+        model.set_training(true);
+        let fused = model.loss(&idx, &targets).unwrap();
+        // The blocks' weights get no gradient through candle's graph: they ran fused.
+        let qkv = params.vars["h.0.attn.qkv.weight"].as_tensor();
+        assert!(
+            fused.backward().unwrap().get(qkv).is_none(),
+            "{name}: not fused"
         );
-        let rel = max_abs_diff(a, b) / common::max_abs(a).max(1e-8);
-        assert!(rel < 1e-4, "gradient of {name} differs (relative {rel})");
+        let fused = model.loss(&idx, &targets).unwrap();
+        let g_fused = model.backward(&fused).unwrap();
+        let dl = max_abs_diff(&separate, &fused);
+        assert!(dl < 1e-5, "{name}: loss differs by {dl}");
+        for (p, v) in &params.vars {
+            let (a, b) = (
+                g_separate.get(v.as_tensor()).unwrap(),
+                g_fused
+                    .get(v.as_tensor())
+                    .unwrap_or_else(|| panic!("{name}: no gradient for {p}")),
+            );
+            let rel = max_abs_diff(a, b) / common::max_abs(a).max(1e-8);
+            assert!(
+                rel < 1e-4,
+                "{name}: gradient of {p} differs (relative {rel})"
+            );
+        }
     }
 }
 

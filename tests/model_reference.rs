@@ -31,7 +31,7 @@ fn check_against_reference(name: &str) {
     assert!(d < 1e-4, "{name}: inference logits differ by {d}");
     // The loss three times: from the logits above; as `Transformer::loss` computes it (the output
     // projection fused with the loss, its logits never leaving the op); and so in training mode,
-    // where a GPT-2 block is one fused node whose weight gradients `Transformer::backward` collects.
+    // where a block is one fused node whose weight gradients `Transformer::backward` collects.
     let composed = cross_entropy(&logits, targets).unwrap();
     let grads = composed.backward().unwrap();
     check_loss_and_gradients(
@@ -58,10 +58,9 @@ fn check_against_reference(name: &str) {
     let train = model.loss(&ids, targets).unwrap();
     let qkv = params.vars["h.0.attn.qkv.weight"].as_tensor();
     let fused_block = train.backward().unwrap().get(qkv).is_none();
-    assert_eq!(
+    assert!(
         fused_block,
-        m.cfg.norm == chatforge::model::NormKind::LayerNorm,
-        "{name}: the blocks run as fused nodes in training mode exactly when they are GPT-2's"
+        "{name}: in training mode the blocks run as fused nodes"
     );
     let train = model.loss(&ids, targets).unwrap();
     let grads = model.backward(&train).unwrap();

@@ -227,15 +227,7 @@ impl CustomOp1 for SwiGlu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (h, i) = (f32_data(storage, layout, self.name())?, self.0);
-        let out = filled(h.len() / 2, 16 * i, |ci, rows| {
-            for (r, o) in rows.chunks_exact_mut(i).enumerate() {
-                let (gate, up) = h[(ci * 16 + r) * 2 * i..][..2 * i].split_at(i);
-                exp_neg(gate, o);
-                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                    *o = g / (1.0 + *o) * u;
-                }
-            }
-        });
+        let out = swiglu_forward(h, i);
         let mut dims = layout.shape().dims().to_vec();
         *dims.last_mut().expect("rows") = i;
         Ok((CpuStorage::F32(out), Shape::from(dims)))
@@ -244,25 +236,42 @@ impl CustomOp1 for SwiGlu {
     fn bwd(&self, h: &Tensor, _y: &Tensor, dy: &Tensor) -> CResult<Option<Tensor>> {
         let i = self.0;
         let dh = with_f32(h, self.name(), |h| {
-            with_f32(dy, self.name(), |dy| {
-                filled(h.len(), 32 * i, |ci, rows| {
-                    for (r, o) in rows.chunks_exact_mut(2 * i).enumerate() {
-                        let row = ci * 16 + r;
-                        let (gate, up) = h[row * 2 * i..][..2 * i].split_at(i);
-                        let dyr = &dy[row * i..][..i];
-                        let (dg, du) = o.split_at_mut(i);
-                        exp_neg(gate, dg);
-                        for j in 0..i {
-                            let sg = 1.0 / (1.0 + dg[j]);
-                            du[j] = dyr[j] * gate[j] * sg;
-                            dg[j] = dyr[j] * up[j] * sg * (1.0 + gate[j] * (1.0 - sg));
-                        }
-                    }
-                })
-            })
+            with_f32(dy, self.name(), |dy| swiglu_backward(h, dy, i))
         })??;
         Ok(Some(Tensor::from_vec(dh, h.shape(), h.device())?))
     }
+}
+
+/// silu(gate) * up on rows (N, 2I) of gate then up -> (N, I).
+pub(crate) fn swiglu_forward(h: &[f32], i: usize) -> Vec<f32> {
+    filled(h.len() / 2, 16 * i, |ci, rows| {
+        for (r, o) in rows.chunks_exact_mut(i).enumerate() {
+            let (gate, up) = h[(ci * 16 + r) * 2 * i..][..2 * i].split_at(i);
+            exp_neg(gate, o);
+            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                *o = g / (1.0 + *o) * u;
+            }
+        }
+    })
+}
+
+/// The gradient (N, 2I) of the rows h (N, 2I) of gate then up, for the gradient dy (N, I) of
+/// silu(gate) * up.
+pub(crate) fn swiglu_backward(h: &[f32], dy: &[f32], i: usize) -> Vec<f32> {
+    filled(h.len(), 32 * i, |ci, rows| {
+        for (r, o) in rows.chunks_exact_mut(2 * i).enumerate() {
+            let row = ci * 16 + r;
+            let (gate, up) = h[row * 2 * i..][..2 * i].split_at(i);
+            let dyr = &dy[row * i..][..i];
+            let (dg, du) = o.split_at_mut(i);
+            exp_neg(gate, dg);
+            for j in 0..i {
+                let sg = 1.0 / (1.0 + dg[j]);
+                du[j] = dyr[j] * gate[j] * sg;
+                dg[j] = dyr[j] * up[j] * sg * (1.0 + gate[j] * (1.0 - sg));
+            }
+        }
+    })
 }
 
 /// silu(gate) * up for h (..., 2I) holding gate then up -> (..., I), one pass over the rows (and

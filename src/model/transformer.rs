@@ -7,7 +7,7 @@
 
 use super::blockq::{BlockWeight, Format};
 use super::config::{MlpKind, ModelConfig, NormKind, Positions};
-use super::fused::block::{BlockParams, GradSink};
+use super::fused::block::{BlockKind, BlockParams, GradSink};
 use super::kv_cache::{KvCache, LayerKv};
 use super::params::check_weights;
 use crate::error::Result;
@@ -430,7 +430,7 @@ pub struct Block {
     attn: CausalSelfAttention,
     ln_2: Norm,
     mlp: Mlp,
-    /// In training mode, where a GPT-2 block running as one fused node puts its weights'
+    /// In training mode, where the block running as one fused node puts its weights'
     /// gradients (see [`Transformer::backward`]).
     sink: Option<GradSink>,
 }
@@ -459,26 +459,32 @@ impl Block {
         Ok((&x + self.mlp.forward(&self.ln_2.forward(&x)?)?)?)
     }
 
-    /// The parameters in `fused::block`'s order where this is a GPT-2 block (LayerNorms, GELU MLP,
-    /// biases everywhere, no LoRA).
-    fn gpt_params(&self) -> Option<BlockParams> {
-        if self.ln_1.kind != NormKind::LayerNorm || self.mlp.kind != MlpKind::Gelu {
-            return None;
-        }
-        let norm = |n: &Norm| Some([n.weight.clone(), n.bias.clone()?]);
-        let lin = |l: &Linear| match (&l.lora, &l.b) {
-            (None, Some(b)) => Some([l.w.clone(), b.clone()]),
-            _ => None,
+    /// The parameters in `fused::block`'s order and the block's kind, where the block has no
+    /// LoRA adapter (the fused node trains every weight).
+    fn fused_params(&self, rope: Option<&Rope>) -> Option<(BlockParams, BlockKind)> {
+        let norm = |n: &Norm| (n.weight.clone(), n.bias.clone());
+        let lin = |l: &Linear| match &l.lora {
+            None => Some((l.w.clone(), l.b.clone())),
+            Some(_) => None,
         };
-        let parts = [
-            norm(&self.ln_1)?,
+        let params = [
+            norm(&self.ln_1),
             lin(&self.attn.qkv)?,
             lin(&self.attn.proj)?,
-            norm(&self.ln_2)?,
+            norm(&self.ln_2),
             lin(&self.mlp.fc)?,
             lin(&self.mlp.proj)?,
         ];
-        Some(parts.concat().try_into().expect("six pairs"))
+        let a = &self.attn;
+        let kind = BlockKind {
+            layer_norm: self.ln_1.kind == NormKind::LayerNorm,
+            eps: self.ln_1.eps,
+            swiglu: (self.mlp.kind == MlpKind::SwiGlu).then_some(self.mlp.intermediate),
+            heads: (a.n_head, a.n_kv_head, a.head_dim),
+            rope: rope.map(|r| (r.cos.clone(), r.sin.clone())),
+        };
+        let same_norms = self.ln_2.kind == self.ln_1.kind && self.ln_2.eps == self.ln_1.eps;
+        same_norms.then_some((params, kind))
     }
 
     fn forward(
@@ -488,18 +494,10 @@ impl Block {
         start: usize,
         cache: Option<&mut LayerKv>,
     ) -> Result<Tensor> {
-        if let (Some(sink), None, None) = (&self.sink, rope, &cache) {
-            if let Some(p) = self.gpt_params() {
+        if let (Some(sink), None, 0) = (&self.sink, &cache, start) {
+            if let Some((p, kind)) = self.fused_params(rope) {
                 if super::fused::block::applies(x, &p) {
-                    let a = &self.attn;
-                    let heads = (a.n_head, a.n_kv_head, a.head_dim);
-                    return Ok(super::fused::block::gpt_block(
-                        x,
-                        &p,
-                        heads,
-                        self.ln_1.eps,
-                        sink,
-                    )?);
+                    return Ok(super::fused::block::block(x, &p, &kind, sink)?);
                 }
             }
         }

@@ -76,26 +76,25 @@ pub(crate) fn with_f32_rows<R>(
     }
 }
 
-/// Runs `f` on the f32 data of N CPU tensors (each made contiguous first).
-pub(crate) fn with_f32s<const N: usize, R>(
-    ts: &[Tensor; N],
+/// Runs `f` on the f32 data of CPU tensors (each made contiguous first), in their order.
+pub(crate) fn with_f32_list<R>(
+    ts: &[Tensor],
     op: &str,
-    f: impl FnOnce([&[f32]; N]) -> R,
+    f: impl FnOnce(&[&[f32]]) -> R,
 ) -> CResult<R> {
     let ts = ts
         .iter()
         .map(|t| t.contiguous())
         .collect::<CResult<Vec<_>>>()?;
     let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices = Vec::with_capacity(N);
+    let mut slices = Vec::with_capacity(ts.len());
     for (st, layout) in &guards {
         match &**st {
             Storage::Cpu(cpu) => slices.push(f32_data(cpu, layout, op)?),
             _ => candle_core::bail!("{op}: CPU tensor expected"),
         }
     }
-    let slices: [&[f32]; N] = slices.try_into().expect("one slice per tensor");
-    Ok(f(slices))
+    Ok(f(&slices))
 }
 
 /// Whether this CPU runs the AVX-512 kernels (avx512f, and `CHATFORGE_NO_AVX512` unset).

@@ -22,30 +22,58 @@ struct RopeRows {
 impl RopeRows {
     /// The rows of `x` (B, T, W) with the first `heads` heads rotated by +angle (or -angle).
     fn rotate(&self, x: &[f32], t: usize, w: usize, inverse: bool) -> CResult<Vec<f32>> {
-        let d = self.cos.dim(1)?;
-        let half = d / 2;
-        let sign = if inverse { -1.0 } else { 1.0 };
         with_f32(&self.cos, "rope", |cos| {
             with_f32(&self.sin, "rope", |sin| {
-                // Tasks of 16 rows.
-                filled(x.len(), 16 * w, |ci, rows| {
-                    let src = &x[ci * 16 * w..][..rows.len()];
-                    rows.copy_from_slice(src);
-                    for (r, row) in rows.chunks_exact_mut(w).enumerate() {
-                        let pos = self.start + (ci * 16 + r) % t;
-                        let (c, s) = (&cos[pos * d..][..half], &sin[pos * d..][..half]);
-                        for head in row[..self.heads * d].chunks_exact_mut(d) {
-                            let (x1, x2) = head.split_at_mut(half);
-                            for i in 0..half {
-                                let (a, z, si) = (x1[i], x2[i], sign * s[i]);
-                                x1[i] = a * c[i] - z * si;
-                                x2[i] = z * c[i] + a * si;
-                            }
-                        }
-                    }
-                })
+                let tables = Tables {
+                    cos,
+                    sin,
+                    d: self.cos.dim(1)?,
+                };
+                Ok(tables.rotate(x, t, w, self.heads, self.start, inverse))
             })
-        })?
+        })??
+    }
+}
+
+/// The cos and sin tables (context, D) on slices.
+pub(super) struct Tables<'a> {
+    pub(super) cos: &'a [f32],
+    pub(super) sin: &'a [f32],
+    /// Head width.
+    pub(super) d: usize,
+}
+
+impl Tables<'_> {
+    /// Rows of x (sequences of T rows of W) with their first `heads` heads rotated by +angle
+    /// (or -angle, the backward pass) at positions start..start + T.
+    pub(super) fn rotate(
+        &self,
+        x: &[f32],
+        t: usize,
+        w: usize,
+        heads: usize,
+        start: usize,
+        inverse: bool,
+    ) -> Vec<f32> {
+        let (d, half) = (self.d, self.d / 2);
+        let sign = if inverse { -1.0 } else { 1.0 };
+        // Tasks of 16 rows.
+        filled(x.len(), 16 * w, |ci, rows| {
+            let src = &x[ci * 16 * w..][..rows.len()];
+            rows.copy_from_slice(src);
+            for (r, row) in rows.chunks_exact_mut(w).enumerate() {
+                let pos = start + (ci * 16 + r) % t;
+                let (c, s) = (&self.cos[pos * d..][..half], &self.sin[pos * d..][..half]);
+                for head in row[..heads * d].chunks_exact_mut(d) {
+                    let (x1, x2) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (a, z, si) = (x1[i], x2[i], sign * s[i]);
+                        x1[i] = a * c[i] - z * si;
+                        x2[i] = z * c[i] + a * si;
+                    }
+                }
+            }
+        })
     }
 }
 
