@@ -10,7 +10,8 @@
 #   3. SmolLM2-135M (../shared/data, Q4_1 GGUF): prompt processing (128 tokens) and generation
 #      (64 tokens) with `chatforge bench` (auto: the file's own 4-bit blocks and 8-bit output
 #      projection, as generate/chat/serve decode; q8_0; f32 weights) vs transformers on the same
-#      dequantised weights vs llama.cpp's llama-bench on the same GGUF.
+#      dequantised weights vs llama.cpp's llama-bench on the same GGUF; and generation after a
+#      1024-token prompt (decoding over a long KV cache).
 #
 #   bash bench/cpu.sh            # RUNS=3 STEPS=12 THREADS=2 by default
 #
@@ -91,6 +92,11 @@ for w in auto q8_0 f32; do
 done
 $PY bench/cpu/hf_decode.py --model "$WORK/smollm2" --runs 5 --threads "$THREADS" >>"$WORK/decode.jsonl"
 $LLAMA/build/bin/llama-bench -m $SMOL -t "$THREADS" -p 128 -n 64 -r 5 -o json 2>/dev/null >"$WORK/llama.json"
+echo "== decoding SmolLM2-135M after a 1024-token prompt"
+$CF bench --model $SMOL --prompt-tokens 1024 --runs 3 --json \
+  | sed "s/^{/{\"impl\": \"chatforge (the file's 4-bit blocks, 8-bit output)\", /" >"$WORK/decode_long.jsonl"
+$PY bench/cpu/hf_decode.py --model "$WORK/smollm2" --prompt-tokens 1024 --runs 3 --threads "$THREADS" >>"$WORK/decode_long.jsonl"
+$LLAMA/build/bin/llama-bench -m $SMOL -t "$THREADS" -p 0 -n 64 -d 1024 -r 3 -o json 2>/dev/null >"$WORK/llama_long.json"
 
 mkdir -p "$RESULTS"
 $PY bench/cpu/report.py "$RESULTS" "$WORK"

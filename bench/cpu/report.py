@@ -63,22 +63,37 @@ def main(results, work):
         print(f"| {what} ({g0['m']} x {g0['n']} x {g0['k']}) | " + " | ".join(f"{by[i]['gflops']:.0f}" for i in impls) + " |")
     json.dump({"threads": threads, "rows": gemm}, open(f"{results}/cpu_gemm.json", "w"), indent=2)
 
-    dec = [json.loads(l) for l in open(f"{work}/decode.jsonl")]
-    for r in json.load(open(f"{work}/llama.json")):
+    dec = decode_rows(work, "decode.jsonl", "llama.json")
+    print(f"\nSmolLM2-135M: prompt processing (128 tokens) and generation (64 tokens), tokens/s, {threads} threads")
+    decode_table(dec, True)
+    long = decode_rows(work, "decode_long.jsonl", "llama_long.json")
+    print(f"\nSmolLM2-135M: generation (64 tokens) after a 1024-token prompt, tokens/s, {threads} threads")
+    decode_table(long, False)
+    json.dump({"threads": threads, "rows": dec, "after_1024_token_prompt": long},
+              open(f"{results}/cpu_decode.json", "w"), indent=2)
+
+
+def decode_rows(work, ours, llama):
+    """Rows of chatforge and transformers, and llama.cpp's from llama-bench's JSON."""
+    dec = [json.loads(l) for l in open(f"{work}/{ours}")]
+    for r in json.load(open(f"{work}/{llama}")):
         kind = "prompt_tokens_per_sec" if r["n_prompt"] else "decode_tokens_per_sec"
         ll = next((d for d in dec if d["impl"].startswith("llama.cpp")), None)
         if ll is None:
             ll = {"impl": f"llama.cpp ({r.get('build_commit', '')}, Q4_1 as stored)"}
             dec.append(ll)
         ll[kind] = statistics.median(r["samples_ts"])
+    return dec
+
+
+def decode_table(dec, prompts):
     hf = next(d for d in dec if d["impl"].startswith("transformers"))
-    print(f"\nSmolLM2-135M: prompt processing (128 tokens) and generation (64 tokens), tokens/s, {threads} threads")
-    print("| implementation | prompt tok/s | generation tok/s | generation vs transformers |")
-    print("| --- | --- | --- | --- |")
+    print("| implementation |" + (" prompt tok/s |" if prompts else "") + " generation tok/s | generation vs transformers |")
+    print("| --- |" + (" --- |" if prompts else "") + " --- | --- |")
     for d in dec:
-        print(f"| {d['impl']} | {d['prompt_tokens_per_sec']:,.1f} | {d['decode_tokens_per_sec']:,.1f} "
+        pp = f" {d['prompt_tokens_per_sec']:,.1f} |" if prompts else ""
+        print(f"| {d['impl']} |{pp} {d['decode_tokens_per_sec']:,.1f} "
               f"| {d['decode_tokens_per_sec'] / hf['decode_tokens_per_sec']:.2f}x |")
-    json.dump({"threads": threads, "rows": dec}, open(f"{results}/cpu_decode.json", "w"), indent=2)
 
 
 if __name__ == "__main__":
