@@ -596,33 +596,40 @@ fn swiglu_matches_silu_times_up() {
 fn block_weights_hold_a_files_q4_1_and_q8_0_exactly_and_multiply_like_f32() {
     use candle_core::quantized::{GgmlDType, QTensor};
     use chatforge::model::blockq::{BlockWeight, Format};
-    let w = Tensor::randn(0f32, 0.5, (70, 96), &Device::Cpu).unwrap();
-    for (dtype, format) in [(GgmlDType::Q4_1, Format::Q4), (GgmlDType::Q8_0, Format::Q8)] {
-        // The weight as a GGUF file holds it: quantized by candle (GGML's format), then
-        // dequantized to f32, as the loader does.
-        let file = QTensor::quantize(&w, dtype)
-            .unwrap()
-            .dequantize(&Device::Cpu)
-            .unwrap();
-        let q = BlockWeight::quantize_exact(&file, format)
-            .unwrap()
-            .unwrap_or_else(|| panic!("{dtype:?}: the file's blocks come back exactly"));
-        let back = Tensor::from_vec(q.dequantize(), (70, 96), &Device::Cpu).unwrap();
-        let d = max_abs_diff(&back, &file);
-        assert!(
-            d < 1e-6,
-            "{dtype:?}: the file's values come back to within {d}"
-        );
-        // Decoding rows through the blocks against x . w^T in f32.
-        for rows in [1, 5] {
-            let x = Tensor::randn(0f32, 1.0, (1, rows, 96), &Device::Cpu).unwrap();
-            let got = q.matmul_t(&x).unwrap();
-            let want = x.broadcast_matmul(&file.t().unwrap()).unwrap();
-            assert_eq!(got.dims(), &[1, rows, 70]);
-            let rel = max_abs_diff(&got, &want) / common::max_abs(&want);
-            assert!(rel < 1e-5, "{dtype:?}, {rows} rows: differs by {rel}");
+    // Rows of 3 blocks and of 300.
+    for (n, k) in [(70, 96), (3, 9600)] {
+        let w = Tensor::randn(0f32, 0.5, (n, k), &Device::Cpu).unwrap();
+        for (dtype, format) in [(GgmlDType::Q4_1, Format::Q4), (GgmlDType::Q8_0, Format::Q8)] {
+            // The weight as a GGUF file holds it: quantized by candle (GGML's format), then
+            // dequantized to f32, as the loader does.
+            let file = QTensor::quantize(&w, dtype)
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap();
+            let q = BlockWeight::quantize_exact(&file, format)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{dtype:?}: the file's blocks come back exactly"));
+            let back = Tensor::from_vec(q.dequantize(), (n, k), &Device::Cpu).unwrap();
+            let d = max_abs_diff(&back, &file);
+            assert!(
+                d < 1e-6,
+                "{dtype:?}: the file's values come back to within {d}"
+            );
+            // Decoding rows through the blocks against x . w^T in f32.
+            for rows in [1, 5] {
+                let x = Tensor::randn(0f32, 1.0, (1, rows, k), &Device::Cpu).unwrap();
+                let got = q.matmul_t(&x).unwrap();
+                let want = x.broadcast_matmul(&file.t().unwrap()).unwrap();
+                assert_eq!(got.dims(), &[1, rows, n]);
+                let rel = max_abs_diff(&got, &want) / common::max_abs(&want);
+                assert!(
+                    rel < 1e-5,
+                    "{dtype:?}, {rows} rows of {k}: differs by {rel}"
+                );
+            }
         }
     }
+    let w = Tensor::randn(0f32, 0.5, (70, 96), &Device::Cpu).unwrap();
     // Q4_0's blocks need not reach both ends of their codes: not exact in either format (such
     // files decode through candle's Q8_0); nor is a plain f32 weight.
     let q4_0 = QTensor::quantize(&w, GgmlDType::Q4_0)

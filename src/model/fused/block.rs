@@ -121,13 +121,7 @@ impl Ctx<'_> {
 
     /// dx and the parameters' gradients (weight, bias, in [`BlockParams`] order) for the
     /// gradient `g` of the output.
-    fn backward(
-        &self,
-        x: &[f32],
-        p: [P; 6],
-        mut k: Kept,
-        g: &[f32],
-    ) -> (Vec<f32>, [Grads; 6]) {
+    fn backward(&self, x: &[f32], p: [P; 6], mut k: Kept, g: &[f32]) -> (Vec<f32>, [Grads; 6]) {
         let (s, ln) = (self.s, self.norm);
         let (n, c) = (s.n, s.c);
         let [dact, dw_mp, db_mp] = linear::grads(&k.act, p[5].0, g, (n, s.mlp, c));
