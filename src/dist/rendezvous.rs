@@ -172,11 +172,18 @@ impl LaunchEnv {
     fn fetch(&self, timeout: Duration) -> Result<Vec<u8>> {
         let deadline = Instant::now() + timeout;
         let addr = format!("{}:{}", self.master_addr, self.port);
+        let sock = addr
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "rank {}: MASTER_ADDR '{}' does not resolve to an address",
+                    self.rank, self.master_addr
+                ))
+            })?;
         loop {
             let attempt = (|| -> std::io::Result<Option<Vec<u8>>> {
-                let Some(sock) = addr.to_socket_addrs()?.next() else {
-                    return Ok(None);
-                };
                 let mut s = match TcpStream::connect_timeout(&sock, Duration::from_secs(2)) {
                     Ok(s) => s,
                     // Rank 0 is not listening yet.
