@@ -117,7 +117,18 @@ pub unsafe fn matmul_ptr(
     }
     #[cfg(target_arch = "x86_64")]
     if super::sgemm::available() {
-        super::sgemm::sgemm(m, n, k, dst, dst_rs, accumulate, a, b, scale, threads());
+        let product = super::sgemm::Product {
+            m,
+            n,
+            k,
+            dst,
+            dst_rs,
+            accumulate,
+            a,
+            b,
+            scale,
+        };
+        super::sgemm::sgemm(product, threads());
         return;
     }
     let par = match threads() {

@@ -379,6 +379,21 @@ unsafe fn kernel(
     }
 }
 
+/// One product: dst (m x n, rows `dst_rs` apart) = [dst +] scale * a (m x k) . b (k x n).
+#[derive(Clone, Copy)]
+pub struct Product<'a> {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub dst: *mut f32,
+    pub dst_rs: usize,
+    /// Add to dst instead of overwriting it.
+    pub accumulate: bool,
+    pub a: View<'a>,
+    pub b: View<'a>,
+    pub scale: f32,
+}
+
 /// Rows up to which a product with a transposed row-major B runs as [`swapped`].
 const SWAP_ROWS: usize = 256;
 
@@ -387,25 +402,14 @@ const SWAP_ROWS: usize = 256;
 /// # Safety
 /// [`available`] is true; `dst + i * dst_rs + j` is writable for i < m, j < n and touched by no other
 /// thread; `a` and `b` hold the m x k and k x n views (checked by the caller).
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    a: View,
-    b: View,
-    scale: f32,
-    threads: usize,
-) {
+pub unsafe fn sgemm(p: Product, threads: usize) {
+    let Product { m, n, k, a, b, .. } = p;
     // Swapped, x is packed (m x k) and the result transposed (m x n), instead of packing w^T
     // (k x n): worth it for k and n larger than m.
     if m <= SWAP_ROWS && m < n && m < k && a.cs == 1 && b.rs == 1 && b.cs != 1 {
-        swapped(m, n, k, dst, dst_rs, accumulate, a, b, scale, threads);
+        swapped(p, threads);
     } else {
-        blocked(m, n, k, dst, dst_rs, accumulate, a, b, scale, threads);
+        blocked(p, threads);
     }
 }
 
@@ -416,19 +420,18 @@ pub unsafe fn sgemm(
 ///
 /// # Safety
 /// As [`sgemm`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn swapped(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    a: View,
-    b: View,
-    scale: f32,
-    threads: usize,
-) {
+unsafe fn swapped(p: Product, threads: usize) {
+    let Product {
+        m,
+        n,
+        k,
+        dst,
+        dst_rs,
+        accumulate,
+        a,
+        b,
+        scale,
+    } = p;
     let mut tmp = Vec::<f32>::with_capacity(n * m);
     let w = View {
         data: b.data,
@@ -436,7 +439,18 @@ unsafe fn swapped(
         cs: 1,
     };
     // The product writes all n x m elements (accumulate = false), so the length can then be set.
-    blocked(n, m, k, tmp.as_mut_ptr(), m, false, w, a.t(), 1.0, threads);
+    let product = Product {
+        m: n,
+        n: m,
+        k,
+        dst: tmp.as_mut_ptr(),
+        dst_rs: m,
+        accumulate: false,
+        a: w,
+        b: a.t(),
+        scale: 1.0,
+    };
+    blocked(product, threads);
     tmp.set_len(n * m);
     let out = SharedMut(dst);
     let tmp = &tmp;
@@ -472,19 +486,18 @@ unsafe fn swapped(
 ///
 /// # Safety
 /// As [`sgemm`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn blocked(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    a: View,
-    b: View,
-    scale: f32,
-    threads: usize,
-) {
+unsafe fn blocked(p: Product, threads: usize) {
+    let Product {
+        m,
+        n,
+        k,
+        dst,
+        dst_rs,
+        accumulate,
+        a,
+        b,
+        scale,
+    } = p;
     {
         let out = SharedMut(dst);
         // Blocks of A rows: at most MC, and as many as a multiple of the threads so that no core
