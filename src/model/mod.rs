@@ -2,6 +2,7 @@
 
 pub mod blockq;
 pub mod config;
+pub mod device_ops;
 pub mod fused;
 pub mod gguf;
 pub mod hf;

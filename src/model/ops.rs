@@ -5,8 +5,9 @@
 //!   `softmax - onehot` is computed directly in the backward pass.
 //! - `causal_softmax`: the causal mask and the softmax of attention scores in one pass.
 //!
-//! On other devices (or dtypes) they fall back to composed candle ops, which have backward passes
-//! too. Tests compare both paths, values and gradients.
+//! Elsewhere (a GPU, or bf16 on the CPU) they run as `device_ops` builds them: candle's fused
+//! softmax kernel and index-free elementwise ops. Both have backward passes, and tests compare each
+//! with the composed candle ops of `reference`, values and gradients.
 
 use super::fused::{applies, f32_data, filled, for_each_chunk_mut, parallel_map, with_f32};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
@@ -89,7 +90,7 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> CResult<Tensor> {
             targets: Arc::new(t),
         });
     }
-    reference::token_nll(logits, targets)
+    super::device_ops::token_nll(logits, targets)
 }
 
 /// Row r of the scores sees keys 0..=past + (r mod t), with past = S - t.
@@ -168,7 +169,7 @@ pub fn causal_softmax(scores: &Tensor, t: usize) -> CResult<Tensor> {
     if applies(scores) {
         return scores.contiguous()?.apply_op1(CausalSoftmax { t });
     }
-    reference::causal_softmax(scores, t)
+    super::device_ops::causal_softmax(scores, t)
 }
 
 const GELU_K: f32 = 0.797_884_6; // sqrt(2 / pi)

@@ -3,7 +3,9 @@
 //! (cached + new), C = channels, H = query heads, K = key/value heads, D = head dim, V = vocab.
 //!
 //! candle's fused norm/softmax/rotary/sdpa kernels have no backward pass and would silently cut
-//! gradients (see DESIGN.md): only composed ops and our own `ops.rs` (forward + backward) are used.
+//! gradients (see DESIGN.md): only composed ops and our own ops with backward passes are used (`ops`,
+//! `fused` on the CPU; `device_ops` elsewhere, where candle's softmax kernel runs on a detached input
+//! and `device_ops::with_grad` attaches the backward).
 
 use super::blockq::{BlockWeight, Format};
 use super::config::{MlpKind, ModelConfig, NormKind, Positions};

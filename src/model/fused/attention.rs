@@ -188,11 +188,12 @@ fn geometry(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<Geometry> {
     Ok(Geometry { b, t, h, k, d })
 }
 
-/// Causal self-attention of qkv (B, T, (H + 2K) * D) -> (B, T, H * D); fused on the CPU in f32.
+/// Causal self-attention of qkv (B, T, (H + 2K) * D) -> (B, T, H * D); fused on the CPU in f32,
+/// elsewhere composed around `ops::causal_softmax` (`device_ops` on a GPU).
 pub fn causal_attention(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<Tensor> {
     let g = geometry(qkv, h, k, d)?;
     if !super::applies(qkv) {
-        return reference(qkv, h, k, d);
+        return composed(qkv, (h, k, d), crate::model::ops::causal_softmax);
     }
     qkv.contiguous()?.apply_op1(CausalAttention(g))
 }
@@ -374,6 +375,15 @@ mod avx512 {
 
 /// The composed candle version: split heads, scores, masked softmax, weighted values.
 pub fn reference(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<Tensor> {
+    composed(qkv, (h, k, d), crate::model::ops::reference::causal_softmax)
+}
+
+/// Split heads, scores, `softmax` (masked, with t new tokens), weighted values.
+fn composed(
+    qkv: &Tensor,
+    (h, k, d): (usize, usize, usize),
+    softmax: fn(&Tensor, usize) -> CResult<Tensor>,
+) -> CResult<Tensor> {
     let g = geometry(qkv, h, k, d)?;
     let (b, t) = (g.b, g.t);
     let qkv = qkv.reshape((b, t, h + 2 * k, d))?;
@@ -382,7 +392,7 @@ pub fn reference(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<Tensor> 
     let rep = h / k;
     let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, k, rep * t, d))?;
     let att = q.matmul(&kk.t()?)?;
-    let att = crate::model::ops::reference::causal_softmax(&att, t)?;
+    let att = softmax(&att, t)?;
     let y = att.matmul(&v)?.reshape((b, h, t, d))?;
     y.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))
 }

@@ -186,10 +186,11 @@ impl CustomOp3 for LinearBias {
     }
 }
 
-/// y = x @ w^T (+ b) for x: (..., I), w: (O, I), b: (O,) -> (..., O), fused on the CPU in f32.
+/// y = x @ w^T (+ b) for x: (..., I), w: (O, I), b: (O,) -> (..., O), fused on the CPU in f32,
+/// elsewhere as `device_ops::linear`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
     if !(super::applies(x) && super::applies(w)) {
-        return reference(x, w, b);
+        return crate::model::device_ops::linear(x, w, b);
     }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
@@ -272,7 +273,7 @@ impl CustomOp3 for LinearGelu {
 /// gelu(x @ w^T + b) for x: (..., I), w: (O, I), b: (O,) -> (..., O), fused on the CPU in f32.
 pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> CResult<Tensor> {
     if !(super::applies(x) && super::applies(w) && super::applies(b)) {
-        return crate::model::ops::gelu(&reference(x, w, Some(b))?);
+        return crate::model::ops::gelu(&crate::model::device_ops::linear(x, w, Some(b))?);
     }
     let keep = x.track_op() || w.track_op() || b.track_op();
     let op = LinearGelu {

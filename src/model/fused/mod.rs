@@ -28,6 +28,8 @@ pub mod rope;
 mod sgemm;
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -105,9 +107,22 @@ pub(crate) fn avx512() -> bool {
     false
 }
 
-/// Whether the fused kernels apply: f32 on the CPU.
+/// Whether the fused kernels apply: f32 on the CPU, unless they are switched off.
 pub fn applies(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    t.device().is_cpu() && t.dtype() == DType::F32 && fused_switch().load(Ordering::Relaxed)
+}
+
+/// On unless `CHATFORGE_NO_FUSED` is set at start or [`set_fused`] turned it off.
+fn fused_switch() -> &'static AtomicBool {
+    static ON: OnceLock<AtomicBool> = OnceLock::new();
+    ON.get_or_init(|| AtomicBool::new(std::env::var_os("CHATFORGE_NO_FUSED").is_none()))
+}
+
+/// Switches the fused CPU kernels on or off for the whole process. Off, the CPU runs every op as a
+/// GPU does (`model::device_ops` and candle's own ops): the tests check that path against
+/// transformers without a GPU, and `CHATFORGE_NO_FUSED=1` does the same from the command line.
+pub fn set_fused(on: bool) {
+    fused_switch().store(on, Ordering::Relaxed);
 }
 
 thread_local! {

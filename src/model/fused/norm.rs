@@ -217,7 +217,7 @@ impl CustomOp2 for Norm {
 }
 
 /// LayerNorm (`centered`) or RMSNorm of x (..., C) over C, times `w`, plus `b`; fused on the CPU
-/// in f32.
+/// in f32, elsewhere as `device_ops::norm`.
 pub fn norm(
     x: &Tensor,
     w: &Tensor,
@@ -226,7 +226,7 @@ pub fn norm(
     centered: bool,
 ) -> CResult<Tensor> {
     if !(super::applies(x) && super::applies(w) && b.is_none_or(super::applies)) {
-        return reference(x, w, b, eps, centered);
+        return crate::model::device_ops::norm(x, w, b, eps, centered);
     }
     let stats = Stats {
         centered,
