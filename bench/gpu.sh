@@ -52,7 +52,8 @@ if [ -n "${runs[0]:-}" ] && [ "${runs[0]%%=*}" = f32 ]; then
     --set train.batch_size="$BATCH" --set train.max_steps="$STEPS" --set train.lr=6e-4 \
     --set train.warmup_steps=2 --set train.log_every=5 --set eval.every=0 --set eval.tokens=8192 \
     --set eval.sample_every=0 --set eval.sample_tokens=8 --set checkpoint.every=0 \
-    >"$WORK/cf-nccl.log" 2>&1; then
+    --set train.profile=true >"$WORK/cf-nccl.log" 2>&1; then
+    grep -A8 "^profile over" "$WORK/cf-nccl.log" || true
     python3 - "$WORK/cf-f32/metrics.jsonl" "$WORK/cf-nccl/metrics.jsonl" <<'PY'
 import json, sys
 def losses(p):
@@ -65,6 +66,14 @@ PY
     echo "chatforge over NCCL FAILED"; tail -n 20 "$WORK/cf-nccl.log"
   fi
 fi
+# Where a bf16 step's time goes (train.profile synchronizes the GPU between phases).
+echo "== chatforge bf16, profiled"
+"$CHATFORGE_BIN" pretrain --out "$WORK/cf-prof" --device cuda \
+  --set data.dir="$WORK/data" --set model.preset=gpt2 --set train.context=1024 \
+  --set train.batch_size="$BATCH" --set train.max_steps=8 --set train.dtype=bf16 \
+  --set train.warmup_steps=2 --set eval.every=0 --set eval.tokens=8192 --set eval.sample_every=0 \
+  --set checkpoint.every=0 --set train.profile=true 2>&1 | grep -A8 "^profile over" \
+  || echo "chatforge bf16 profile FAILED"
 echo "== PyTorch"
 python3 bench/torch_gpt2.py --shard "$WORK/data/bench_train_000000.bin" --steps "$STEPS" \
   --batch "$BATCH" | tee "$WORK/torch.jsonl"

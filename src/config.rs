@@ -138,6 +138,9 @@ pub struct TrainSection {
     /// End this invocation after this step with a checkpoint, to continue later with --resume
     /// (for time-limited jobs); 0 = run to the end.
     pub stop_at_step: usize,
+    /// Print where the steps' time went (data, forward, backward, all-reduce, gradient norm,
+    /// optimizer) at the end, synchronizing the device between phases.
+    pub profile: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -209,6 +212,7 @@ impl Default for TrainSection {
             log_every: 10,
             peak_flops: 0.0,
             stop_at_step: 0,
+            profile: false,
         }
     }
 }

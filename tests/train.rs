@@ -149,6 +149,33 @@ fn adamw_step_matches_hand_computation() {
 }
 
 #[test]
+fn grad_norm_sums_every_tensor_on_either_path() {
+    // f32 on the CPU takes the fused pass; bf16 the device path (summed on the device, read once).
+    let mut grads = BTreeMap::new();
+    let a: Vec<f32> = (0..5000).map(|i| ((i % 7) as f32 - 3.0) * 0.5).collect();
+    let want_a: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum();
+    grads.insert(
+        "a".to_string(),
+        Tensor::from_vec(a, (50, 100), &Device::Cpu).unwrap(),
+    );
+    let b = Tensor::new(&[[3f32, 4.0], [12.0, 0.0]], &Device::Cpu).unwrap();
+    grads.insert(
+        "b".to_string(),
+        b.to_dtype(candle_core::DType::BF16).unwrap(),
+    );
+    grads.insert(
+        "c".to_string(),
+        Tensor::new(&[2f32], &Device::Cpu)
+            .unwrap()
+            .to_dtype(candle_core::DType::BF16)
+            .unwrap(),
+    );
+    let n = chatforge::train::optim::grad_norm(&grads).unwrap();
+    let want = (want_a + 9.0 + 16.0 + 144.0 + 4.0).sqrt();
+    assert!((n - want).abs() < 1e-9 * want, "{n} vs {want}");
+}
+
+#[test]
 fn a_short_run_learns() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = RunConfig::load(None, &tiny_config(150)).unwrap();
@@ -397,8 +424,8 @@ fn cli_errors_for_runs() {
 
 #[test]
 fn bf16_mixed_precision_follows_the_f32_loss_curve() {
-    // bf16 takes the composed ops (the fused CPU kernels are f32); the same run in both precisions
-    // must give nearly the same losses, step by step.
+    // bf16 takes `model::device_ops`, the formulations GPUs run (the fused CPU kernels are f32);
+    // the same run in both precisions must give nearly the same losses, step by step.
     let tmp = tempfile::tempdir().unwrap();
     let mut curves = Vec::new();
     for dtype in ["f32", "bf16"] {
@@ -419,4 +446,42 @@ fn bf16_mixed_precision_follows_the_f32_loss_curve() {
         curves[0] != curves[1],
         "bf16 gave bit-identical losses: it did not run in bf16"
     );
+}
+
+#[test]
+fn profile_reports_where_the_step_time_went() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut set = tiny_config(3);
+    set.push("train.profile=true".into());
+    let out = chatforge_pretrain(&tmp.path().join("run"), &set, &[])
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("profile over 3 steps"), "{err}");
+    let mut share = 0.0;
+    for phase in ["data", "forward", "backward", "grad norm", "optimizer"] {
+        let line = err
+            .lines()
+            .find(|l| l.trim_start().starts_with(phase))
+            .unwrap_or_else(|| panic!("no '{phase}' line in:\n{err}"));
+        let pct: f64 = line
+            .trim_end_matches('%')
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        share += pct;
+    }
+    assert!(
+        (share - 100.0).abs() < 0.5,
+        "the phases' shares add up to {share}%:\n{err}"
+    );
+    // A single process has no all-reduce; without the key nothing is printed.
+    assert!(!err.contains("all-reduce"), "{err}");
+    let plain = chatforge_pretrain(&tmp.path().join("plain"), &tiny_config(1), &[])
+        .wait_with_output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&plain.stderr).contains("profile over"));
 }

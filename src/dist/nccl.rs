@@ -50,7 +50,7 @@ impl Nccl {
     /// Joins the job: rank 0 creates NCCL's unique id and hands it to the others
     /// (`LaunchEnv::exchange`), then every rank opens its communicator on cuda:LOCAL_RANK.
     pub fn init(env: LaunchEnv) -> Result<Self> {
-        let device = Device::new_cuda(env.local_rank).map_err(|e| {
+        let device = crate::cuda_device(env.local_rank).map_err(|e| {
             Error::Config(format!(
                 "rank {}: no GPU cuda:{} (LOCAL_RANK) for NCCL: {e}",
                 env.rank, env.local_rank

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
+mod profile;
 pub mod schedule;
 mod setup;
 pub mod sft;

@@ -166,9 +166,11 @@ fn fused_update(
     ))
 }
 
-/// Global L2 norm of all gradients.
+/// Global L2 norm of all gradients. Off the CPU the squares are summed on the device and read back
+/// once (one synchronization, not one per tensor).
 pub fn grad_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
     let mut sq = 0f64;
+    let mut on_device = Vec::new();
     for g in grads.values() {
         if crate::model::fused::applies(g) {
             const CHUNK: usize = 1 << 14;
@@ -182,10 +184,12 @@ pub fn grad_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
             })?;
             continue;
         }
-        sq += g
-            .sqr()?
-            .sum_all()?
+        on_device.push(g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all()?);
+    }
+    if !on_device.is_empty() {
+        sq += Tensor::stack(&on_device, 0)?
             .to_dtype(candle_core::DType::F64)?
+            .sum_all()?
             .to_scalar::<f64>()?;
     }
     Ok(sq.sqrt())

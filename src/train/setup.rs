@@ -375,6 +375,7 @@ impl<'c> Run<'c> {
             true => Some(MetricsLog::open(run_dir, resumed.then_some(state.step))?),
             false => None,
         };
+        let profile = super::profile::StepProfile::new(cfg.train.profile, &device);
         Ok(Run {
             cfg,
             coll,
@@ -390,6 +391,7 @@ impl<'c> Run<'c> {
             token_bytes,
             state,
             metrics,
+            profile,
         })
     }
 }

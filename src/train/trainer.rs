@@ -146,6 +146,8 @@ pub(super) struct Run<'c> {
     pub(super) state: TrainerState,
     /// metrics.jsonl (rank 0 only).
     pub(super) metrics: Option<MetricsLog>,
+    /// `train.profile`: time per phase of the step.
+    pub(super) profile: super::profile::StepProfile,
 }
 
 use super::setup::device_peak_flops;
@@ -258,8 +260,10 @@ impl Run<'_> {
         for _ in 0..accum {
             let b = self.source.next(&self.device)?;
             tokens += b.tokens;
+            self.profile.mark("data")?;
             let loss = model.loss(&b.x, &b.y)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
+            self.profile.mark("forward")?;
             let scaled = if accum > 1 {
                 (loss / accum as f64)?
             } else {
@@ -275,6 +279,8 @@ impl Run<'_> {
                     grads.insert(name.clone(), g);
                 }
             }
+            drop(store);
+            self.profile.mark("backward")?;
         }
         model.set_training(false);
         let loss = loss_sum / accum as f64;
@@ -286,6 +292,7 @@ impl Run<'_> {
         // over the ranks is the gradient of the combined batch.
         let mut totals = [loss, tokens as f64];
         let grads = self.average_gradients(grads, &mut totals)?;
+        self.profile.mark("all-reduce")?;
         Ok((totals[0] / world as f64, grads, totals[1] as u64))
     }
 
@@ -480,6 +487,7 @@ impl Run<'_> {
             }
         };
         while self.state.step < total {
+            self.profile.start()?;
             let t0 = Instant::now();
             let lr = schedule.lr(self.state.step);
             let (loss, grads, step_tokens) = self.step_gradients()?;
@@ -495,6 +503,7 @@ impl Run<'_> {
                 )));
             }
             let norm = grad_norm(&grads)?;
+            self.profile.mark("grad norm")?;
             let clip = self.cfg.train.grad_clip;
             let scale = if clip > 0.0 && norm > clip {
                 clip / (norm + 1e-6)
@@ -503,6 +512,7 @@ impl Run<'_> {
             };
             self.opt.step(&self.params.vars, &grads, lr, scale)?;
             drop(grads);
+            self.profile.mark("optimizer")?;
             self.state.step += 1;
             self.state.optimizer_t = self.opt.t;
             self.state.loader_position = self.source.position();
@@ -579,6 +589,9 @@ impl Run<'_> {
             }
         }
         bar.finish_and_clear();
+        if let (true, Some(report)) = (lead, self.profile.report()) {
+            eprint!("{report}");
+        }
         if self.state.step < total {
             let dir = self.run_dir.join("checkpoints");
             return Ok(self.summary(tally, dir));
