@@ -6,34 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use chatforge::model::device_ops;
 use chatforge::model::ops::reference;
-use common::max_abs_diff;
-
-/// Value and gradient (as f32) of sum(f(x) * w) for a fixed weighting w.
-fn value_and_grad(
-    x: &Tensor,
-    f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
-) -> (Tensor, Tensor) {
-    let v = Var::from_tensor(x).unwrap();
-    let y = f(v.as_tensor()).unwrap();
-    let w = Tensor::arange(0f32, y.elem_count() as f32, &Device::Cpu)
-        .unwrap()
-        .reshape(y.shape())
-        .unwrap();
-    let w = (w * 0.37)
-        .unwrap()
-        .sin()
-        .unwrap()
-        .to_dtype(y.dtype())
-        .unwrap();
-    let loss = (&y * &w).unwrap().sum_all().unwrap();
-    let g = loss.backward().unwrap();
-    let g = g.get(v.as_tensor()).expect("a gradient reaches the input");
-    assert_eq!(g.dtype(), x.dtype(), "the gradient has the input's dtype");
-    (
-        y.to_dtype(DType::F32).unwrap(),
-        g.to_dtype(DType::F32).unwrap(),
-    )
-}
+use common::{assert_close, value_and_grad, value_and_grads};
 
 /// Fixed pseudo-random values of about `scale` in magnitude (the same every run).
 fn noise(shape: &[usize], scale: f32) -> Tensor {
@@ -45,11 +18,6 @@ fn noise(shape: &[usize], scale: f32) -> Tensor {
         })
         .collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn assert_close(name: &str, a: &Tensor, b: &Tensor, tol: f32) {
-    let d = max_abs_diff(a, b);
-    assert!(d < tol, "{name}: max difference {d}");
 }
 
 #[test]
@@ -167,26 +135,6 @@ fn with_grad_attaches_the_given_backward_and_is_the_value_without_one() {
     assert_eq!(y.id(), plain.id());
 }
 
-/// Value and gradients (as f32) of sum(f(inputs) * w) for a fixed weighting w.
-fn value_and_grads(
-    inputs: &[Tensor],
-    f: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
-) -> (Tensor, Vec<Tensor>) {
-    let vars: Vec<Var> = inputs
-        .iter()
-        .map(|t| Var::from_tensor(t).unwrap())
-        .collect();
-    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let y = f(&ts).unwrap();
-    let w = noise(y.dims(), 1.0).to_dtype(y.dtype()).unwrap();
-    let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
-    let grads = ts
-        .iter()
-        .map(|t| g.get(t).expect("every input gets a gradient").clone())
-        .collect();
-    (y, grads)
-}
-
 fn assert_all_close(name: &str, a: &(Tensor, Vec<Tensor>), b: &(Tensor, Vec<Tensor>), tol: f32) {
     assert_close(&format!("{name} value"), &a.0, &b.0, tol);
     for (i, (ga, gb)) in a.1.iter().zip(&b.1).enumerate() {
@@ -203,8 +151,8 @@ fn norms_match_the_reference_with_and_without_centering_and_bias() {
     for centered in [true, false] {
         let with_bias =
             |f: fn(&Tensor, &Tensor, Option<&Tensor>, f64, bool) -> candle_core::Result<Tensor>| {
-                value_and_grads(&[x.clone(), w.clone(), b.clone()], move |t| {
-                    f(&t[0], &t[1], Some(&t[2]), 1e-5, centered)
+                value_and_grads(&[&x, &w, &b], move |t| {
+                    f(t[0], t[1], Some(t[2]), 1e-5, centered)
                 })
             };
         let name = if centered { "LayerNorm" } else { "RMSNorm" };
@@ -216,9 +164,7 @@ fn norms_match_the_reference_with_and_without_centering_and_bias() {
         );
         let no_bias =
             |f: fn(&Tensor, &Tensor, Option<&Tensor>, f64, bool) -> candle_core::Result<Tensor>| {
-                value_and_grads(&[x.clone(), w.clone()], move |t| {
-                    f(&t[0], &t[1], None, 1e-6, centered)
-                })
+                value_and_grads(&[&x, &w], move |t| f(t[0], t[1], None, 1e-6, centered))
             };
         assert_all_close(
             &format!("{name} without bias"),
@@ -238,13 +184,11 @@ fn linear_matches_the_reference_with_and_without_bias() {
         noise(&[40], 0.5),
     );
     let run = |f: fn(&Tensor, &Tensor, Option<&Tensor>) -> candle_core::Result<Tensor>| {
-        value_and_grads(&[x.clone(), w.clone(), b.clone()], move |t| {
-            f(&t[0], &t[1], Some(&t[2]))
-        })
+        value_and_grads(&[&x, &w, &b], move |t| f(t[0], t[1], Some(t[2])))
     };
     assert_all_close("linear", &run(device_ops::linear), &run(linear_ref), 1e-5);
     let run = |f: fn(&Tensor, &Tensor, Option<&Tensor>) -> candle_core::Result<Tensor>| {
-        value_and_grads(&[x.clone(), w.clone()], move |t| f(&t[0], &t[1], None))
+        value_and_grads(&[&x, &w], move |t| f(t[0], t[1], None))
     };
     assert_all_close(
         "linear without bias",

@@ -4,35 +4,7 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use chatforge::model::ops::{self, reference};
-use common::max_abs_diff;
-
-/// Value and gradient of sum(f(x) * w) for a random weighting w.
-fn value_and_grad(
-    x: &Tensor,
-    f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
-) -> (Tensor, Tensor) {
-    let v = Var::from_tensor(x).unwrap();
-    let y = f(v.as_tensor()).unwrap();
-    // The same weighting for both implementations, derived from the shape.
-    let w = Tensor::arange(0f32, y.elem_count() as f32, &Device::Cpu)
-        .unwrap()
-        .reshape(y.shape())
-        .unwrap();
-    let w = (w * 0.37).unwrap().sin().unwrap();
-    let loss = (&y * &w).unwrap().sum_all().unwrap();
-    let g = loss
-        .backward()
-        .unwrap()
-        .get(v.as_tensor())
-        .expect("a gradient reaches the input")
-        .clone();
-    (y, g)
-}
-
-fn assert_close(name: &str, a: &Tensor, b: &Tensor, tol: f32) {
-    let d = max_abs_diff(a, b);
-    assert!(d < tol, "{name}: max difference {d}");
-}
+use common::{assert_close, max_abs_diff, value_and_grad, value_and_grads};
 
 #[test]
 fn token_nll_matches_log_softmax_gather() {
@@ -114,35 +86,6 @@ fn small_matmul_matches_gemm() {
     )
     .unwrap()
     .is_none());
-}
-
-/// Value and gradients (one per input) of sum(f(inputs) * w) for a fixed weighting w.
-fn value_and_grads(
-    inputs: &[&Tensor],
-    f: impl Fn(&[&Tensor]) -> candle_core::Result<Tensor>,
-) -> (Tensor, Vec<Tensor>) {
-    let vars: Vec<Var> = inputs
-        .iter()
-        .map(|x| Var::from_tensor(x).unwrap())
-        .collect();
-    let ts: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
-    let y = f(&ts).unwrap();
-    let w = Tensor::arange(0f32, y.elem_count() as f32, &Device::Cpu)
-        .unwrap()
-        .reshape(y.shape())
-        .unwrap();
-    let w = (w * 0.37).unwrap().sin().unwrap();
-    let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
-    let g = ts
-        .iter()
-        .map(|t| {
-            grads
-                .get(t)
-                .expect("a gradient reaches every input")
-                .clone()
-        })
-        .collect();
-    (y, g)
 }
 
 /// Relative to the largest reference value, so that tolerances mean the same at every scale.

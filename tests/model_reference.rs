@@ -4,20 +4,20 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use chatforge::model::params::Params;
-use chatforge::model::{cross_entropy, save_model_dir, LoadedModel, Transformer};
+use chatforge::model::{cross_entropy, save_model_dir, LoadedModel};
 use common::*;
 
 fn check_against_reference(name: &str) {
-    let dir = fixtures().join(name);
-    let m = LoadedModel::load(&dir, &Device::Cpu).unwrap();
-    let exp = load_expected(name);
-    let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
+    let ReferenceCase {
+        model: m,
+        expected: exp,
+        ids,
+        params,
+        transformer: mut model,
+    } = reference_case(name);
     let targets = &exp["targets"];
 
     // Logits and loss.
-    let params = Params::from_tensors(&m.weights).unwrap();
-    let mut model = Transformer::new(&m.cfg, &params.tensors()).unwrap();
     let logits = model.forward(&ids, 0, None).unwrap();
     let d = max_abs_diff(&logits, &exp["logits"]);
     eprintln!("{name}: max |logits - transformers| = {d:.3e}");
@@ -80,23 +80,7 @@ fn llama_gqa_untied_matches_transformers() {
 #[test]
 fn incremental_decoding_with_kv_cache_equals_full_forward() {
     for name in ["gpt2-tiny", "llama-tiny"] {
-        let m = LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
-        let model = m.transformer().unwrap();
-        let ids = load_expected(name)["input_ids"]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .narrow(0, 0, 1)
-            .unwrap();
-        let full = model.forward(&ids, 0, None).unwrap();
-        let cfg = &m.cfg;
-        let mut cache = chatforge::model::KvCache::new(
-            cfg.n_layer,
-            1,
-            cfg.n_kv_head,
-            cfg.head_dim,
-            &Device::Cpu,
-        )
-        .unwrap();
+        let (model, ids, full, mut cache) = decoding_case(name);
         // A 5-token prefill, then one token at a time.
         let mut rows = vec![model
             .forward(&ids.narrow(1, 0, 5).unwrap(), 0, Some(&mut cache))

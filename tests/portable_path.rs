@@ -5,9 +5,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
-use chatforge::model::params::Params;
-use chatforge::model::{LoadedModel, Transformer};
+use candle_core::Tensor;
 use common::*;
 
 fn portable() {
@@ -16,13 +14,14 @@ fn portable() {
 
 fn check_against_reference(name: &str) {
     portable();
-    let dir = fixtures().join(name);
-    let m = LoadedModel::load(&dir, &Device::Cpu).unwrap();
-    let exp = load_expected(name);
-    let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
+    let ReferenceCase {
+        model: m,
+        expected: exp,
+        ids,
+        params,
+        transformer: mut model,
+    } = reference_case(name);
     let targets = &exp["targets"];
-    let params = Params::from_tensors(&m.weights).unwrap();
-    let mut model = Transformer::new(&m.cfg, &params.tensors()).unwrap();
     model.set_training(true);
     let logits = model.forward(&ids, 0, None).unwrap();
     let d = max_abs_diff(&logits, &exp["logits"]);
@@ -51,23 +50,7 @@ fn llama_on_the_portable_path_matches_transformers() {
 fn portable_decoding_with_a_cache_equals_the_full_forward_pass() {
     portable();
     for name in ["gpt2-tiny", "llama-tiny"] {
-        let m = LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
-        let model = m.transformer().unwrap();
-        let ids = load_expected(name)["input_ids"]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .narrow(0, 0, 1)
-            .unwrap();
-        let full = model.forward(&ids, 0, None).unwrap();
-        let cfg = &m.cfg;
-        let mut cache = chatforge::model::KvCache::new(
-            cfg.n_layer,
-            1,
-            cfg.n_kv_head,
-            cfg.head_dim,
-            &Device::Cpu,
-        )
-        .unwrap();
+        let (model, ids, full, mut cache) = decoding_case(name);
         // A 4-token prompt, a 3-token continuation (masked against the cache), then one at a time.
         let mut rows = vec![model
             .forward(&ids.narrow(1, 0, 4).unwrap(), 0, Some(&mut cache))

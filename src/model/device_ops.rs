@@ -154,19 +154,7 @@ fn causal_mask(
         shape.dims()[shape.rank() - 2],
         shape.dims()[shape.rank() - 1],
     );
-    let past = s - t;
-    let small: Vec<f32> = (0..rows)
-        .flat_map(|r| {
-            (0..s).map(move |j| {
-                if j > past + r % t {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    let mask = Tensor::from_vec(small, (rows, s), device)?
+    let mask = super::ops::causal_mask(rows, s, t, device)?
         .to_dtype(dtype)?
         .broadcast_as(shape)?
         .contiguous()?;

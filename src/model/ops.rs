@@ -357,21 +357,32 @@ pub mod reference {
 
     pub fn causal_softmax(scores: &Tensor, t: usize) -> CResult<Tensor> {
         let (s, rows) = (scores.dim(D::Minus1)?, scores.dim(D::Minus2)?);
-        let past = s - t;
-        let mask: Vec<f32> = (0..rows)
-            .flat_map(|r| {
-                (0..s).map(move |j| {
-                    if j > past + r % t {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (rows, s), scores.device())?.to_dtype(scores.dtype())?;
+        let mask = causal_mask(rows, s, t, scores.device())?.to_dtype(scores.dtype())?;
         candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)
     }
+}
+
+/// The additive causal mask (rows, s): 0 where row r (new token r mod t of t, after s - t cached
+/// ones) may look, -inf on the keys after it.
+pub(crate) fn causal_mask(
+    rows: usize,
+    s: usize,
+    t: usize,
+    device: &candle_core::Device,
+) -> CResult<Tensor> {
+    let past = s - t;
+    let mask: Vec<f32> = (0..rows)
+        .flat_map(|r| {
+            (0..s).map(move |j| {
+                if j > past + r % t {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (rows, s), device)
 }
 
 /// y = x @ w^T for a handful of rows of x (decoding): every output is a dot product of a

@@ -111,3 +111,104 @@ pub fn check_loss_and_gradients(
     }
     eprintln!("{name}: worst relative gradient difference {worst:.3e}");
 }
+
+/// Value and gradients (one per input; both as f32) of sum(f(inputs) * w) for a fixed weighting w
+/// of f's output shape and dtype.
+pub fn value_and_grads(
+    inputs: &[&Tensor],
+    f: impl Fn(&[&Tensor]) -> candle_core::Result<Tensor>,
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<candle_core::Var> = inputs
+        .iter()
+        .map(|x| candle_core::Var::from_tensor(x).unwrap())
+        .collect();
+    let ts: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+    let y = f(&ts).unwrap();
+    let w = Tensor::arange(0f32, y.elem_count() as f32, &Device::Cpu)
+        .unwrap()
+        .reshape(y.shape())
+        .unwrap();
+    let w = (w * 0.37)
+        .unwrap()
+        .sin()
+        .unwrap()
+        .to_dtype(y.dtype())
+        .unwrap();
+    let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let f32 = |t: &Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
+    let g = ts
+        .iter()
+        .map(|t| {
+            let g = grads.get(t).expect("a gradient reaches every input");
+            assert_eq!(g.dtype(), t.dtype(), "a gradient has its input's dtype");
+            f32(g)
+        })
+        .collect();
+    (f32(&y), g)
+}
+
+/// [`value_and_grads`] of one input.
+pub fn value_and_grad(
+    x: &Tensor,
+    f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> (Tensor, Tensor) {
+    let (y, mut g) = value_and_grads(&[x], |t| f(t[0]));
+    (y, g.remove(0))
+}
+
+pub fn assert_close(name: &str, a: &Tensor, b: &Tensor, tol: f32) {
+    let d = max_abs_diff(a, b);
+    assert!(d < tol, "{name}: max difference {d}");
+}
+
+/// A fixture model for inference, the first sequence of its reference inputs (1, T), the logits of
+/// the full forward pass over it, and an empty KV cache to decode it again.
+pub fn decoding_case(
+    name: &str,
+) -> (
+    chatforge::model::Transformer,
+    Tensor,
+    Tensor,
+    chatforge::model::KvCache,
+) {
+    let m = chatforge::model::LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
+    let model = m.transformer().unwrap();
+    let ids = load_expected(name)["input_ids"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap()
+        .narrow(0, 0, 1)
+        .unwrap();
+    let full = model.forward(&ids, 0, None).unwrap();
+    let cfg = &m.cfg;
+    let cache =
+        chatforge::model::KvCache::new(cfg.n_layer, 1, cfg.n_kv_head, cfg.head_dim, &Device::Cpu)
+            .unwrap();
+    (model, ids, full, cache)
+}
+
+/// A fixture model as training sees it (its weights as variables) with transformers' values for it.
+pub struct ReferenceCase {
+    pub model: chatforge::model::LoadedModel,
+    pub expected: HashMap<String, Tensor>,
+    /// The reference inputs (B, T) as u32.
+    pub ids: Tensor,
+    pub params: chatforge::model::params::Params,
+    pub transformer: chatforge::model::Transformer,
+}
+
+pub fn reference_case(name: &str) -> ReferenceCase {
+    let model = chatforge::model::LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
+    let expected = load_expected(name);
+    let ids = expected["input_ids"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    let params = chatforge::model::params::Params::from_tensors(&model.weights).unwrap();
+    let transformer = chatforge::model::Transformer::new(&model.cfg, &params.tensors()).unwrap();
+    ReferenceCase {
+        model,
+        expected,
+        ids,
+        params,
+        transformer,
+    }
+}
