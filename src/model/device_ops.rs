@@ -1,5 +1,6 @@
-//! Attention's causal softmax and the loss's log-softmax for devices other than the CPU (CUDA),
-//! written so that no large tensor goes through candle's broadcasting or reducing kernels.
+//! The training ops where the fused CPU kernels do not run (CUDA): attention's causal softmax, the
+//! loss's log-softmax, norms and linear layers with a bias, written so that no large tensor goes
+//! through candle's broadcasting or reducing kernels.
 //!
 //! Why: candle's CUDA kernels for a broadcast binary op (`broadcast_sub`, `broadcast_div`, ...) and
 //! for a reduction compute every element's strided index with 64-bit divisions and remainders, one
