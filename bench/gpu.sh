@@ -6,8 +6,9 @@
 #   bash bench/gpu.sh                      # builds chatforge with CUDA (tools/cuda-toolchain.sh)
 #   CHATFORGE_BIN=path/to/chatforge bash bench/gpu.sh   # a chatforge built elsewhere
 #
-# Needs python3 with torch (CUDA) and numpy. Writes bench/results/gpu_gpt2_124m.json (or
-# $RESULTS/...) and prints the table.
+# Needs python3 with torch (CUDA) and numpy. Runs tests/cuda_reference.rs first, then writes
+# bench/results/gpu_gpt2_124m.json (or $RESULTS/...) and prints the table, the one-rank NCCL check
+# and a bf16 train.profile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-20}
@@ -24,6 +25,19 @@ if [ -z "${CHATFORGE_BIN:-}" ]; then
   CHATFORGE_BIN=target-cuda/release/chatforge
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+
+# Correctness on this GPU first (tests/cuda_reference.rs: logits, loss and every gradient against
+# transformers; bf16 loss; cached decoding). CHATFORGE_CUDA_TESTS: that test binary, built elsewhere
+# and run from the repository root; else it is built here.
+echo "== CUDA against transformers (tests/cuda_reference.rs)"
+if [ -n "${CHATFORGE_CUDA_TESTS:-}" ]; then
+  cuda_tests=("$CHATFORGE_CUDA_TESTS" --test-threads 1)
+else
+  cuda_tests=(cargo test --release --features nccl --target-dir target-cuda --test cuda_reference -- --test-threads 1)
+fi
+if ! "${cuda_tests[@]}" 2>&1 | grep -E "^test |test result|panicked|differ|CUDA"; then
+  echo "CUDA reference tests FAILED"
+fi
 
 python3 bench/gpu/make_shard.py "$WORK/data"
 runs=()

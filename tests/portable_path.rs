@@ -5,7 +5,7 @@
 
 mod common;
 
-use candle_core::Tensor;
+use candle_core::Device;
 use common::*;
 
 fn portable() {
@@ -14,26 +14,12 @@ fn portable() {
 
 fn check_against_reference(name: &str) {
     portable();
-    let ReferenceCase {
-        model: m,
-        expected: exp,
-        ids,
-        params,
-        transformer: mut model,
-    } = reference_case(name);
-    let targets = &exp["targets"];
-    model.set_training(true);
-    let logits = model.forward(&ids, 0, None).unwrap();
-    let d = max_abs_diff(&logits, &exp["logits"]);
-    assert!(d < 1e-4, "{name}: logits differ by {d}");
-    let loss = model.loss(&ids, targets).unwrap();
-    let grads = model.backward(&loss).unwrap();
-    let qkv = params.vars["h.0.attn.qkv.weight"].as_tensor();
+    let (case, loss) = check_training_against_reference(name, &Device::Cpu, "portable path");
+    let qkv = case.params.vars["h.0.attn.qkv.weight"].as_tensor();
     assert!(
-        grads.get(qkv).is_some() && loss.backward().unwrap().get(qkv).is_some(),
+        loss.backward().unwrap().get(qkv).is_some(),
         "{name}: with the fused kernels off, the gradients come through candle's graph"
     );
-    check_loss_and_gradients(name, "portable path", &m.cfg, &params, &exp, &loss, grads);
 }
 
 #[test]
@@ -51,20 +37,7 @@ fn portable_decoding_with_a_cache_equals_the_full_forward_pass() {
     portable();
     for name in ["gpt2-tiny", "llama-tiny"] {
         let (model, ids, full, mut cache) = decoding_case(name);
-        // A 4-token prompt, a 3-token continuation (masked against the cache), then one at a time.
-        let mut rows = vec![model
-            .forward(&ids.narrow(1, 0, 4).unwrap(), 0, Some(&mut cache))
-            .unwrap()];
-        rows.push(
-            model
-                .forward(&ids.narrow(1, 4, 3).unwrap(), 4, Some(&mut cache))
-                .unwrap(),
-        );
-        for t in 7..ids.dim(1).unwrap() {
-            let x = ids.narrow(1, t, 1).unwrap();
-            rows.push(model.forward(&x, t, Some(&mut cache)).unwrap());
-        }
-        let d = max_abs_diff(&full, &Tensor::cat(&rows, 1).unwrap());
+        let d = max_abs_diff(&full, &decode_in_pieces(&model, &ids, &mut cache));
         assert!(d < 1e-5, "{name}: cached decoding differs by {d}");
     }
 }

@@ -12,7 +12,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    match built.exists() {
+        true => built,
+        // A test binary copied to another checkout (bench/gpu.sh), run from its root.
+        false => PathBuf::from("tests/fixtures"),
+    }
 }
 
 /// `../shared/data` next to the checkout (CI lays it there too).
@@ -28,9 +33,11 @@ pub fn load_expected(name: &str) -> HashMap<String, Tensor> {
     .expect("fixture loads")
 }
 
+/// The largest |a - b|, compared on the CPU (either may be on a GPU).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    max_abs(&(a - b).unwrap())
+    let cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+    max_abs(&(cpu(a) - cpu(b)).unwrap())
 }
 
 pub fn max_abs(a: &Tensor) -> f32 {
@@ -171,18 +178,32 @@ pub fn decoding_case(
     Tensor,
     chatforge::model::KvCache,
 ) {
-    let m = chatforge::model::LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
+    decoding_case_on(name, &Device::Cpu)
+}
+
+/// [`decoding_case`] on `device`.
+pub fn decoding_case_on(
+    name: &str,
+    device: &Device,
+) -> (
+    chatforge::model::Transformer,
+    Tensor,
+    Tensor,
+    chatforge::model::KvCache,
+) {
+    let m = chatforge::model::LoadedModel::load(&fixtures().join(name), device).unwrap();
     let model = m.transformer().unwrap();
     let ids = load_expected(name)["input_ids"]
         .to_dtype(candle_core::DType::U32)
         .unwrap()
         .narrow(0, 0, 1)
+        .unwrap()
+        .to_device(device)
         .unwrap();
     let full = model.forward(&ids, 0, None).unwrap();
     let cfg = &m.cfg;
-    let cache =
-        chatforge::model::KvCache::new(cfg.n_layer, 1, cfg.n_kv_head, cfg.head_dim, &Device::Cpu)
-            .unwrap();
+    let cache = chatforge::model::KvCache::new(cfg.n_layer, 1, cfg.n_kv_head, cfg.head_dim, device)
+        .unwrap();
     (model, ids, full, cache)
 }
 
@@ -197,10 +218,17 @@ pub struct ReferenceCase {
 }
 
 pub fn reference_case(name: &str) -> ReferenceCase {
-    let model = chatforge::model::LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
+    reference_case_on(name, &Device::Cpu)
+}
+
+/// [`reference_case`] with the model and inputs on `device` (the expected values stay on the CPU).
+pub fn reference_case_on(name: &str, device: &Device) -> ReferenceCase {
+    let model = chatforge::model::LoadedModel::load(&fixtures().join(name), device).unwrap();
     let expected = load_expected(name);
     let ids = expected["input_ids"]
         .to_dtype(candle_core::DType::U32)
+        .unwrap()
+        .to_device(device)
         .unwrap();
     let params = chatforge::model::params::Params::from_tensors(&model.weights).unwrap();
     let transformer = chatforge::model::Transformer::new(&model.cfg, &params.tensors()).unwrap();
@@ -211,4 +239,47 @@ pub fn reference_case(name: &str) -> ReferenceCase {
         params,
         transformer,
     }
+}
+
+/// The logits of `ids` (1, T >= 8) decoded in pieces through `cache`: a 4-token prompt, a 3-token
+/// continuation (masked against the cache), then one token at a time.
+pub fn decode_in_pieces(
+    model: &chatforge::model::Transformer,
+    ids: &Tensor,
+    cache: &mut chatforge::model::KvCache,
+) -> Tensor {
+    let mut rows = vec![
+        model
+            .forward(&ids.narrow(1, 0, 4).unwrap(), 0, Some(cache))
+            .unwrap(),
+        model
+            .forward(&ids.narrow(1, 4, 3).unwrap(), 4, Some(cache))
+            .unwrap(),
+    ];
+    for t in 7..ids.dim(1).unwrap() {
+        let x = ids.narrow(1, t, 1).unwrap();
+        rows.push(model.forward(&x, t, Some(cache)).unwrap());
+    }
+    Tensor::cat(&rows, 1).unwrap()
+}
+
+/// In training mode on `device`: the logits, the loss and every gradient against transformers.
+/// Returns the case and the loss for further checks.
+pub fn check_training_against_reference(
+    name: &str,
+    device: &Device,
+    path: &str,
+) -> (ReferenceCase, Tensor) {
+    let mut c = reference_case_on(name, device);
+    let targets = c.expected["targets"].to_device(device).unwrap();
+    c.transformer.set_training(true);
+    let logits = c.transformer.forward(&c.ids, 0, None).unwrap();
+    let d = max_abs_diff(&logits, &c.expected["logits"]);
+    eprintln!("{name} ({path}): max |logits - transformers| = {d:.3e}");
+    assert!(d < 1e-4, "{name} ({path}): logits differ by {d}");
+    let loss = c.transformer.loss(&c.ids, &targets).unwrap();
+    let grads = c.transformer.backward(&loss).unwrap();
+    let (cfg, exp) = (&c.model.cfg, &c.expected);
+    check_loss_and_gradients(name, path, cfg, &c.params, exp, &loss, grads);
+    (c, loss)
 }
