@@ -1,7 +1,8 @@
 //! The path a GPU takes, run on the CPU: with the fused CPU kernels switched off every op is
 //! `model::device_ops` or candle's own, as under `--device cuda`. Checked against transformers
-//! (logits, loss, every gradient), decoding with a cache against the full forward pass, and a
-//! short bf16 training run. (Its own test binary: the switch is process-wide.)
+//! (logits, loss, every gradient), decoding with a cache against the full forward pass, and the
+//! f32 and bf16 loss curves of a short training run against the fused path's. (Its own test
+//! binary: the switch is process-wide.)
 
 mod common;
 
