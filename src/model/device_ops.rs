@@ -24,8 +24,10 @@
 //! candle's fused softmax has no backward pass (DESIGN.md): [`with_grad`] attaches ours.
 //!
 //! `ops` and `fused` use these wherever their fused CPU kernels do not apply: on GPUs, and for
-//! bf16 on the CPU, so that bf16 training on the CPU (`tests/train.rs`) runs this code end to end;
-//! `tests/device_ops.rs` compares each function with the composed reference, values and gradients.
+//! bf16 attention and linear layers on the CPU. With the fused kernels switched off
+//! (`CHATFORGE_NO_FUSED=1`) the CPU runs all of them as a GPU does: `tests/portable_path.rs`
+//! checks that path against transformers, `tests/device_ops.rs` each function against the
+//! composed reference, values and gradients.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor, D};
