@@ -196,7 +196,9 @@ pub fn token_nll(logits: &Tensor, targets: &Tensor) -> CResult<Tensor> {
     let safe = targets.maximum(0i64)?.to_dtype(DType::U32)?.unsqueeze(1)?;
     let xd = x.detach();
     let p = candle_nn::ops::softmax_last_dim(&xd)?;
-    let lse = (xd.max_keepdim(1)? - p.max_keepdim(1)?.log()?)?;
+    // The row's largest logit and largest probability are at the same place: one reduction.
+    let top = xd.argmax_keepdim(1)?;
+    let lse = (xd.gather(&top, 1)? - p.gather(&top, 1)?.log()?)?;
     let nll = ((lse - xd.gather(&safe, 1)?)? * &keep)?.squeeze(1)?;
     with_grad(&x, nll, "token-nll", move |x, _, g| {
         // (softmax - onehot(target)) * g, zero on ignored rows.
