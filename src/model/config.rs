@@ -79,7 +79,8 @@ impl ModelConfig {
             n_head,
             n_kv_head: n_head,
             n_embd,
-            head_dim: n_embd / n_head,
+            // 0 for zero heads, which `validate` refuses (no division by zero on the way).
+            head_dim: n_embd.checked_div(n_head).unwrap_or(0),
             intermediate: 4 * n_embd,
             positions: Positions::Learned,
             norm: NormKind::LayerNorm,
@@ -114,7 +115,8 @@ impl ModelConfig {
             n_head,
             n_kv_head,
             n_embd,
-            head_dim: n_embd / n_head,
+            // 0 for zero heads, which `validate` refuses (no division by zero on the way).
+            head_dim: n_embd.checked_div(n_head).unwrap_or(0),
             intermediate,
             positions: Positions::Rope,
             norm: NormKind::RmsNorm,
@@ -156,14 +158,42 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// Checks that the switches make a model that can be built and saved in its family's layout.
+    /// The first size outside its range, as (field, value, largest allowed); every size must also be
+    /// positive.
+    pub fn check_sizes(&self) -> std::result::Result<(), (&'static str, usize, usize)> {
+        for (field, value, max) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("context", self.context, MAX_CONTEXT),
+            ("n_layer", self.n_layer, MAX_LAYERS),
+            ("n_head", self.n_head, MAX_HEADS),
+            ("n_kv_head", self.n_kv_head, MAX_HEADS),
+            ("n_embd", self.n_embd, MAX_WIDTH),
+            ("head_dim", self.head_dim, MAX_HEAD_DIM),
+            ("intermediate", self.intermediate, MAX_WIDTH * 16),
+        ] {
+            if value == 0 || value > max {
+                return Err((field, value, max));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the switches make a model that can be built and saved in its family's layout,
+    /// and that every size lies in a range no real model leaves, so that a crafted config is an
+    /// error before anything is allocated from it.
     pub fn validate(&self) -> Result<()> {
         let err = |m: String| Err(Error::Config(m));
-        if self.vocab_size == 0 || self.n_layer == 0 || self.n_head == 0 || self.n_embd == 0 {
-            return err("vocab_size, n_layer, n_head and n_embd must all be positive".into());
+        if let Err((field, value, max)) = self.check_sizes() {
+            return err(format!("{field} = {value} is outside 1..={max}"));
         }
-        if self.context == 0 {
-            return err("context must be positive".into());
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+            return err(format!("norm_eps = {} is outside (0, 1)", self.norm_eps));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return err(format!(
+                "rope_theta = {} must be a positive number",
+                self.rope_theta
+            ));
         }
         if self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head) {
             return err(format!(
@@ -246,6 +276,17 @@ impl ModelConfig {
         (6 * matmul + attn) as f64
     }
 }
+
+/// Bounds of [`ModelConfig::validate`]: generous for real models (Llama 3.1's context is 131,072,
+/// Gemma's vocabulary 256,000, Llama 405B's width 16,384 in 126 layers), small enough that a
+/// crafted config.json or GGUF header cannot make the tables built from them (RoPE's cos/sin are
+/// context × head_dim floats) exhaust memory.
+pub const MAX_CONTEXT: usize = 1 << 20;
+pub const MAX_VOCAB: usize = 1 << 22;
+pub const MAX_LAYERS: usize = 1024;
+pub const MAX_HEADS: usize = 1024;
+pub const MAX_WIDTH: usize = 1 << 16;
+pub const MAX_HEAD_DIM: usize = 1024;
 
 pub const PRESETS: &[&str] = &[
     "tiny",

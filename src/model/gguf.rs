@@ -7,9 +7,11 @@
 //! rows are permuted back here.
 
 use super::config::ModelConfig;
+use super::gguf_header::{read_header, tensor_bytes};
 use super::hf::weights_from_hf;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
@@ -19,22 +21,25 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
-/// An opened GGUF file: its header and a reader for tensor data.
+/// An opened GGUF file: its checked header and the file's bytes, memory-mapped.
 pub struct GgufFile {
     path: std::path::PathBuf,
     content: Content,
-    file: std::fs::File,
+    bytes: memmap2::Mmap,
 }
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let content = Content::read(&mut file)
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the file is opened read-only; like every mmap reader we assume nobody truncates
+        // it while we hold the map.
+        let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let content = read_header(&bytes)
             .map_err(|e| Error::bad_file(path, format!("not a readable GGUF file: {e}")))?;
         Ok(GgufFile {
             path: path.to_path_buf(),
             content,
-            file,
+            bytes,
         })
     }
 
@@ -63,11 +68,22 @@ impl GgufFile {
 
     fn usize(&self, key: &str) -> Result<usize> {
         let v = self.get(key)?;
-        v.to_u64()
-            .or_else(|_| v.to_u32().map(u64::from))
-            .or_else(|_| v.to_i32().map(|x| x.max(0) as u64))
-            .map(|x| x as usize)
-            .map_err(|_| self.err(format!("metadata '{key}' is not an integer")))
+        let n = match v {
+            Value::U8(x) => Some(u64::from(*x)),
+            Value::U16(x) => Some(u64::from(*x)),
+            Value::U32(x) => Some(u64::from(*x)),
+            Value::U64(x) => Some(*x),
+            Value::I8(x) => u64::try_from(*x).ok(),
+            Value::I16(x) => u64::try_from(*x).ok(),
+            Value::I32(x) => u64::try_from(*x).ok(),
+            Value::I64(x) => u64::try_from(*x).ok(),
+            _ => None,
+        };
+        n.and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+            self.err(format!(
+                "metadata '{key}' must be a non-negative integer, got {v:?}"
+            ))
+        })
     }
 
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
@@ -112,6 +128,9 @@ impl GgufFile {
         }
         let heads = self.usize("llama.attention.head_count")?;
         let embd = self.usize("llama.embedding_length")?;
+        if heads == 0 {
+            return Err(self.err("metadata 'llama.attention.head_count' is 0; a model needs at least one attention head"));
+        }
         let vocab = match self.usize("llama.vocab_size") {
             Ok(v) => v,
             Err(_) => self.strings("tokenizer.ggml.tokens")?.len(),
@@ -127,9 +146,10 @@ impl GgufFile {
             self.usize("llama.context_length")?,
             tied,
         );
-        cfg.head_dim = self
-            .usize("llama.attention.key_length")
-            .unwrap_or(embd / heads.max(1));
+        cfg.head_dim = match self.content.metadata.get("llama.attention.key_length") {
+            Some(_) => self.usize("llama.attention.key_length")?,
+            None => embd / heads,
+        };
         cfg.norm_eps = self.f64_or("llama.attention.layer_norm_rms_epsilon", 1e-5)?;
         cfg.rope_theta = self.f64_or("llama.rope.freq_base", 10_000.0)?;
         cfg.bos_token_id = self
@@ -140,17 +160,69 @@ impl GgufFile {
             .usize("tokenizer.ggml.eos_token_id")
             .ok()
             .map(|x| x as u32);
+        if let Err((field, value, max)) = cfg.check_sizes() {
+            let key = match field {
+                "vocab_size" => "llama.vocab_size (or tokenizer.ggml.tokens)",
+                "context" => "llama.context_length",
+                "n_layer" => "llama.block_count",
+                "n_head" => "llama.attention.head_count",
+                "n_kv_head" => "llama.attention.head_count_kv",
+                "n_embd" => "llama.embedding_length",
+                "head_dim" => "llama.attention.key_length",
+                _ => "llama.feed_forward_length",
+            };
+            return Err(self.err(format!(
+                "metadata '{key}' = {value} is outside 1..={max}; is this file damaged?"
+            )));
+        }
         cfg.validate().map_err(|e| self.err(e))?;
+        let layers = self.layers_in_file();
+        if layers != cfg.n_layer {
+            return Err(self.err(format!(
+                "metadata 'llama.block_count' is {} but the file holds tensors of {layers} layers",
+                cfg.n_layer
+            )));
+        }
         Ok(cfg)
     }
 
-    /// One tensor, dequantised to f32.
+    /// Layers that have tensors (`blk.N.*`), counted as the highest N + 1.
+    fn layers_in_file(&self) -> usize {
+        self.content
+            .tensor_infos
+            .keys()
+            .filter_map(|n| {
+                n.strip_prefix("blk.")?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .map(|n| n + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// One tensor, dequantised to f32. Its bytes lie inside the file (checked by `read_header`).
     fn tensor(&mut self, name: &str, device: &Device) -> Result<Tensor> {
-        let q = self
+        let err = |e: String| Error::bad_file(&self.path, format!("tensor '{name}': {e}"));
+        let info = self
             .content
-            .tensor(&mut self.file, name, device)
-            .map_err(|e| Error::bad_file(&self.path, format!("tensor '{name}': {e}")))?;
-        Ok(q.dequantize(device)?)
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| err("missing from the file".into()))?;
+        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        let len = tensor_bytes(info.ggml_dtype, info.shape.elem_count() as u64) as usize;
+        let q = qtensor_from_ggml(
+            info.ggml_dtype,
+            &self.bytes[start..start + len],
+            info.shape.dims().to_vec(),
+            device,
+        )
+        .map_err(|e| err(e.to_string()))?;
+        let t = q.dequantize(device)?;
+        super::params::check_finite_tensor(name, &t, &self.path.display().to_string())?;
+        Ok(t)
     }
 
     /// All weights under our internal names, as f32.

@@ -6,7 +6,7 @@
 
 use super::config::{Family, ModelConfig};
 use super::hf_config::{parse_hf_config, to_hf_config};
-use super::params::check_weights;
+use super::params::{check_finite, check_weights};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use candle_core::safetensors::Load;
@@ -64,6 +64,19 @@ impl SafetensorsFiles {
         let st =
             safetensors::SafeTensors::deserialize(mmap).map_err(|e| Error::bad_file(path, e))?;
         let view = st.tensor(name).map_err(|e| Error::bad_file(path, e))?;
+        use safetensors::Dtype;
+        if !matches!(
+            view.dtype(),
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64
+        ) {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "tensor '{name}' is stored as {:?}; model weights must be floating point (F32, F16, BF16 or F64)",
+                    view.dtype()
+                ),
+            ));
+        }
         if let Some(s) = shape {
             if view.shape() != s {
                 return Err(Error::Mismatch(format!(
@@ -76,8 +89,10 @@ impl SafetensorsFiles {
         }
         let t = view
             .load(device)
-            .map_err(|e| Error::bad_file(path, format!("tensor '{name}': {e}")))?;
-        Ok(t.to_dtype(DType::F32)?)
+            .map_err(|e| Error::bad_file(path, format!("tensor '{name}': {e}")))?
+            .to_dtype(DType::F32)?;
+        super::params::check_finite_tensor(name, &t, &path.display().to_string())?;
+        Ok(t)
     }
 }
 
@@ -372,6 +387,7 @@ pub fn write_model_files(
 ) -> Result<()> {
     cfg.validate()?;
     check_weights(cfg, weights, "weights to save")?;
+    check_finite(weights, "weights to save")?;
     let config = serde_json::to_string_pretty(&to_hf_config(cfg)).expect("json");
     fsutil::write_atomic(&dir.join("config.json"), config.as_bytes())?;
     let gen = serde_json::json!({

@@ -154,8 +154,31 @@ pub fn parse_hf_config(v: &Value, path: &Path) -> Result<ModelConfig> {
     };
     cfg.bos_token_id = f.token_id("bos_token_id");
     cfg.eos_token_id = f.token_id("eos_token_id");
+    if let Err((field, value, max)) = cfg.check_sizes() {
+        return Err(f.err(format!(
+            "field '{}' = {value} is outside 1..={max}; is this config.json damaged?",
+            hf_field(cfg.family, field)
+        )));
+    }
     cfg.validate().map_err(|e| f.err(e.to_string()))?;
     Ok(cfg)
+}
+
+/// The config.json key behind one of [`ModelConfig`]'s sizes.
+fn hf_field(family: Family, ours: &str) -> &str {
+    match (family, ours) {
+        (Family::Gpt2, "context") => "n_positions",
+        (Family::Gpt2, "intermediate") => "n_inner",
+        (Family::Gpt2, "n_kv_head") => "n_head",
+        (Family::Gpt2, "head_dim") => "n_embd / n_head",
+        (Family::Llama, "context") => "max_position_embeddings",
+        (Family::Llama, "n_layer") => "num_hidden_layers",
+        (Family::Llama, "n_head") => "num_attention_heads",
+        (Family::Llama, "n_kv_head") => "num_key_value_heads",
+        (Family::Llama, "n_embd") => "hidden_size",
+        (Family::Llama, "intermediate") => "intermediate_size",
+        (_, other) => other,
+    }
 }
 
 /// The `config.json` that `transformers` reads for this model.

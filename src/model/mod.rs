@@ -5,6 +5,7 @@ pub mod config;
 pub mod device_ops;
 pub mod fused;
 pub mod gguf;
+pub mod gguf_header;
 pub mod hf;
 pub mod hf_config;
 pub mod kv_cache;

@@ -140,6 +140,37 @@ pub fn check_weights(
     Ok(())
 }
 
+/// Weights holding NaN or infinity make every output NaN: refused by name instead of used.
+pub fn check_finite(weights: &BTreeMap<String, Tensor>, origin: &str) -> Result<()> {
+    for (name, t) in weights {
+        check_finite_tensor(name, t, origin)?;
+    }
+    Ok(())
+}
+
+/// [`check_finite`] of one tensor.
+pub fn check_finite_tensor(name: &str, t: &Tensor, origin: &str) -> Result<()> {
+    if !all_finite(t)? {
+        return Err(Error::Mismatch(format!(
+            "{origin}: tensor '{name}' holds NaN or infinite values; the file is damaged, or was saved from a diverged run"
+        )));
+    }
+    Ok(())
+}
+
+fn all_finite(t: &Tensor) -> Result<bool> {
+    if t.dtype() == DType::F32 && t.is_contiguous() {
+        let (storage, layout) = t.storage_and_layout();
+        if let candle_core::Storage::Cpu(cpu) = &*storage {
+            let start = layout.start_offset();
+            let values = &cpu.as_slice::<f32>()?[start..start + t.elem_count()];
+            return Ok(values.iter().all(|x| x.is_finite()));
+        }
+    }
+    // 0 * x is 0 for every finite x and NaN otherwise: one reduction wherever the tensor lives.
+    let t = t.to_dtype(DType::F32)?;
+    Ok((t.zeros_like()? * &t)?.sum_all()?.to_scalar::<f32>()? == 0.0)
+}
 /// Trainable parameters: one `Var` per tensor, in `param_shapes` order.
 pub struct Params {
     pub vars: BTreeMap<String, Var>,

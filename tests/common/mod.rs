@@ -3,6 +3,7 @@
 
 pub mod corpora;
 pub mod server;
+pub mod tiny_gguf;
 
 #[allow(unused_imports)]
 pub use corpora::{chat_base_and_data, shakespeare_shards};
