@@ -21,6 +21,9 @@ pub enum Error {
     /// Training stopped on purpose (non-finite loss and the like).
     #[error("training stopped: {0}")]
     Training(String),
+    /// A signal asked the run to stop; it did so cleanly (the message says how to continue).
+    #[error("{0}")]
+    Interrupted(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

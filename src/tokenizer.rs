@@ -191,6 +191,18 @@ impl Tokenizer {
     }
 
     /// UTF-8 bytes each token stands for (0 for special tokens): the denominator of bits per byte.
+    /// An upper bound on the bytes of text one token stands for (vocabulary and added tokens):
+    /// a text of n bytes encodes to at least n / this many tokens.
+    pub fn longest_token_bytes(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
+
     pub fn token_bytes(&self) -> Vec<u32> {
         let n = self.vocab_size();
         let specials: std::collections::HashSet<u32> = self

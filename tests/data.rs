@@ -104,13 +104,13 @@ fn loader_is_deterministic_and_resumable() {
     let open =
         || BatchLoader::new(ShardSet::open(tmp.path(), &names, 64).unwrap(), 4, 42, 0, 1).unwrap();
     let (mut a, mut b) = (open(), open());
-    let batches_a: Vec<_> = (0..10).map(|_| a.next_batch().inputs).collect();
-    let batches_b: Vec<_> = (0..10).map(|_| b.next_batch().inputs).collect();
+    let batches_a: Vec<_> = (0..10).map(|_| a.next_batch().unwrap().inputs).collect();
+    let batches_b: Vec<_> = (0..10).map(|_| b.next_batch().unwrap().inputs).collect();
     assert_eq!(batches_a, batches_b);
     assert_ne!(batches_a[0], batches_a[1]);
     // Targets are the inputs shifted by one, windows are contiguous in the shard.
     let mut c = open();
-    let batch = c.next_batch();
+    let batch = c.next_batch().unwrap();
     for row in 0..4 {
         let x = &batch.inputs[row * 64..(row + 1) * 64];
         let y = &batch.targets[row * 64..(row + 1) * 64];
@@ -120,11 +120,11 @@ fn loader_is_deterministic_and_resumable() {
     // Restoring the position continues with exactly the next batch.
     let mut d = open();
     d.position = 7;
-    assert_eq!(d.next_batch().inputs, batches_a[7]);
+    assert_eq!(d.next_batch().unwrap().inputs, batches_a[7]);
     // Another rank reads other windows.
     let mut r1 =
         BatchLoader::new(ShardSet::open(tmp.path(), &names, 64).unwrap(), 4, 42, 1, 2).unwrap();
-    assert_ne!(r1.next_batch().inputs, batches_a[0]);
+    assert_ne!(r1.next_batch().unwrap().inputs, batches_a[0]);
 }
 
 #[test]
@@ -239,7 +239,7 @@ fn prepare_splits_validation_and_shards() {
     .err()
     .unwrap()
     .to_string();
-    assert!(e.contains("not empty"), "{e}");
+    assert!(e.contains("already exists") && e.contains("--force"), "{e}");
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The run config: one TOML file per run, named model presets, and `--set key=value` overrides.
 //! The resolved config is saved into the run directory (`config.toml`) and into every checkpoint.
 
+mod ranges;
+
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -340,8 +342,18 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
         let err = |m: String| Err(Error::Config(m));
+        self.check_ranges()?;
         if t.context == 0 || t.batch_size == 0 {
             return err("train.context and train.batch_size must be positive".into());
+        }
+        if t.batch_size
+            .checked_mul(t.context)
+            .is_none_or(|n| n > 1 << 30)
+        {
+            return err(format!(
+                "train.batch_size x train.context = {} x {} is more than 2^30 tokens a micro-batch",
+                t.batch_size, t.context
+            ));
         }
         if !t.batch_tokens.is_multiple_of(t.batch_size * t.context) {
             return err(format!(

@@ -13,6 +13,8 @@ pub struct ShardSet {
     /// Cumulative count of window starts (each shard offers len - T starts for windows of T + 1).
     starts: Vec<u64>,
     pub context: usize,
+    /// Ids must be below this (checked as windows are read; `u32::MAX` until `with_vocab`).
+    vocab_size: usize,
 }
 
 impl ShardSet {
@@ -30,7 +32,38 @@ impl ShardSet {
             shards,
             starts,
             context,
+            vocab_size: u32::MAX as usize,
         })
+    }
+
+    /// Ids of this set must be below `vocab_size` (the model's embedding rows): a window holding
+    /// another is an error naming the shard and the position.
+    pub fn with_vocab(mut self, vocab_size: usize) -> Self {
+        self.vocab_size = vocab_size;
+        self
+    }
+
+    /// Every id of every shard checked against the vocabulary (for the small validation split,
+    /// before training starts rather than after it).
+    pub fn check_all_ids(&self) -> Result<()> {
+        for s in &self.shards {
+            self.check_ids(s, 0, s.len())?;
+        }
+        Ok(())
+    }
+
+    fn check_ids(&self, s: &TokenShard, start: usize, n: usize) -> Result<()> {
+        match (start..start + n).find(|&i| s.get(i) as usize >= self.vocab_size) {
+            None => Ok(()),
+            Some(i) => Err(Error::bad_file(
+                &s.path,
+                format!(
+                    "token id {} at position {i} is not below the model's vocabulary of {}; the shard was made with another tokenizer (prepare it again with the model's)",
+                    s.get(i),
+                    self.vocab_size
+                ),
+            )),
+        }
     }
 
     pub fn tokens(&self) -> usize {
@@ -42,10 +75,15 @@ impl ShardSet {
     }
 
     /// Window number `w` (0 <= w < windows()) as T + 1 tokens appended to `out`.
-    fn window(&self, w: u64, out: &mut Vec<u32>) {
+    fn window(&self, w: u64, out: &mut Vec<u32>) -> Result<()> {
         let i = self.starts.partition_point(|&s| s <= w) - 1;
         let start = (w - self.starts[i]) as usize;
+        let from = out.len();
         self.shards[i].read_into(start, self.context + 1, out);
+        if out[from..].iter().any(|&id| id as usize >= self.vocab_size) {
+            return self.check_ids(&self.shards[i], start, self.context + 1);
+        }
+        Ok(())
     }
 
     /// Consecutive non-overlapping windows from the start of the split, at most `max` of them:
@@ -103,7 +141,7 @@ impl BatchLoader {
         })
     }
 
-    pub fn next_batch(&mut self) -> Batch {
+    pub fn next_batch(&mut self) -> Result<Batch> {
         // One independent stream per (batch, rank): ranks read disjoint random windows.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(self.position * self.world + self.rank);
@@ -115,16 +153,16 @@ impl BatchLoader {
         for _ in 0..self.batch {
             w.clear();
             self.set
-                .window(rng.random_range(0..self.set.windows()), &mut w);
+                .window(rng.random_range(0..self.set.windows()), &mut w)?;
             inputs.extend_from_slice(&w[..t]);
             targets.extend_from_slice(&w[1..]);
         }
-        Batch {
+        Ok(Batch {
             inputs,
             targets,
             batch: self.batch,
             context: t,
-        }
+        })
     }
 }
 

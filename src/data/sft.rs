@@ -45,9 +45,17 @@ pub fn build_examples(
     convs: &[Conversation],
     context: usize,
 ) -> Result<(Vec<Example>, ExampleStats)> {
+    // A row keeps its first context + 1 tokens, which span at most (context + 1) x the longest
+    // token's bytes of text: a longer conversation is cut (at twice that, so that a word at the
+    // cut cannot reach back into the row) before it is tokenized, instead of tokenizing a 100 MB
+    // message whole, which takes gigabytes.
+    let budget = 2 * (context + 1) * tok.longest_token_bytes();
     let rows: Vec<(Vec<u32>, Vec<bool>)> = convs
         .par_iter()
-        .map(|c| tokenize_conversation(format, tok, c))
+        .map(|c| match cut_to_bytes(c, budget) {
+            Some(cut) => tokenize_conversation(format, tok, &cut),
+            None => tokenize_conversation(format, tok, c),
+        })
         .collect::<Result<_>>()?;
     let mut stats = ExampleStats::default();
     let mut out = Vec::with_capacity(rows.len());
@@ -70,6 +78,32 @@ pub fn build_examples(
         }
     }
     Ok((out, stats))
+}
+
+/// `conv` with its messages' text cut to `budget` bytes in all (later messages dropped), or None
+/// when it is shorter.
+fn cut_to_bytes(conv: &Conversation, budget: usize) -> Option<Conversation> {
+    let total: usize = conv.messages.iter().map(|m| m.content.len()).sum();
+    if total <= budget {
+        return None;
+    }
+    let mut cut = conv.clone();
+    let mut left = budget;
+    let mut keep = 0;
+    for m in &mut cut.messages {
+        keep += 1;
+        if m.content.len() >= left {
+            let mut end = left;
+            while !m.content.is_char_boundary(end) {
+                end -= 1;
+            }
+            m.content.truncate(end);
+            break;
+        }
+        left -= m.content.len();
+    }
+    cut.messages.truncate(keep);
+    Some(cut)
 }
 
 /// Splits off the last `fraction` of the items (at least one, when there are two or more and the

@@ -104,6 +104,48 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// Hands one document to `f` in pieces of about `TEXT_PIECE_BYTES`, cut after a newline where one
+/// comes soon enough, else before white space, else at a character boundary: a 100 MB line is
+/// tokenized a piece at a time instead of in one call that needs gigabytes.
+fn split_document(text: &str, f: &mut impl FnMut(Piece) -> Result<()>) -> Result<()> {
+    let mut rest = text;
+    let mut first = true;
+    while !rest.is_empty() || first {
+        let cut = piece_end(rest);
+        f(Piece {
+            text: rest[..cut].to_string(),
+            doc_start: first,
+        })?;
+        first = false;
+        rest = &rest[cut..];
+    }
+    Ok(())
+}
+
+/// Where the next piece of `rest` ends (see [`split_document`]).
+fn piece_end(rest: &str) -> usize {
+    if rest.len() <= TEXT_PIECE_BYTES {
+        return rest.len();
+    }
+    let window_end = floor_char_boundary(rest, (TEXT_PIECE_BYTES * 4).min(rest.len()));
+    let start = floor_char_boundary(rest, TEXT_PIECE_BYTES);
+    let window = &rest[start..window_end];
+    if let Some(i) = window.find('\n') {
+        return start + i + 1;
+    }
+    if let Some(i) = window.rfind(char::is_whitespace) {
+        return start + i.max(1);
+    }
+    start.max(rest.chars().next().map_or(1, char::len_utf8))
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
 /// Calls `f` with each piece of text in `file`, in order. `field` is the JSONL field / Parquet column.
 pub fn for_each_piece(
     file: &InputFile,
@@ -116,24 +158,7 @@ pub fn for_each_piece(
             if text.trim().is_empty() {
                 return Err(Error::bad_file(&file.path, "file holds only white space"));
             }
-            let mut rest = text.as_str();
-            let mut first = true;
-            while !rest.is_empty() {
-                let mut cut = rest.len().min(TEXT_PIECE_BYTES);
-                if cut < rest.len() {
-                    cut = rest[cut..]
-                        .find('\n')
-                        .map(|i| cut + i + 1)
-                        .unwrap_or(rest.len());
-                }
-                f(Piece {
-                    text: rest[..cut].to_string(),
-                    doc_start: first,
-                })?;
-                first = false;
-                rest = &rest[cut..];
-            }
-            Ok(())
+            split_document(&text, &mut f)
         }
         SourceKind::Jsonl => {
             let fh = std::fs::File::open(&file.path).map_err(|e| Error::io(&file.path, e))?;
@@ -157,10 +182,7 @@ pub fn for_each_piece(
                     )
                 })?;
                 any = true;
-                f(Piece {
-                    text: text.to_string(),
-                    doc_start: true,
-                })?;
+                split_document(text, &mut f)?;
             }
             if !any {
                 return Err(Error::bad_file(
@@ -170,11 +192,8 @@ pub fn for_each_piece(
             }
             Ok(())
         }
-        SourceKind::Parquet => super::parquet::for_each_text(&file.path, field, |text| {
-            f(Piece {
-                text,
-                doc_start: true,
-            })
-        }),
+        SourceKind::Parquet => {
+            super::parquet::for_each_text(&file.path, field, |text| split_document(&text, &mut f))
+        }
     }
 }

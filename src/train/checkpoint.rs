@@ -82,14 +82,14 @@ impl CheckpointWeights {
     }
 }
 
-/// Writes `run_dir/checkpoints/step_NNNNNN` and keeps only the `keep` most recent checkpoints.
+/// Writes `run_dir/checkpoints/step_NNNNNN`. Older checkpoints are left for [`prune`]: the loop
+/// prunes only once a later step's loss has shown the new checkpoint's weights to be sound.
 pub fn save_checkpoint(
     run_dir: &Path,
     state: &TrainerState,
     weights: &CheckpointWeights,
     tokenizer: Option<&Tokenizer>,
     opt: &AdamW,
-    keep: usize,
 ) -> Result<PathBuf> {
     let dir = checkpoints_dir(run_dir).join(format!("step_{:06}", state.step));
     crate::fsutil::write_dir_atomic(&dir, |tmp| {
@@ -118,12 +118,20 @@ pub fn save_checkpoint(
             moments.push((format!("m.{k}"), m.contiguous()?));
             moments.push((format!("v.{k}"), opt.v[k].contiguous()?));
         }
+        let moment_map: BTreeMap<String, Tensor> = moments.iter().cloned().collect();
+        crate::model::params::check_finite(&moment_map, "optimizer state to save")?;
         save_safetensors(&tmp.join(OPTIMIZER_FILE), &moments)?;
         let json = serde_json::to_string_pretty(state).expect("state serializes");
         crate::fsutil::write_atomic(&tmp.join(STATE_FILE), json.as_bytes())
     })?;
-    prune(run_dir, keep)?;
     Ok(dir)
+}
+
+/// Whether `dir` holds every file a checkpoint is written with (anything less is ignored).
+fn is_complete(dir: &Path) -> bool {
+    let weights = dir.join(crate::model::lora::ADAPTER_WEIGHTS).exists()
+        || (dir.join("model.safetensors").exists() && dir.join("config.json").exists());
+    weights && dir.join(STATE_FILE).exists() && dir.join(OPTIMIZER_FILE).exists()
 }
 
 /// Completed checkpoints of a run, oldest first.
@@ -139,19 +147,55 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>> {
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("step_"))
-                && p.join(STATE_FILE).exists()
+                && is_complete(p)
         })
         .collect();
     out.sort();
     Ok(out)
 }
 
-fn prune(run_dir: &Path, keep: usize) -> Result<()> {
+/// Keeps the `keep` newest checkpoints. Each older one is first renamed to `.step_N.old-PID` (one
+/// atomic step that makes it invisible to [`list_checkpoints`]), then deleted: an interrupted prune
+/// leaves a hidden leftover for [`remove_partial_checkpoints`], never a half-deleted checkpoint that
+/// looks whole.
+pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
     let all = list_checkpoints(run_dir)?;
-    for old in &all[..all.len().saturating_sub(keep)] {
-        std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+    for old in &all[..all.len().saturating_sub(keep.max(1))] {
+        let name = old.file_name().unwrap_or_default().to_string_lossy();
+        let aside = old.with_file_name(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(old, &aside).map_err(|e| Error::io(old, e))?;
+        // Lets a test kill the process in the middle of a prune.
+        if let Ok(ms) = std::env::var("CHATFORGE_TEST_PRUNE_PAUSE") {
+            std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+        }
+        std::fs::remove_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
     }
     Ok(())
+}
+
+/// Moves the checkpoints of step `from` and later to `run_dir/diverged/` (out of `--resume`'s
+/// sight, kept for inspection) and returns where they went.
+pub fn set_aside_from(run_dir: &Path, from: usize) -> Result<Vec<PathBuf>> {
+    let aside_dir = run_dir.join("diverged");
+    let mut moved = Vec::new();
+    for ckpt in list_checkpoints(run_dir)? {
+        let name = ckpt
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let step: usize = name.trim_start_matches("step_").parse().unwrap_or(0);
+        if step >= from {
+            std::fs::create_dir_all(&aside_dir).map_err(|e| Error::io(&aside_dir, e))?;
+            let to = aside_dir.join(&name);
+            if to.exists() {
+                std::fs::remove_dir_all(&to).map_err(|e| Error::io(&to, e))?;
+            }
+            std::fs::rename(&ckpt, &to).map_err(|e| Error::io(&ckpt, e))?;
+            moved.push(to);
+        }
+    }
+    Ok(moved)
 }
 
 /// Removes the temporary directories of checkpoint writes that a crash interrupted.
@@ -175,6 +219,12 @@ pub fn remove_partial_checkpoints(run_dir: &Path) -> Result<()> {
 /// A checkpoint directory, or the newest checkpoint of a run directory.
 pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     if path.join(STATE_FILE).exists() {
+        if !is_complete(path) {
+            return Err(Error::bad_file(
+                path,
+                format!("--resume: this checkpoint is incomplete (it needs {STATE_FILE}, {OPTIMIZER_FILE} and its weights); resume from the run directory to take its newest complete checkpoint"),
+            ));
+        }
         return Ok(path.to_path_buf());
     }
     if !path.exists() {

@@ -1,6 +1,8 @@
 //! Training: the loop, AdamW, LR schedules, checkpoints, metrics and the loss plot.
 
 pub mod checkpoint;
+mod guard;
+pub mod interrupt;
 pub mod metrics;
 pub mod optim;
 pub mod plot;

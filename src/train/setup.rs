@@ -73,11 +73,15 @@ pub(super) fn open_data(
             model_cfg.vocab_size
         )));
     }
-    let train = ShardSet::open(dir, &meta.train_shards, cfg.train.context)?;
+    let train = ShardSet::open(dir, &meta.train_shards, cfg.train.context)?
+        .with_vocab(model_cfg.vocab_size);
     let val = if meta.val_shards.is_empty() {
         None
     } else {
-        Some(ShardSet::open(dir, &meta.val_shards, cfg.train.context)?)
+        let val = ShardSet::open(dir, &meta.val_shards, cfg.train.context)?
+            .with_vocab(model_cfg.vocab_size);
+        val.check_all_ids()?;
+        Some(val)
     };
     let tokenizer = if dir.join("tokenizer.json").exists() {
         Some(Tokenizer::load(dir)?)
@@ -85,10 +89,24 @@ pub(super) fn open_data(
         None
     };
     if let Some(t) = &tokenizer {
+        if t.vocab_size() != meta.vocab_size && !dir.join("meta.json").exists() {
+            return Err(Error::bad_file(
+                dir,
+                format!(
+                    "meta.json is missing, so the shards were read as llm.c's ({} tokens of vocabulary), but tokenizer.json here has {}; restore meta.json or prepare the data again",
+                    meta.vocab_size,
+                    t.vocab_size()
+                ),
+            ));
+        }
         if t.vocab_size() != meta.vocab_size {
             return Err(Error::bad_file(
                 dir,
-                "tokenizer.json and meta.json disagree on the vocabulary size",
+                format!(
+                    "tokenizer.json ({} tokens) and meta.json ({}) disagree on the vocabulary size",
+                    t.vocab_size(),
+                    meta.vocab_size
+                ),
             ));
         }
     }
@@ -201,13 +219,28 @@ fn absolute(p: &Path) -> String {
 
 impl<'c> Run<'c> {
     pub(super) fn new_fresh(
-        mut cfg: RunConfig,
+        cfg: RunConfig,
         run_dir: &Path,
         coll: &'c dyn Collective,
     ) -> Result<Run<'c>> {
+        Self::start(cfg, run_dir, coll, false)
+    }
+
+    /// A new run, or (`restart`) the run of a directory that has its config but no checkpoint
+    /// yet (killed before its first one), started again from step 0.
+    fn start(
+        mut cfg: RunConfig,
+        run_dir: &Path,
+        coll: &'c dyn Collective,
+        restart: bool,
+    ) -> Result<Run<'c>> {
         let (rank, world) = (coll.rank(), coll.world());
         let accum = cfg.accumulation(world)?;
-        if run_dir.join("config.toml").exists() || run_dir.join("checkpoints").exists() {
+        if restart {
+            if coll.is_lead() {
+                super::checkpoint::remove_partial_checkpoints(run_dir)?;
+            }
+        } else if run_dir.join("config.toml").exists() || run_dir.join("checkpoints").exists() {
             return Err(Error::bad_file(
                 run_dir,
                 "a run already exists here; continue it with --resume or choose a new --out (nothing was overwritten)",
@@ -264,8 +297,9 @@ impl<'c> Run<'c> {
         let mut state = TrainerState::new(cfg.clone(), start.model.clone());
         state.world = world;
         let opt = AdamW::new(adam_config(&cfg), &start.params.vars)?;
+        // A restart drops the killed run's metrics (`resumed` at step 0 keeps none of them).
         Run::assemble(
-            cfg, run_dir, device, start, opt, state, source, false, coll, accum,
+            cfg, run_dir, device, start, opt, state, source, restart, coll, accum,
         )
     }
 
@@ -275,6 +309,17 @@ impl<'c> Run<'c> {
         coll: &'c dyn Collective,
     ) -> Result<Run<'c>> {
         let (rank, world) = (coll.rank(), coll.world());
+        let saved_config = path.join("config.toml");
+        if saved_config.exists() && super::checkpoint::list_checkpoints(path)?.is_empty() {
+            let cfg = RunConfig::load(Some(&saved_config), overrides)?;
+            if coll.is_lead() {
+                eprintln!(
+                    "{} has no checkpoint yet (the run stopped before its first): starting it again from step 0 with its saved config",
+                    path.display()
+                );
+            }
+            return Self::start(cfg, path, coll, true);
+        }
         let ckpt = resolve_checkpoint(path)?;
         let run_dir = ckpt
             .parent()

@@ -58,7 +58,7 @@ impl Source {
     pub fn next(&mut self, device: &Device) -> Result<StepBatch> {
         Ok(match self {
             Source::Tokens { loader, .. } => {
-                let b = loader.next_batch();
+                let b = loader.next_batch()?;
                 StepBatch {
                     x: Tensor::from_vec(b.inputs, (b.batch, b.context), device)?,
                     y: Tensor::from_vec(b.targets, (b.batch, b.context), device)?,

@@ -364,6 +364,16 @@ impl Run<'_> {
         Ok(format!("user: {user}\nassistant: {}", g.text))
     }
 
+    /// Whether a signal asked the run to stop, agreed by all ranks (each may have seen it at a
+    /// different step; they stop together after the first step any of them saw it at).
+    fn stop_requested(&self) -> bool {
+        let mut asked = [f64::from(u8::from(super::interrupt::requested()))];
+        if self.coll.communicates() {
+            self.coll.all_reduce_sum_f64(&mut asked);
+        }
+        asked[0] > 0.0
+    }
+
     /// Rank 0 writes the checkpoint; the others wait for it.
     fn checkpoint(&self) -> Result<PathBuf> {
         if !self.coll.is_lead() {
@@ -384,7 +394,6 @@ impl Run<'_> {
             &weights,
             self.tokenizer.as_ref(),
             &self.opt,
-            self.cfg.checkpoint.keep,
         )?;
         self.coll.barrier();
         Ok(dir)
@@ -475,7 +484,8 @@ impl Run<'_> {
             peak,
             params: n_params,
         };
-        let mut last_ckpt: Option<PathBuf> = None;
+        let blow_up = super::guard::blow_up_loss(self.state.model.vocab_size);
+        let mut prune_due = false;
         let say = |bar: &indicatif::ProgressBar, s: String| {
             if !lead {
                 return;
@@ -491,17 +501,23 @@ impl Run<'_> {
             let t0 = Instant::now();
             let lr = schedule.lr(self.state.step);
             let (loss, grads, step_tokens) = self.step_gradients()?;
-            if !loss.is_finite() {
+            if !loss.is_finite() || loss > blow_up {
                 bar.abandon();
-                return Err(Error::Training(format!(
-                    "the loss is {loss} at step {}; the weights were not updated. {}. Try a lower train.lr or stronger train.grad_clip.",
-                    self.state.step + 1,
-                    match &last_ckpt {
-                        Some(p) => format!("The last good checkpoint is {}", p.display()),
-                        None => "No checkpoint was written yet".into(),
-                    }
-                )));
+                let step = self.state.step + 1;
+                return Err(super::guard::diverged(
+                    &self.run_dir,
+                    step,
+                    loss,
+                    blow_up,
+                    lead,
+                )?);
             }
+            // This loss came from the newest checkpoint's weights: it is sound, the older ones
+            // can go.
+            if prune_due && lead {
+                super::checkpoint::prune(&self.run_dir, self.cfg.checkpoint.keep)?;
+            }
+            prune_due = false;
             let norm = grad_norm(&grads)?;
             self.profile.mark("grad norm")?;
             let clip = self.cfg.train.grad_clip;
@@ -562,7 +578,9 @@ impl Run<'_> {
                         .map(|b| format!(" | {b:.4} bits/byte"))
                         .unwrap_or_default();
                     say(&bar, format!("step {step}: val loss {vl:.4}{bpb}"));
-                    self.plot()?;
+                    if let Err(e) = self.plot() {
+                        say(&bar, format!("warning: the loss plot was not written: {e}"));
+                    }
                 }
             }
             if lead && (due(step, self.cfg.eval.sample_every) || last) {
@@ -576,9 +594,24 @@ impl Run<'_> {
                 }
             }
             let pause = self.cfg.train.stop_at_step == step && !last;
-            if due(step, self.cfg.checkpoint.every) || last || pause {
+            let interrupted = !last && self.stop_requested();
+            if due(step, self.cfg.checkpoint.every) || last || pause || interrupted {
                 self.state.elapsed_seconds = tally.elapsed();
-                last_ckpt = Some(self.checkpoint()?);
+                let dir = self.checkpoint()?;
+                prune_due = true;
+                if last && lead {
+                    super::checkpoint::prune(&self.run_dir, self.cfg.checkpoint.keep)?;
+                }
+                if interrupted {
+                    bar.finish_and_clear();
+                    let cmd = if self.cfg.is_sft() { "sft" } else { "pretrain" };
+                    return Err(Error::Interrupted(format!(
+                        "stopped by {} after step {step}/{total}; checkpoint {} written. Continue with: chatforge {cmd} --resume {}",
+                        super::interrupt::signal_name(),
+                        dir.display(),
+                        self.run_dir.display()
+                    )));
+                }
             }
             if pause {
                 bar.finish_and_clear();
@@ -598,7 +631,9 @@ impl Run<'_> {
         }
         let (model_dir, adapter_dir) = if lead {
             let dirs = self.save_final()?;
-            self.plot()?;
+            if let Err(e) = self.plot() {
+                eprintln!("warning: the loss plot was not written: {e}");
+            }
             dirs
         } else {
             self.final_dirs()
