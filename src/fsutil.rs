@@ -28,8 +28,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Fills a fresh temporary directory with `fill`, then renames it to `dir`. An existing `dir` is
-/// replaced only after the new one is complete (it is moved aside first, then deleted).
+/// replaced only after the new one is complete (it is moved aside first, then deleted; if the new
+/// one cannot be renamed into place, the old one is put back).
 pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = &resolve(dir)?;
     if let Some(parent) = dir.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
@@ -47,13 +49,111 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
         dir.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id()
     ));
-    let had_old = dir.exists();
+    let had_old = dir.symlink_metadata().is_ok();
     if had_old {
-        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+        if let Err(e) = std::fs::rename(dir, &old) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(Error::io(dir, e));
+        }
     }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        if had_old {
+            let _ = std::fs::rename(&old, dir);
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(Error::io(dir, e));
+    }
     if had_old {
-        let _ = std::fs::remove_dir_all(&old);
+        let _ = if old.is_dir() {
+            std::fs::remove_dir_all(&old)
+        } else {
+            std::fs::remove_file(&old)
+        };
+    }
+    Ok(())
+}
+
+/// `path` made absolute with `.` and `..` resolved and symbolic links followed, also when `path`
+/// (or some of its last components) does not exist yet: the existing ancestor is canonicalised and
+/// the rest appended.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    use std::path::Component;
+    let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+    let mut abs = PathBuf::new();
+    for c in cwd.join(path).components() {
+        match c {
+            Component::ParentDir => {
+                abs.pop();
+            }
+            Component::CurDir => {}
+            c => abs.push(c),
+        }
+    }
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(canon) = existing.canonicalize() {
+            let mut out = canon;
+            out.extend(rest.iter().rev());
+            return Ok(out);
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return Ok(abs),
+        }
+    }
+}
+
+/// The one rule for a command's output (a file or a directory): it may not equal or contain one of
+/// the command's inputs, nor the working directory or the filesystem root; and if it exists and
+/// holds something it is refused unless `force` (then the command replaces it, and only it, once
+/// the new output is complete). `flag` is the option that named it, for the message.
+pub fn check_output(dest: &Path, flag: &str, inputs: &[&Path], force: bool) -> Result<()> {
+    let target = resolve(dest)?;
+    let refuse = |why: String| {
+        Err(Error::bad_file(
+            dest,
+            format!("{why}; choose another {flag} (nothing was changed)"),
+        ))
+    };
+    if target.parent().is_none() {
+        return refuse(format!("{flag} is the filesystem root"));
+    }
+    for input in inputs {
+        let input = resolve(input)?;
+        if input == target {
+            return refuse(format!("{flag} is also an input ({})", input.display()));
+        }
+        if input.starts_with(&target) {
+            return refuse(format!("{flag} contains the input {}", input.display()));
+        }
+    }
+    let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+    if resolve(&cwd)?.starts_with(&target) {
+        return refuse(format!(
+            "{flag} {} is or contains the working directory",
+            target.display()
+        ));
+    }
+    let Ok(meta) = target.symlink_metadata() else {
+        return Ok(());
+    };
+    let empty_dir = meta.is_dir()
+        && std::fs::read_dir(&target)
+            .map_err(|e| Error::io(&target, e))?
+            .next()
+            .is_none();
+    if !empty_dir && !force {
+        return Err(Error::bad_file(
+            dest,
+            format!(
+                "{} already exists; choose a new {flag}, or pass --force to replace it (nothing was changed)",
+                if meta.is_dir() { "this directory" } else { "this file" }
+            ),
+        ));
     }
     Ok(())
 }

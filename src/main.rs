@@ -71,11 +71,27 @@ struct ServeArgs {
     /// Requests decoded together at most; more wait their turn.
     #[arg(long, default_value_t = 64)]
     max_batch: usize,
+    /// Requests waiting beyond --max-batch at most; more are answered 503 with Retry-After.
+    #[arg(long, default_value_t = 128)]
+    max_queue: usize,
     /// Largest accepted request body in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Also accept requests whose Host header names this (repeatable). On loopback only
+    /// localhost, 127.0.0.1 and [::1] are accepted otherwise, which keeps web pages out.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
+    /// Seconds a client has to send a request's headers (and an idle connection stays open).
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a client has to send a request's body.
+    #[arg(long, default_value_t = 30)]
+    body_timeout: u64,
+    /// Seconds running replies may take to finish after SIGTERM/SIGINT before they are cut.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace: u64,
 }
 
 #[derive(Args, Clone)]
@@ -195,6 +211,9 @@ enum DataCmd {
         seed: u64,
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing, non-empty --out (only it, once the new one is complete).
+        #[arg(long)]
+        force: bool,
     },
     /// Tokenize text / JSONL / Parquet files or folders into train and validation shards.
     Prepare {
@@ -219,6 +238,9 @@ enum DataCmd {
         /// Fraction of the corpus for validation (at most 10M tokens).
         #[arg(long, default_value_t = 0.1)]
         val_fraction: f64,
+        /// Replace an existing, non-empty --out (only it, once the new one is complete).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -262,9 +284,12 @@ enum TokenizerCmd {
         input: Vec<PathBuf>,
         #[arg(long, default_value_t = 8192)]
         vocab_size: usize,
-        /// Directory to write tokenizer.json and tokenizer_config.json into.
+        /// Directory to write tokenizer.json and tokenizer_config.json into (must be new or empty).
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing, non-empty --out (only it, once the new one is complete).
+        #[arg(long)]
+        force: bool,
     },
     /// Write GPT-2's tokenizer (from vocab.json/encoder.json + merges.txt/vocab.bpe) as a tokenizer directory.
     ImportGpt2 {
@@ -274,6 +299,9 @@ enum TokenizerCmd {
         merges: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing, non-empty --out (only it, once the new one is complete).
+        #[arg(long)]
+        force: bool,
     },
     /// Print the token ids of a text as JSON.
     Encode {
@@ -326,9 +354,12 @@ struct ConvertArgs {
     /// Model directory or .gguf file to read.
     #[arg(long)]
     input: PathBuf,
-    /// Directory to write (replaced atomically if it exists).
+    /// Directory to write (must be new or empty).
     #[arg(long)]
     output: PathBuf,
+    /// Replace an existing, non-empty --output (only it, once the new one is complete).
+    #[arg(long)]
+    force: bool,
 }
 
 // mimalloc's C API (bundled v2 header, `mi_option_e`): never return freed memory to the OS, so
@@ -340,12 +371,24 @@ const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
 fn main() {
-    // SAFETY: plain setters of mimalloc options, called before any threads exist.
-    unsafe {
-        mi_option_set(MI_OPTION_PURGE_DELAY, -1);
-        mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 1);
-    }
     let cli = Cli::parse();
+    // Training reuses the same large buffers every step: keep them. A server or a chat session
+    // returns memory after a large request instead.
+    if matches!(
+        cli.command,
+        Command::Pretrain(_) | Command::Sft(_) | Command::Speedrun(_)
+    ) {
+        // SAFETY: plain setters of mimalloc options, called before any threads exist.
+        unsafe {
+            mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+            mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 1);
+        }
+    }
+    if matches!(cli.command, Command::Pretrain(_) | Command::Sft(_)) {
+        if let Err(e) = chatforge::train::interrupt::install() {
+            eprintln!("warning: cannot catch SIGINT/SIGTERM ({e}): a signal will stop training without a checkpoint");
+        }
+    }
     // Training runs data-parallel when launched by mpirun (MPI is initialised here, once, and
     // finalised when `coll` drops); everything else is a single process.
     let coll: Box<dyn Collective> = match &cli.command {
@@ -359,6 +402,14 @@ fn main() {
         _ => Box::new(chatforge::dist::Single),
     };
     if let Err(e) = run(cli, coll.as_ref()) {
+        if let Some(chatforge::Error::Interrupted(msg)) = e.downcast_ref::<chatforge::Error>() {
+            // Every rank stopped at the same step, after the checkpoint: no abort needed.
+            if coll.is_lead() {
+                eprintln!("{msg}");
+            }
+            drop(coll);
+            std::process::exit(chatforge::train::interrupt::exit_code());
+        }
         match coll.world() {
             1 => eprintln!("error: {e:#}"),
             _ => eprintln!("error (rank {}): {e:#}", coll.rank()),
@@ -380,6 +431,7 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
             test,
             seed,
             out,
+            force,
         }) => {
             use chatforge::data::synthetic::{generate, ALL_TASKS};
             let chosen: Vec<_> = ALL_TASKS
@@ -393,22 +445,24 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
                 let names: Vec<&str> = ALL_TASKS.iter().map(|t| t.name()).collect();
                 bail!("unknown task '{bad}'; available: {}", names.join(", "));
             }
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            let mut all = Vec::new();
-            for t in chosen {
-                let (tr, te) = generate(t, train, test, seed);
-                let p = out.join(format!("test_{}.jsonl", t.name()));
-                chatforge::data::chat::save_conversations(&p, &te)?;
-                eprintln!(
-                    "{}: {} train, {} held out -> {}",
-                    t.name(),
-                    tr.len(),
-                    te.len(),
-                    p.display()
-                );
-                all.extend(tr);
-            }
-            chatforge::data::chat::save_conversations(&out.join("train.jsonl"), &all)?;
+            chatforge::fsutil::check_output(&out, "--out", &[], force)?;
+            chatforge::fsutil::write_dir_atomic(&out, |dir| {
+                let mut all = Vec::new();
+                for t in chosen {
+                    let (tr, te) = generate(t, train, test, seed);
+                    let name = format!("test_{}.jsonl", t.name());
+                    chatforge::data::chat::save_conversations(&dir.join(&name), &te)?;
+                    eprintln!(
+                        "{}: {} train, {} held out -> {}",
+                        t.name(),
+                        tr.len(),
+                        te.len(),
+                        out.join(name).display()
+                    );
+                    all.extend(tr);
+                }
+                chatforge::data::chat::save_conversations(&dir.join("train.jsonl"), &all)
+            })?;
             eprintln!("wrote {}", out.join("train.jsonl").display());
             Ok(())
         }
@@ -420,6 +474,7 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
             shard_tokens,
             val_tokens,
             val_fraction,
+            force,
         }) => {
             let tok = Tokenizer::load(&tokenizer)?;
             let opts = chatforge::data::PrepareOptions {
@@ -427,6 +482,7 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
                 shard_tokens,
                 val_tokens,
                 val_fraction,
+                force,
                 ..Default::default()
             };
             let t0 = std::time::Instant::now();
@@ -506,8 +562,15 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
                 api_key: a.api_key,
                 model_name: a.model_name,
                 max_batch: a.max_batch,
+                max_queue: a.max_queue,
                 body_limit: a.max_body_bytes,
                 device: a.device,
+                allowed_hosts: a.allowed_hosts,
+                timeouts: chatforge::serve::listen::Timeouts {
+                    header: std::time::Duration::from_secs(a.header_timeout.max(1)),
+                    body: std::time::Duration::from_secs(a.body_timeout.max(1)),
+                    grace: std::time::Duration::from_secs(a.shutdown_grace),
+                },
             };
             chatforge::serve::serve(&a.model, &opts)?;
             Ok(())
@@ -528,6 +591,7 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
             Ok(())
         }
         Command::Convert(a) => {
+            chatforge::fsutil::check_output(&a.output, "--output", &[&a.input], a.force)?;
             let m = LoadedModel::load(&a.input, &candle_core::Device::Cpu)?;
             save_model_dir(&a.output, &m.cfg, &m.weights, m.tokenizer.as_ref())?;
             eprintln!("wrote {}", a.output.display());
@@ -542,7 +606,10 @@ fn tokenizer_cmd(cmd: TokenizerCmd) -> Result<()> {
             input,
             vocab_size,
             out,
+            force,
         } => {
+            let inputs: Vec<&std::path::Path> = input.iter().map(PathBuf::as_path).collect();
+            chatforge::fsutil::check_output(&out, "--out", &inputs, force)?;
             let t0 = std::time::Instant::now();
             let tok = Tokenizer::train(&input, vocab_size)?;
             chatforge::fsutil::write_dir_atomic(&out, |d| tok.save_to_dir(d, 1024))?;
@@ -553,7 +620,13 @@ fn tokenizer_cmd(cmd: TokenizerCmd) -> Result<()> {
                 out.join("tokenizer.json").display()
             );
         }
-        TokenizerCmd::ImportGpt2 { vocab, merges, out } => {
+        TokenizerCmd::ImportGpt2 {
+            vocab,
+            merges,
+            out,
+            force,
+        } => {
+            chatforge::fsutil::check_output(&out, "--out", &[&vocab, &merges], force)?;
             let tok = Tokenizer::from_gpt2_files(&vocab, &merges)?;
             chatforge::fsutil::write_dir_atomic(&out, |d| tok.save_to_dir(d, 1024))?;
             eprintln!("wrote {}", out.join("tokenizer.json").display());

@@ -154,7 +154,7 @@ fn convert_writes_a_loadable_copy_and_never_a_partial_one() {
     let (code, json, err) = eval(&out, &fixtures().join("eval_text.txt"));
     assert_eq!(code, 0, "{err}");
     assert!(json.contains("bits_per_byte"));
-    // A failing conversion leaves the existing output untouched.
+    // A failing conversion leaves the existing output untouched, even with --force.
     let bad = tmp.path().join("bad");
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::write(bad.join("config.json"), "{\"model_type\": \"t5\"}").unwrap();
@@ -166,6 +166,7 @@ fn convert_writes_a_loadable_copy_and_never_a_partial_one() {
             bad.to_str().unwrap(),
             "--output",
             out.to_str().unwrap(),
+            "--force",
         ]),
         &["t5"],
     );

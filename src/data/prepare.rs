@@ -19,6 +19,8 @@ pub struct PrepareOptions {
     pub val_tokens: Option<usize>,
     pub val_fraction: f64,
     pub max_val_tokens: usize,
+    /// Replace an existing, non-empty output directory (`--force`).
+    pub force: bool,
 }
 
 impl Default for PrepareOptions {
@@ -29,6 +31,7 @@ impl Default for PrepareOptions {
             val_tokens: None,
             val_fraction: 0.1,
             max_val_tokens: 10_000_000,
+            force: false,
         }
     }
 }
@@ -87,7 +90,8 @@ impl ShardWriter {
     }
 }
 
-/// Tokenizes `inputs` into shards in `out` (which must not exist yet, or be empty). The tokenizer
+/// Tokenizes `inputs` into shards in `out` (which must not exist yet, or be empty, unless
+/// `opts.force`; it may not contain an input either, see `fsutil::check_output`). The tokenizer
 /// files are copied next to the shards so that the directory says how it was made.
 pub fn prepare(
     tok: &Tokenizer,
@@ -104,7 +108,8 @@ pub fn prepare(
             opts.val_fraction
         )));
     }
-    crate::fsutil::ensure_new_or_empty(out, "output folder")?;
+    let input_refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    crate::fsutil::check_output(out, "--out", &input_refs, opts.force)?;
     let eot = tok.eot_id().ok_or_else(|| {
         Error::Tokenizer("the tokenizer has no <|endoftext|> token to separate documents".into())
     })?;

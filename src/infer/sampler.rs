@@ -71,7 +71,10 @@ impl Sampler {
                 }
             }
         }
-        if p.temperature <= 0.0 || p.top_k == 1 {
+        // Below this, dividing f32 logits by the temperature overflows (1e-300 becomes 0 in f32):
+        // such a temperature means "always the most likely token", which is greedy decoding.
+        const GREEDY_BELOW: f64 = 1e-5;
+        if p.temperature.is_nan() || p.temperature < GREEDY_BELOW || p.top_k == 1 {
             return argmax(&logits);
         }
         let t = p.temperature as f32;

@@ -13,6 +13,12 @@ pub enum StringOrList {
     Many(Vec<String>),
 }
 
+impl Default for StringOrList {
+    fn default() -> Self {
+        StringOrList::Many(Vec::new())
+    }
+}
+
 impl StringOrList {
     pub fn into_vec(self) -> Vec<String> {
         match self {
@@ -109,6 +115,8 @@ pub struct ApiError {
     pub kind: &'static str,
     pub param: Option<&'static str>,
     pub code: Option<&'static str>,
+    /// Seconds for a `Retry-After` header (503 when busy).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -119,7 +127,13 @@ impl ApiError {
             kind: "invalid_request_error",
             param,
             code: None,
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn with_code(mut self, code: &'static str) -> Self {
@@ -139,6 +153,7 @@ impl ApiError {
             kind: "server_error",
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 }
@@ -146,6 +161,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
-        (self.status, axum::Json(body)).into_response()
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        r
     }
 }

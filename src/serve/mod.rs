@@ -1,7 +1,11 @@
 //! `chatforge serve`: an OpenAI-compatible HTTP API and a web chat page over one model.
 
+pub mod admission;
 pub mod api;
 pub mod engine;
+pub mod listen;
+pub mod request_body;
+pub mod request_guard;
 pub mod routes;
 
 use crate::chat::ChatFormat;
@@ -22,12 +26,24 @@ pub struct ServeOptions {
     pub model_name: Option<String>,
     /// Requests decoded together at most.
     pub max_batch: usize,
+    /// Requests waiting beyond `max_batch` at most; more are answered 503.
+    pub max_queue: usize,
     pub body_limit: usize,
     pub device: String,
+    /// `Host` names accepted besides localhost when listening on loopback.
+    pub allowed_hosts: Vec<String>,
+    pub timeouts: listen::Timeouts,
+}
+
+/// A router and what the accept loop needs to shut it down.
+pub struct App {
+    pub router: Router,
+    pub admission: Arc<admission::Admission>,
+    pub cut: tokio::sync::watch::Sender<bool>,
 }
 
 /// Builds the router over a loaded model and starts its engine.
-pub fn app(m: LoadedModel, model_path: &Path, opts: &ServeOptions) -> Result<Router> {
+pub fn app(m: LoadedModel, model_path: &Path, opts: &ServeOptions) -> Result<App> {
     let device_model = m.inference_transformer()?;
     let tok = Arc::new(m.tokenizer(model_path)?.clone());
     let format = ChatFormat::new(&tok, m.cfg.eos_token_id).ok();
@@ -38,6 +54,9 @@ pub fn app(m: LoadedModel, model_path: &Path, opts: &ServeOptions) -> Result<Rou
             .unwrap_or_else(|| "model".into());
         name.strip_suffix(".gguf").map(String::from).unwrap_or(name)
     });
+    let admission = admission::Admission::new(opts.max_batch, opts.max_queue);
+    let (cut, cut_rx) = tokio::sync::watch::channel(false);
+    let longest_token_bytes = tok.longest_token_bytes();
     let state = Arc::new(routes::AppState {
         engine: engine::Engine::start(device_model, tok.clone(), opts.max_batch),
         tok,
@@ -50,22 +69,40 @@ pub fn app(m: LoadedModel, model_path: &Path, opts: &ServeOptions) -> Result<Rou
             .map(|d| d.as_secs())
             .unwrap_or(0),
         body_limit: opts.body_limit,
+        body_timeout: opts.timeouts.body,
+        longest_token_bytes,
+        admission: admission.clone(),
+        cut: cut_rx,
     });
-    Ok(Router::new()
+    let hosts = Arc::new(request_guard::HostPolicy::new(
+        &opts.host,
+        &opts.allowed_hosts,
+    ));
+    let router = Router::new()
         .route("/", get(routes::index))
         .route("/health", get(routes::health))
         .route("/v1/models", get(routes::models))
         .route("/v1/completions", post(routes::completions))
         .route("/v1/chat/completions", post(routes::chat_completions))
+        .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(opts.body_limit))
-        .with_state(state))
+        .layer(axum::middleware::from_fn_with_state(
+            hosts,
+            request_guard::check,
+        ))
+        .with_state(state);
+    Ok(App {
+        router,
+        admission,
+        cut,
+    })
 }
 
 /// Loads the model and serves until the process is stopped.
 pub fn serve(model_path: &Path, opts: &ServeOptions) -> Result<()> {
     let device = crate::device(&opts.device)?;
     let m = LoadedModel::load(model_path, &device)?;
-    let router = app(m, model_path, opts)?;
+    let app = app(m, model_path, opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -79,6 +116,6 @@ pub fn serve(model_path: &Path, opts: &ServeOptions) -> Result<()> {
         if opts.api_key.is_none() && opts.host != "127.0.0.1" && opts.host != "localhost" {
             eprintln!("warning: listening on {} without --api-key: anyone who can reach it can use the model", opts.host);
         }
-        axum::serve(listener, router).await.map_err(|e| Error::io(addr.as_str(), e))
+        listen::serve(listener, app.router, app.admission, app.cut, opts.timeouts).await
     })
 }

@@ -1,14 +1,15 @@
 //! HTTP handlers: `/v1/models`, `/v1/completions`, `/v1/chat/completions` (JSON or server-sent
 //! events), `/health`, and the web chat page at `/`.
 
+use super::admission::{Admission, Ticket};
 use super::api::*;
 use super::engine::{Engine, GenEvent, GenRequest, TokenLogprob};
+use super::request_body::{check_fits, off_workers, parse};
 use crate::chat::ChatFormat;
 use crate::chat_template::Message;
 use crate::infer::{FinishReason, GenerateOptions, SamplingParams};
 use crate::tokenizer::Tokenizer;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -30,6 +31,12 @@ pub struct AppState {
     pub api_key: Option<String>,
     pub created: u64,
     pub body_limit: usize,
+    pub body_timeout: std::time::Duration,
+    /// Bytes of the longest token: a text of n bytes has at least n / this many tokens.
+    pub longest_token_bytes: usize,
+    pub admission: Arc<Admission>,
+    /// Turns `true` when a shutdown's grace period is over: running replies end then.
+    pub cut: tokio::sync::watch::Receiver<bool>,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -59,6 +66,15 @@ pub async fn health(State(s): Shared) -> Json<Value> {
     Json(json!({"status": "ok", "model": s.model_id}))
 }
 
+/// Unknown routes: a 404 in the API's error shape (not an empty body).
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::bad_request(
+        format!("no route {}; this server has /v1/models, /v1/completions, /v1/chat/completions, /health and /", uri.path()),
+        None,
+    )
+    .status(StatusCode::NOT_FOUND)
+}
+
 fn check_auth(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(key) = &s.api_key else { return Ok(()) };
     let given = headers
@@ -74,6 +90,7 @@ fn check_auth(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             kind: "invalid_request_error",
             param: None,
             code: Some("invalid_api_key"),
+            retry_after: None,
         })
     }
 }
@@ -84,25 +101,6 @@ pub async fn models(State(s): Shared, headers: HeaderMap) -> Result<Json<Value>,
         "object": "list",
         "data": [{"id": s.model_id, "object": "model", "created": s.created, "owned_by": "chatforge"}],
     })))
-}
-
-fn parse<T: serde::de::DeserializeOwned>(
-    s: &AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::bad_request(
-                format!("the request body is larger than {} bytes", s.body_limit),
-                None,
-            )
-            .status(StatusCode::PAYLOAD_TOO_LARGE)
-        } else {
-            ApiError::bad_request(format!("could not read the request body: {e}"), None)
-        }
-    })?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}"), None))
 }
 
 fn check_model(s: &AppState, model: &Option<String>) -> Result<(), ApiError> {
@@ -165,7 +163,7 @@ fn submit(
     }
     let room = s.context.saturating_sub(prompt.len());
     let max = max_tokens.unwrap_or(default_max.min(room));
-    if prompt.len() + max > s.context || max == 0 {
+    if max > room || max == 0 {
         return Err(ApiError::bad_request(
             format!(
                 "This model's maximum context length is {} tokens; the prompt has {} and max_tokens asks for {max} more",
@@ -198,9 +196,21 @@ struct Collected {
     usage: Usage,
 }
 
-async fn collect(mut rx: UnboundedReceiver<GenEvent>) -> Result<Collected, ApiError> {
+async fn collect(
+    mut rx: UnboundedReceiver<GenEvent>,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) -> Result<Collected, ApiError> {
     let (mut text, mut logprobs) = (String::new(), Vec::new());
-    while let Some(ev) = rx.recv().await {
+    loop {
+        let ev = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+            _ = cut.wait_for(|&c| c) => {
+                return Err(ApiError::internal(SHUTDOWN_CUT).status(StatusCode::SERVICE_UNAVAILABLE));
+            }
+        };
         match ev {
             GenEvent::Text {
                 text: t,
@@ -254,14 +264,31 @@ fn completion_logprobs(l: &[TokenLogprob], offset: usize) -> Value {
     })
 }
 
-/// Server-sent events from a task that turns engine events into JSON chunks, ending with [DONE].
+const SHUTDOWN_CUT: &str = "the server is shutting down; this reply was cut short";
+
+/// Server-sent events from a task that turns engine events into JSON chunks, ending with [DONE]
+/// (also when a shutdown cuts the reply: then an error chunk says so first). The ticket is given
+/// back when the stream ends.
 fn sse(
     mut rx: UnboundedReceiver<GenEvent>,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+    ticket: Ticket,
     mut chunk: impl FnMut(GenEvent) -> Vec<Value> + Send + 'static,
 ) -> Response {
     let (tx, out) = unbounded_channel::<Result<Event, Infallible>>();
     tokio::spawn(async move {
-        while let Some(ev) = rx.recv().await {
+        let _ticket = ticket;
+        loop {
+            let ev = tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => ev,
+                    None => break,
+                },
+                _ = cut.wait_for(|&c| c) => {
+                    let _ = tx.send(Ok(Event::default().data(error_chunk(SHUTDOWN_CUT.into()).to_string())));
+                    break;
+                }
+            };
             let last = matches!(ev, GenEvent::Done { .. } | GenEvent::Error(_));
             for v in chunk(ev) {
                 if tx.send(Ok(Event::default().data(v.to_string()))).is_err() {
@@ -283,14 +310,13 @@ fn error_chunk(e: String) -> Value {
     json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}})
 }
 
-pub async fn chat_completions(
-    State(s): Shared,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    check_auth(&s, &headers)?;
-    let req: ChatRequest = parse(&s, body)?;
-    check_model(&s, &req.model)?;
+/// A chat request parsed, rendered and tokenized (on the blocking pool).
+fn prepare_chat(
+    s: &AppState,
+    body: &[u8],
+) -> Result<(ChatRequest, Vec<u32>, GenerateOptions), ApiError> {
+    let req: ChatRequest = parse(body)?;
+    check_model(s, &req.model)?;
     let format = s.format.as_ref().ok_or_else(|| {
         ApiError::bad_request(
             "this model has no chat template; use /v1/completions",
@@ -322,6 +348,8 @@ pub async fn chat_completions(
         };
         messages.push(Message::new(&m.role, &content));
     }
+    let text_bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+    check_fits(s, text_bytes, "messages")?;
     let prompt = format
         .prompt_ids(&s.tok, &messages)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
@@ -344,6 +372,19 @@ pub async fn chat_completions(
             .map(StringOrList::into_vec)
             .unwrap_or_default(),
     };
+    Ok((req, prompt, opts))
+}
+
+pub async fn chat_completions(
+    State(s): Shared,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_auth(&s, &headers)?;
+    let ticket = s.admission.admit()?;
+    let body = super::request_body::read(&s, body).await?;
+    let (req, prompt, opts) = off_workers(&s, body, prepare_chat).await?;
+    let top = req.top_logprobs.unwrap_or(0);
     let max = req.max_completion_tokens.or(req.max_tokens);
     let (rx, _) = submit(
         &s,
@@ -355,7 +396,8 @@ pub async fn chat_completions(
     )?;
     let (id, created, model) = (new_id("chatcmpl"), now(), s.model_id.clone());
     if !req.sampling.stream {
-        let c = collect(rx).await?;
+        let c = collect(rx, s.cut.clone()).await?;
+        drop(ticket);
         let logprobs = if req.logprobs {
             chat_logprobs(&c.logprobs)
         } else {
@@ -372,7 +414,7 @@ pub async fn chat_completions(
     let include_usage = req.sampling.include_usage();
     let want_logprobs = req.logprobs;
     let mut first = true;
-    Ok(sse(rx, move |ev| {
+    Ok(sse(rx, s.cut.clone(), ticket, move |ev| {
         let base = |choices: Value| json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices});
         let mut out = Vec::new();
         if first {
@@ -406,21 +448,21 @@ pub async fn chat_completions(
     }))
 }
 
-pub async fn completions(
-    State(s): Shared,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    check_auth(&s, &headers)?;
-    let req: CompletionRequest = parse(&s, body)?;
-    check_model(&s, &req.model)?;
-    let prompts = req.prompt.into_vec();
+/// A completion request parsed and tokenized (on the blocking pool).
+fn prepare_completion(
+    s: &AppState,
+    body: &[u8],
+) -> Result<(CompletionRequest, Vec<u32>, GenerateOptions), ApiError> {
+    let mut req: CompletionRequest = parse(body)?;
+    check_model(s, &req.model)?;
+    let prompts = std::mem::take(&mut req.prompt).into_vec();
     if prompts.len() != 1 {
         return Err(ApiError::bad_request(
             "send exactly one prompt per request",
             Some("prompt"),
         ));
     }
+    check_fits(s, prompts[0].len(), "prompt")?;
     let prompt = s
         .tok
         .encode(&prompts[0])
@@ -443,10 +485,23 @@ pub async fn completions(
             .map(StringOrList::into_vec)
             .unwrap_or_default(),
     };
+    Ok((req, prompt, opts))
+}
+
+pub async fn completions(
+    State(s): Shared,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_auth(&s, &headers)?;
+    let ticket = s.admission.admit()?;
+    let body = super::request_body::read(&s, body).await?;
+    let (req, prompt, opts) = off_workers(&s, body, prepare_completion).await?;
     let (rx, _) = submit(&s, prompt, req.max_tokens, 16, opts, req.logprobs)?;
     let (id, created, model) = (new_id("cmpl"), now(), s.model_id.clone());
     if !req.sampling.stream {
-        let c = collect(rx).await?;
+        let c = collect(rx, s.cut.clone()).await?;
+        drop(ticket);
         let logprobs = if req.logprobs.is_some() {
             completion_logprobs(&c.logprobs, 0)
         } else {
@@ -462,7 +517,7 @@ pub async fn completions(
     let include_usage = req.sampling.include_usage();
     let want_logprobs = req.logprobs.is_some();
     let mut offset = 0;
-    Ok(sse(rx, move |ev| {
+    Ok(sse(rx, s.cut.clone(), ticket, move |ev| {
         let base = |choices: Value| json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices});
         match ev {
             GenEvent::Text { text, logprobs } => {

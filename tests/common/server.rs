@@ -65,3 +65,17 @@ pub fn start(model: &Path, extra: &[&str]) -> Server {
     std::thread::spawn(move || lines.for_each(drop));
     Server { child, base }
 }
+
+impl Server {
+    /// Sends SIGTERM and waits for the process to exit; its exit code (None: killed by a signal).
+    pub fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap().code()
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+}
