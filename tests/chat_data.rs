@@ -139,3 +139,26 @@ fn malformed_chat_data_is_named() {
         .to_string();
     assert!(e.contains("no assistant message"), "{e}");
 }
+
+#[test]
+fn a_huge_message_is_cut_before_tokenizing_and_the_row_is_unchanged() {
+    use chatforge::chat_template::Message;
+    use chatforge::data::chat::Conversation;
+    use chatforge::data::sft::build_examples;
+    let tok = tok();
+    let format = ChatFormat::new(&tok, None).unwrap();
+    let reply = "To be, or not to be, that is the question. ".repeat(20_000);
+    let conv = |reply: &str| Conversation {
+        messages: vec![
+            Message::new("user", "Speak."),
+            Message::new("assistant", reply),
+        ],
+    };
+    let context = 64;
+    let (rows, stats) = build_examples(&format, &tok, &[conv(&reply)], context).unwrap();
+    assert_eq!(stats.truncated, 1);
+    assert_eq!(rows[0].inputs.len(), context);
+    // The row is what tokenizing the whole conversation gives, cut to the context.
+    let (ids, _) = tokenize_conversation(&format, &tok, &conv(&reply[..5_000])).unwrap();
+    assert_eq!(rows[0].inputs, ids[..context]);
+}

@@ -218,13 +218,19 @@ fn sigterm_checkpoints_and_says_how_to_resume_and_a_second_signal_exits_at_once(
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(128 + 15), "{err}");
-    assert!(err.contains("stopped by SIGTERM") && err.contains("--resume"), "{err}");
+    assert!(
+        err.contains("stopped by SIGTERM") && err.contains("--resume"),
+        "{err}"
+    );
     let last = list_checkpoints(&run_dir).unwrap().pop().unwrap();
     let step = load_checkpoint(&last, &Device::Cpu).unwrap().state.step;
     assert!(step > 50 && step < 300, "checkpoint at step {step}");
     let (code, _, e) = run(&["pretrain", "--resume", run_dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{e}");
-    assert_eq!(weights(&straight.join("model")), weights(&run_dir.join("model")));
+    assert_eq!(
+        weights(&straight.join("model")),
+        weights(&run_dir.join("model"))
+    );
 
     // Two SIGINTs: the first asks for a checkpoint (held up here by the test's pause), the
     // second ends the process at once; the checkpoint before stays whole.
@@ -246,7 +252,10 @@ fn sigterm_checkpoints_and_says_how_to_resume_and_a_second_signal_exits_at_once(
     // Long enough for the first signal to be delivered on a busy machine (two pending SIGINTs
     // would merge into one).
     std::thread::sleep(Duration::from_millis(1000));
-    assert!(child.try_wait().unwrap().is_none(), "the first signal waits for the checkpoint");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal waits for the checkpoint"
+    );
     signal(&child, "INT");
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(128 + 2));

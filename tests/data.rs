@@ -297,3 +297,29 @@ fn prepare_rejects_bad_input_with_the_file_and_line() {
         .to_string();
     assert!(e.contains("latin1.txt") && e.contains("UTF-8"), "{e}");
 }
+
+#[test]
+fn a_single_huge_line_is_tokenized_in_bounded_pieces() {
+    use chatforge::data::sources::{collect_inputs, for_each_piece};
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("one-line.txt");
+    // 6 MB without a newline; words of 5 letters and a space, then 1 MB without white space.
+    let mut text = "lorem ".repeat(1_000_000);
+    text.push_str(&"x".repeat(1 << 20));
+    std::fs::write(&path, &text).unwrap();
+    let files = collect_inputs(&[path]).unwrap();
+    let mut pieces = Vec::new();
+    for_each_piece(&files[0], "text", |p| {
+        pieces.push((p.text.len(), p.doc_start));
+        assert!(
+            p.text.len() <= 4 * 64 * 1024,
+            "a piece of {} bytes",
+            p.text.len()
+        );
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(pieces.iter().map(|p| p.0).sum::<usize>(), text.len());
+    assert!(pieces[0].1 && pieces[1..].iter().all(|p| !p.1));
+    assert!(pieces.len() >= 28, "{} pieces", pieces.len());
+}

@@ -94,6 +94,18 @@ fn crafted_gguf_headers_are_errors_naming_the_field() {
     }
 }
 
+/// `convert` of `model` into a fresh directory under `tmp`.
+fn convert(model: &Path, tmp: &Path) -> (i32, String, String) {
+    let out = tmp.join("converted");
+    run(&[
+        "convert",
+        "--input",
+        model.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ])
+}
+
 /// A copy of an HF fixture with `config.json` patched and/or one tensor replaced.
 fn patched_model(
     tmp: &Path,
@@ -140,13 +152,7 @@ fn crafted_config_json_and_weights_are_errors_naming_the_field() {
         None,
     );
     assert_refused(
-        run(&[
-            "convert",
-            "--input",
-            m.to_str().unwrap(),
-            "--output",
-            "unused",
-        ]),
+        convert(&m, tmp.path()),
         &["config.json", "max_position_embeddings", "2147483648"],
     );
     let m = patched_model(tmp.path(), "gpt2-tiny-eval", &[("n_head", 0.into())], None);
@@ -157,16 +163,7 @@ fn crafted_config_json_and_weights_are_errors_naming_the_field() {
         &[("num_hidden_layers", 100000.into())],
         None,
     );
-    assert_refused(
-        run(&[
-            "convert",
-            "--input",
-            m.to_str().unwrap(),
-            "--output",
-            "unused",
-        ]),
-        &["num_hidden_layers"],
-    );
+    assert_refused(convert(&m, tmp.path()), &["num_hidden_layers"]);
 
     // Integer weights: refused by name, not cast.
     let st = candle_core::safetensors::load(

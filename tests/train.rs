@@ -402,6 +402,99 @@ fn config_mistakes_are_named() {
     let cfg = RunConfig::load(None, &["train.lr=1".into(), "model.preset=gpt2".into()]).unwrap();
     assert_eq!(cfg.train.lr, 1.0);
     assert_eq!(cfg.model.preset, "gpt2");
+    // Every number has a range, named with the key.
+    for (set, range) in [
+        ("train.eps=-1e-8", "(0, 1]"),
+        ("train.grad_clip=-1", "[0, 1000000]"),
+        ("train.weight_decay=-0.1", "[0, 10]"),
+        ("train.lr=inf", "(0, 10]"),
+        ("train.lr=nan", "(0, 10]"),
+        ("train.beta2=1", "[0, 1)"),
+        ("eval.sample_temperature=-1", "[0, 100]"),
+        ("train.context=2000000000", "1048576"),
+    ] {
+        let e = RunConfig::load(None, &[set.into()])
+            .err()
+            .unwrap()
+            .to_string();
+        let key = set.split('=').next().unwrap();
+        assert!(e.contains(key) && e.contains(range), "{set}: {e}");
+    }
+}
+
+#[test]
+fn out_of_vocabulary_shard_ids_name_the_shard_before_training() {
+    use chatforge::data::shard::{write_shard, TokenWidth};
+    let tmp = tempfile::tempdir().unwrap();
+    for split in ["val", "train"] {
+        let data = tmp.path().join(format!("data-{split}"));
+        std::fs::create_dir_all(&data).unwrap();
+        for e in std::fs::read_dir(shakespeare_shards(300_000))
+            .unwrap()
+            .flatten()
+        {
+            std::fs::copy(e.path(), data.join(e.file_name())).unwrap();
+        }
+        let shard = data.join(format!("{split}_000000.bin"));
+        // Every window of a batch meets one.
+        let ids: Vec<u32> = (0..5000)
+            .map(|i| if i % 50 == 49 { 60_000 } else { i % 500 })
+            .collect();
+        write_shard(&shard, &ids, TokenWidth::U16).unwrap();
+        let mut set = tiny_config(5);
+        set[0] = format!("data.dir={}", data.display());
+        let out = chatforge_pretrain(&tmp.path().join(format!("run-{split}")), &set, &[])
+            .wait_with_output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains(&format!("{split}_000000.bin")) && err.contains("60000"),
+            "{err}"
+        );
+        if split == "val" {
+            assert!(
+                !err.contains("step 1"),
+                "the validation shard is checked first: {err}"
+            );
+        }
+    }
+    // Shards without their meta.json: the message says it is missing.
+    let data = tmp.path().join("no-meta");
+    std::fs::create_dir_all(&data).unwrap();
+    for e in std::fs::read_dir(shakespeare_shards(300_000))
+        .unwrap()
+        .flatten()
+    {
+        if e.file_name() != "meta.json" {
+            std::fs::copy(e.path(), data.join(e.file_name())).unwrap();
+        }
+    }
+    let mut set = tiny_config(5);
+    set[0] = format!("data.dir={}", data.display());
+    let out = chatforge_pretrain(&tmp.path().join("run-meta"), &set, &[])
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("meta.json is missing"), "{err}");
+}
+
+#[test]
+fn a_loss_plot_that_cannot_be_written_is_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    // A directory where the plot goes: the write fails, the run does not.
+    std::fs::create_dir_all(run_dir.join("loss.png/x")).unwrap();
+    let out = chatforge_pretrain(&run_dir, &tiny_config(10), &[])
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: the loss plot was not written"),
+        "{err}"
+    );
+    assert!(run_dir.join("model/model.safetensors").exists());
 }
 
 #[test]

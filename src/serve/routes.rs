@@ -310,6 +310,20 @@ fn error_chunk(e: String) -> Value {
     json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}})
 }
 
+/// What every generation request goes through before the engine: the key, a place in the queue
+/// (held until the reply ends), the body, and `prepare` on the blocking pool.
+async fn accept<T: Send + 'static>(
+    s: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Body,
+    prepare: fn(&AppState, &[u8]) -> Result<T, ApiError>,
+) -> Result<(Ticket, T), ApiError> {
+    check_auth(s, headers)?;
+    let ticket = s.admission.admit()?;
+    let body = super::request_body::read(s, body).await?;
+    Ok((ticket, off_workers(s, body, prepare).await?))
+}
+
 /// A chat request parsed, rendered and tokenized (on the blocking pool).
 fn prepare_chat(
     s: &AppState,
@@ -380,10 +394,7 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_auth(&s, &headers)?;
-    let ticket = s.admission.admit()?;
-    let body = super::request_body::read(&s, body).await?;
-    let (req, prompt, opts) = off_workers(&s, body, prepare_chat).await?;
+    let (ticket, (req, prompt, opts)) = accept(&s, &headers, body, prepare_chat).await?;
     let top = req.top_logprobs.unwrap_or(0);
     let max = req.max_completion_tokens.or(req.max_tokens);
     let (rx, _) = submit(
@@ -493,10 +504,7 @@ pub async fn completions(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_auth(&s, &headers)?;
-    let ticket = s.admission.admit()?;
-    let body = super::request_body::read(&s, body).await?;
-    let (req, prompt, opts) = off_workers(&s, body, prepare_completion).await?;
+    let (ticket, (req, prompt, opts)) = accept(&s, &headers, body, prepare_completion).await?;
     let (rx, _) = submit(&s, prompt, req.max_tokens, 16, opts, req.logprobs)?;
     let (id, created, model) = (new_id("cmpl"), now(), s.model_id.clone());
     if !req.sampling.stream {
