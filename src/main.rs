@@ -120,8 +120,10 @@ struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    fn options(&self) -> chatforge::infer::GenerateOptions {
-        chatforge::infer::GenerateOptions {
+    /// The generation options, with every sampling value checked (`--temperature nan` and
+    /// `--repetition-penalty 0` are errors naming the flag).
+    fn options(&self) -> Result<chatforge::infer::GenerateOptions> {
+        let opts = chatforge::infer::GenerateOptions {
             max_new_tokens: self.max_tokens,
             sampling: chatforge::infer::SamplingParams {
                 temperature: self.temperature,
@@ -133,7 +135,11 @@ impl SamplingArgs {
             },
             stop_ids: vec![],
             stop_strings: self.stop.clone(),
+        };
+        if let Err((field, must)) = opts.sampling.validate() {
+            bail!("--{} must be {must}", field.replace('_', "-"));
         }
+        Ok(opts)
     }
 }
 
@@ -576,6 +582,7 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
             Ok(())
         }
         Command::Chat(a) => {
+            let opts = a.sampling.options()?;
             let device = chatforge::device(&a.sampling.device)?;
             let m = LoadedModel::load(&a.model, &device)?;
             let model = m.inference_transformer()?;
@@ -584,7 +591,7 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
             chatforge::chat::repl(
                 &chat,
                 a.system.as_deref(),
-                &a.sampling.options(),
+                &opts,
                 stdin.lock(),
                 std::io::stdout(),
             )?;
@@ -647,6 +654,7 @@ fn tokenizer_cmd(cmd: TokenizerCmd) -> Result<()> {
 
 fn generate_cmd(a: GenerateArgs) -> Result<()> {
     use std::io::Write;
+    let mut opts = a.sampling.options()?;
     let device = chatforge::device(&a.sampling.device)?;
     let m = LoadedModel::load(&a.model, &device)?;
     let tok = m.tokenizer(&a.model)?;
@@ -656,7 +664,6 @@ fn generate_cmd(a: GenerateArgs) -> Result<()> {
     } else {
         a.prompt.clone()
     };
-    let mut opts = a.sampling.options();
     let t0 = std::time::Instant::now();
     let mut first: Option<f64> = None;
     let mut print = |piece: &str| -> chatforge::Result<()> {

@@ -175,3 +175,27 @@ fn convert_writes_a_loadable_copy_and_never_a_partial_one() {
         before
     );
 }
+
+#[test]
+fn sampling_flags_out_of_range_are_named() {
+    let model = fixtures().join("gpt2-tiny-eval");
+    for (flag, value) in [
+        ("--temperature", "nan"),
+        ("--temperature", "-0.5"),
+        ("--repetition-penalty", "0"),
+        ("--top-p", "1.5"),
+        ("--min-p", "inf"),
+    ] {
+        assert_clean_error(
+            run(&[
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--prompt",
+                "Hi",
+                &format!("{flag}={value}"),
+            ]),
+            &[flag],
+        );
+    }
+}

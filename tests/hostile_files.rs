@@ -165,6 +165,20 @@ fn crafted_config_json_and_weights_are_errors_naming_the_field() {
     );
     assert_refused(convert(&m, tmp.path()), &["num_hidden_layers"]);
 
+    // A shard index that points outside its directory is not followed.
+    let m = patched_model(tmp.path(), "gpt2-tiny-eval", &[("n_embd", 32.into())], None);
+    std::fs::rename(
+        m.join("model.safetensors"),
+        tmp.path().join("elsewhere.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        m.join("model.safetensors.index.json"),
+        r#"{"weight_map": {"transformer.wte.weight": "../elsewhere.safetensors"}}"#,
+    )
+    .unwrap();
+    assert_refused(generate(&m), &["weight_map", "../elsewhere.safetensors"]);
+
     // Integer weights: refused by name, not cast.
     let st = candle_core::safetensors::load(
         fixtures().join("gpt2-tiny-eval/model.safetensors"),

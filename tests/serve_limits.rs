@@ -212,6 +212,13 @@ fn web_pages_cannot_reach_a_loopback_server_and_bad_numbers_are_refused() {
     let (st, text) = http(&s.base, "POST", "/v1/completions", &[JSON], huge);
     assert_eq!(st, 400, "{text}");
     assert!(text.contains("context_length_exceeded"), "{text}");
+    // Sampling values outside their range are a 400 naming the field.
+    for (field, value) in [("repetition_penalty", "0"), ("min_p", "2"), ("top_p", "0")] {
+        let b = format!(r#"{{"prompt": "Hello", "max_tokens": 4, "{field}": {value}}}"#);
+        let (st, text) = http(&s.base, "POST", "/v1/completions", &[JSON], &b);
+        assert_eq!(st, 400, "{text}");
+        assert!(text.contains(&format!(r#""param":"{field}""#)), "{text}");
+    }
     // A temperature too small for f32 is greedy decoding, not the least likely token.
     let reply = |t: &str| {
         let b =
@@ -231,9 +238,12 @@ fn sigterm_ends_live_streams_with_a_final_chunk() {
     let mut s = start(&model, &["--shutdown-grace", "1"]);
     let body =
         r#"{"prompt": "Once upon a time", "max_tokens": 1000, "temperature": 0.9, "stream": true}"#;
+    // Streams that have received two chunks.
+    let going = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let streams: Vec<_> = (0..3)
         .map(|_| {
             let addr = s.base.trim_start_matches("http://").to_string();
+            let going = going.clone();
             std::thread::spawn(move || {
                 let mut c = TcpStream::connect(&addr).unwrap();
                 let req = format!("POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
@@ -242,7 +252,13 @@ fn sigterm_ends_live_streams_with_a_final_chunk() {
                 let mut lines = Vec::new();
                 for line in BufReader::new(c).lines() {
                     match line {
-                        Ok(l) => lines.push(l),
+                        Ok(l) => {
+                            let chunk = l.starts_with("data: ");
+                            lines.push(l);
+                            if chunk && lines.iter().filter(|l| l.starts_with("data: ")).count() == 2 {
+                                going.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                        }
                         Err(_) => break,
                     }
                 }
@@ -250,8 +266,12 @@ fn sigterm_ends_live_streams_with_a_final_chunk() {
             })
         })
         .collect();
-    // Let every stream get going.
-    std::thread::sleep(Duration::from_secs(3));
+    // Let every stream get going (the machine may be busy).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while going.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < deadline, "the streams never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let t0 = Instant::now();
     let code = s.terminate();
     let took = t0.elapsed();

@@ -336,6 +336,16 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .collect();
         files.sort();
         files.dedup();
+        // Shards are files of this directory: a name with a path in it is not followed.
+        if let Some(bad) = files
+            .iter()
+            .find(|f| Path::new(f).components().count() != 1 || f.starts_with('.'))
+        {
+            return Err(Error::bad_file(
+                &index,
+                format!("weight_map names '{bad}', which is not a file name in this directory"),
+            ));
+        }
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
     }
     Err(Error::bad_file(

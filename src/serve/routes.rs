@@ -139,14 +139,18 @@ fn sampling(k: &SamplingFields) -> Result<SamplingParams, ApiError> {
     let seed = k
         .seed
         .unwrap_or_else(|| NEXT_ID.fetch_add(1, Ordering::Relaxed) ^ now());
-    Ok(SamplingParams {
+    let params = SamplingParams {
         temperature,
         top_p,
         top_k: k.top_k.unwrap_or(0),
         min_p: k.min_p.unwrap_or(0.0),
         repetition_penalty: k.repetition_penalty.unwrap_or(1.0),
         seed,
-    })
+    };
+    params.validate().map_err(|(field, must)| {
+        ApiError::bad_request(format!("{field} must be {must}"), Some(field))
+    })?;
+    Ok(params)
 }
 
 /// Checks the budget against the context and hands the request to the engine.

@@ -245,6 +245,10 @@ impl<'c> Run<'c> {
                 run_dir,
                 "a run already exists here; continue it with --resume or choose a new --out (nothing was overwritten)",
             ));
+        } else {
+            // The run writes model/, adapter/, checkpoints/ and more into the directory, and
+            // model/ would replace a folder of that name the user had.
+            crate::fsutil::ensure_new_or_empty(run_dir, "the run directory")?;
         }
         // Every rank has looked before rank 0 creates the run.
         coll.barrier();
