@@ -24,6 +24,10 @@ pub enum Error {
     /// A signal asked the run to stop; it did so cleanly (the message says how to continue).
     #[error("{0}")]
     Interrupted(String),
+    /// The loss diverged; every rank stopped at the same step and the run directory was put in
+    /// order (the message, rank 0's, says what is left to resume from).
+    #[error("training stopped: {0}")]
+    Diverged(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -82,7 +82,12 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     let mut abs = PathBuf::new();
     for c in cwd.join(path).components() {
         match c {
+            // `link/..` is the parent of where the link points, as the OS resolves it: follow
+            // the links so far before stepping up.
             Component::ParentDir => {
+                if let Ok(canon) = abs.canonicalize() {
+                    abs = canon;
+                }
                 abs.pop();
             }
             Component::CurDir => {}

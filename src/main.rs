@@ -408,13 +408,24 @@ fn main() {
         _ => Box::new(chatforge::dist::Single),
     };
     if let Err(e) = run(cli, coll.as_ref()) {
-        if let Some(chatforge::Error::Interrupted(msg)) = e.downcast_ref::<chatforge::Error>() {
-            // Every rank stopped at the same step, after the checkpoint: no abort needed.
+        // Every rank stopped at the same step with the run directory in order: no abort needed,
+        // and rank 0 says what happened.
+        let orderly = match e.downcast_ref::<chatforge::Error>() {
+            Some(chatforge::Error::Interrupted(_)) => {
+                Some(chatforge::train::interrupt::exit_code())
+            }
+            Some(chatforge::Error::Diverged(_)) => Some(1),
+            _ => None,
+        };
+        if let Some(code) = orderly {
             if coll.is_lead() {
-                eprintln!("{msg}");
+                match code {
+                    1 => eprintln!("error: {e:#}"),
+                    _ => eprintln!("{e:#}"),
+                }
             }
             drop(coll);
-            std::process::exit(chatforge::train::interrupt::exit_code());
+            std::process::exit(code);
         }
         match coll.world() {
             1 => eprintln!("error: {e:#}"),

@@ -190,7 +190,6 @@ impl Tokenizer {
         self.inner.decode(ids, false).map_err(tk_err)
     }
 
-    /// UTF-8 bytes each token stands for (0 for special tokens): the denominator of bits per byte.
     /// An upper bound on the bytes of text one token stands for (vocabulary and added tokens):
     /// a text of n bytes encodes to at least n / this many tokens.
     pub fn longest_token_bytes(&self) -> usize {
@@ -203,6 +202,7 @@ impl Tokenizer {
             .max(1)
     }
 
+    /// UTF-8 bytes each token stands for (0 for special tokens): the denominator of bits per byte.
     pub fn token_bytes(&self) -> Vec<u32> {
         let n = self.vocab_size();
         let specials: std::collections::HashSet<u32> = self

@@ -303,9 +303,11 @@ fn a_single_huge_line_is_tokenized_in_bounded_pieces() {
     use chatforge::data::sources::{collect_inputs, for_each_piece};
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("one-line.txt");
-    // 6 MB without a newline; words of 5 letters and a space, then 1 MB without white space.
+    // 6 MB without a newline; words of 5 letters and a space, then 1 MB without white space,
+    // then two-byte characters.
     let mut text = "lorem ".repeat(1_000_000);
     text.push_str(&"x".repeat(1 << 20));
+    text.push_str("é".repeat(100_000).as_str());
     std::fs::write(&path, &text).unwrap();
     let files = collect_inputs(&[path]).unwrap();
     let mut pieces = Vec::new();
@@ -322,4 +324,16 @@ fn a_single_huge_line_is_tokenized_in_bounded_pieces() {
     assert_eq!(pieces.iter().map(|p| p.0).sum::<usize>(), text.len());
     assert!(pieces[0].1 && pieces[1..].iter().all(|p| !p.1));
     assert!(pieces.len() >= 28, "{} pieces", pieces.len());
+    // The only white space a multi-byte one, right where a piece may end.
+    let path = tmp.path().join("nbsp.txt");
+    let text = format!("{}\u{00A0}{}", "a".repeat(65536), "b".repeat(200_000));
+    std::fs::write(&path, &text).unwrap();
+    let files = collect_inputs(&[path]).unwrap();
+    let mut total = 0;
+    for_each_piece(&files[0], "text", |p| {
+        total += p.text.len();
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(total, text.len());
 }

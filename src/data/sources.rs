@@ -133,8 +133,9 @@ fn piece_end(rest: &str) -> usize {
     if let Some(i) = window.find('\n') {
         return start + i + 1;
     }
+    // Before the white space (start is past the first character, so the piece is never empty).
     if let Some(i) = window.rfind(char::is_whitespace) {
-        return start + i.max(1);
+        return start + i;
     }
     start.max(rest.chars().next().map_or(1, char::len_utf8))
 }

@@ -33,12 +33,12 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     /// The first field outside its range, as (field, what it must be): NaN or infinite values,
-    /// a negative temperature, top_p outside (0, 1], min_p outside [0, 1], a repetition penalty
-    /// that is not positive (it divides the logits).
+    /// a temperature outside [0, 100], top_p outside (0, 1], min_p outside [0, 1], a repetition
+    /// penalty outside (0, 100] (it divides the logits; past f32's range both become infinite).
     pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
         let finite = |x: f64| x.is_finite();
-        if !finite(self.temperature) || self.temperature < 0.0 {
-            return Err(("temperature", "a number >= 0 (0 = greedy)"));
+        if !finite(self.temperature) || !(0.0..=100.0).contains(&self.temperature) {
+            return Err(("temperature", "a number in [0, 100] (0 = greedy)"));
         }
         if !finite(self.top_p) || self.top_p <= 0.0 || self.top_p > 1.0 {
             return Err(("top_p", "a number in (0, 1]"));
@@ -46,8 +46,11 @@ impl SamplingParams {
         if !finite(self.min_p) || !(0.0..=1.0).contains(&self.min_p) {
             return Err(("min_p", "a number in [0, 1]"));
         }
-        if !finite(self.repetition_penalty) || self.repetition_penalty <= 0.0 {
-            return Err(("repetition_penalty", "a number > 0 (1 = off)"));
+        if !finite(self.repetition_penalty)
+            || self.repetition_penalty <= 0.0
+            || self.repetition_penalty > 100.0
+        {
+            return Err(("repetition_penalty", "a number in (0, 100] (1 = off)"));
         }
         Ok(())
     }

@@ -213,13 +213,24 @@ impl GgufFile {
             .ok_or_else(|| err("missing from the file".into()))?;
         let start = (self.content.tensor_data_offset + info.offset) as usize;
         let len = tensor_bytes(info.ggml_dtype, info.shape.elem_count() as u64) as usize;
-        let q = qtensor_from_ggml(
-            info.ggml_dtype,
-            &self.bytes[start..start + len],
-            info.shape.dims().to_vec(),
-            device,
-        )
-        .map_err(|e| err(e.to_string()))?;
+        let data = &self.bytes[start..start + len];
+        // candle reads the bytes as f32s or blocks in place: they must be aligned for that, which
+        // a file with general.alignment below 8 does not promise (the map itself is page-aligned).
+        let aligned: Vec<u64>;
+        let data = if start.is_multiple_of(8) {
+            data
+        } else {
+            let mut words = vec![0u64; len.div_ceil(8)];
+            // SAFETY: any bytes are a valid u8 view of the u64 buffer, which holds >= len bytes.
+            let view =
+                unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) };
+            view.copy_from_slice(data);
+            aligned = words;
+            // SAFETY: as above, read-only now.
+            unsafe { std::slice::from_raw_parts(aligned.as_ptr().cast::<u8>(), len) }
+        };
+        let q = qtensor_from_ggml(info.ggml_dtype, data, info.shape.dims().to_vec(), device)
+            .map_err(|e| err(e.to_string()))?;
         let t = q.dequantize(device)?;
         super::params::check_finite_tensor(name, &t, &self.path.display().to_string())?;
         Ok(t)

@@ -16,11 +16,16 @@ use std::collections::HashMap;
 const MAX_VALUE_DEPTH: usize = 4;
 /// Elements of one tensor at most (2^40, about a trillion: far above any model file).
 const MAX_TENSOR_ELEMENTS: u64 = 1 << 40;
+/// Array elements in all of the metadata at most (each becomes a 32-byte value in memory; a
+/// vocabulary of 256k tokens with its merges and types needs under a million).
+const MAX_ARRAY_ELEMENTS: u64 = 1 << 24;
 const DEFAULT_ALIGNMENT: u64 = 32;
 
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Array elements read so far (bounded by `MAX_ARRAY_ELEMENTS`).
+    array_elements: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -93,6 +98,12 @@ impl<'a> Cursor<'a> {
                 let n = self.u64(key)?;
                 let min = min_value_size(elem_ty)
                     .ok_or_else(|| format!("metadata '{key}': unknown element type {elem_ty}"))?;
+                self.array_elements = self.array_elements.saturating_add(n);
+                if self.array_elements > MAX_ARRAY_ELEMENTS {
+                    return Err(format!(
+                        "metadata '{key}': more than {MAX_ARRAY_ELEMENTS} array elements in all"
+                    ));
+                }
                 if n.saturating_mul(min) > self.left() as u64 {
                     return Err(format!(
                         "metadata '{key}': an array of {n} elements cannot fit in the {} bytes left",
@@ -154,7 +165,11 @@ pub fn tensor_bytes(dtype: GgmlDType, elems: u64) -> u64 {
 /// Reads and checks the header of a GGUF file held in `bytes`. Every tensor's data is known to lie
 /// inside `bytes` afterwards: at `tensor_data_offset + offset`, `tensor_bytes` long.
 pub fn read_header(bytes: &[u8]) -> Result<Content, String> {
-    let mut c = Cursor { bytes, pos: 0 };
+    let mut c = Cursor {
+        bytes,
+        pos: 0,
+        array_elements: 0,
+    };
     if c.take(4, "the magic number")? != b"GGUF" {
         return Err("not a GGUF file (it does not start with \"GGUF\")".into());
     }

@@ -41,6 +41,9 @@ pub struct GenRequest {
     /// Report log-probabilities, with this many alternatives per token.
     pub logprobs: Option<usize>,
     pub events: UnboundedSender<GenEvent>,
+    /// The request's place in the server's queue, given back when the engine is done with it
+    /// (finished, failed, or its client gone), not when the HTTP handler returns.
+    pub ticket: Option<super::admission::Ticket>,
 }
 
 #[derive(Clone)]
@@ -80,6 +83,7 @@ struct Seq<'t> {
     out: TextOutput<'t>,
     last: u32,
     done: bool,
+    _ticket: Option<super::admission::Ticket>,
 }
 
 fn run(model: &Transformer, tok: &Tokenizer, rx: mpsc::Receiver<GenRequest>, max_batch: usize) {
@@ -145,6 +149,10 @@ fn admit<'t>(
     caches: &mut Vec<KvCache>,
 ) {
     let cfg = &model.cfg;
+    // Its client left while it waited: no prefill for nobody.
+    if r.events.is_closed() {
+        return;
+    }
     let prefill = || -> Result<(KvCache, Vec<f32>)> {
         let (cache, logits) = model.prefill(&r.prompt_ids)?;
         Ok((cache, logits.squeeze(0)?.to_vec1::<f32>()?))
@@ -173,6 +181,7 @@ fn admit<'t>(
         out: TextOutput::new(tok, r.opts.stop_strings),
         last: 0,
         done: false,
+        _ticket: r.ticket,
     };
     if max_new == 0 {
         finish(&mut s, FinishReason::Length);

@@ -161,6 +161,7 @@ fn submit(
     default_max: usize,
     mut opts: GenerateOptions,
     logprobs: Option<usize>,
+    ticket: Ticket,
 ) -> Result<(UnboundedReceiver<GenEvent>, usize), ApiError> {
     if prompt.is_empty() {
         return Err(ApiError::bad_request("the prompt is empty", Some("prompt")));
@@ -187,6 +188,7 @@ fn submit(
             opts,
             logprobs,
             events: tx,
+            ticket: Some(ticket),
         })
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok((rx, n))
@@ -271,17 +273,14 @@ fn completion_logprobs(l: &[TokenLogprob], offset: usize) -> Value {
 const SHUTDOWN_CUT: &str = "the server is shutting down; this reply was cut short";
 
 /// Server-sent events from a task that turns engine events into JSON chunks, ending with [DONE]
-/// (also when a shutdown cuts the reply: then an error chunk says so first). The ticket is given
-/// back when the stream ends.
+/// (also when a shutdown cuts the reply: then an error chunk says so first).
 fn sse(
     mut rx: UnboundedReceiver<GenEvent>,
     mut cut: tokio::sync::watch::Receiver<bool>,
-    ticket: Ticket,
     mut chunk: impl FnMut(GenEvent) -> Vec<Value> + Send + 'static,
 ) -> Response {
     let (tx, out) = unbounded_channel::<Result<Event, Infallible>>();
     tokio::spawn(async move {
-        let _ticket = ticket;
         loop {
             let ev = tokio::select! {
                 ev = rx.recv() => match ev {
@@ -408,11 +407,11 @@ pub async fn chat_completions(
         usize::MAX,
         opts,
         req.logprobs.then_some(top),
+        ticket,
     )?;
     let (id, created, model) = (new_id("chatcmpl"), now(), s.model_id.clone());
     if !req.sampling.stream {
         let c = collect(rx, s.cut.clone()).await?;
-        drop(ticket);
         let logprobs = if req.logprobs {
             chat_logprobs(&c.logprobs)
         } else {
@@ -429,7 +428,7 @@ pub async fn chat_completions(
     let include_usage = req.sampling.include_usage();
     let want_logprobs = req.logprobs;
     let mut first = true;
-    Ok(sse(rx, s.cut.clone(), ticket, move |ev| {
+    Ok(sse(rx, s.cut.clone(), move |ev| {
         let base = |choices: Value| json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices});
         let mut out = Vec::new();
         if first {
@@ -509,11 +508,10 @@ pub async fn completions(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (ticket, (req, prompt, opts)) = accept(&s, &headers, body, prepare_completion).await?;
-    let (rx, _) = submit(&s, prompt, req.max_tokens, 16, opts, req.logprobs)?;
+    let (rx, _) = submit(&s, prompt, req.max_tokens, 16, opts, req.logprobs, ticket)?;
     let (id, created, model) = (new_id("cmpl"), now(), s.model_id.clone());
     if !req.sampling.stream {
         let c = collect(rx, s.cut.clone()).await?;
-        drop(ticket);
         let logprobs = if req.logprobs.is_some() {
             completion_logprobs(&c.logprobs, 0)
         } else {
@@ -529,7 +527,7 @@ pub async fn completions(
     let include_usage = req.sampling.include_usage();
     let want_logprobs = req.logprobs.is_some();
     let mut offset = 0;
-    Ok(sse(rx, s.cut.clone(), ticket, move |ev| {
+    Ok(sse(rx, s.cut.clone(), move |ev| {
         let base = |choices: Value| json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices});
         match ev {
             GenEvent::Text { text, logprobs } => {

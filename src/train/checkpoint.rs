@@ -187,9 +187,12 @@ pub fn set_aside_from(run_dir: &Path, from: usize) -> Result<Vec<PathBuf>> {
         let step: usize = name.trim_start_matches("step_").parse().unwrap_or(0);
         if step >= from {
             std::fs::create_dir_all(&aside_dir).map_err(|e| Error::io(&aside_dir, e))?;
-            let to = aside_dir.join(&name);
-            if to.exists() {
-                std::fs::remove_dir_all(&to).map_err(|e| Error::io(&to, e))?;
+            // An earlier divergence's step_N stays: this one becomes step_N.2, .3, ...
+            let mut to = aside_dir.join(&name);
+            let mut n = 1;
+            while to.exists() {
+                n += 1;
+                to = aside_dir.join(format!("{name}.{n}"));
             }
             std::fs::rename(&ckpt, &to).map_err(|e| Error::io(&ckpt, e))?;
             moved.push(to);

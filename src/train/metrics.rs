@@ -38,7 +38,10 @@ impl MetricsLog {
             .append(true)
             .open(&self.path)
             .map_err(|e| Error::io(&self.path, e))?;
-        writeln!(f, "{record}").map_err(|e| Error::io(&self.path, e))
+        // One write of the whole line: a process killed around it leaves the line whole or absent
+        // (a partial last line from an older writer is skipped by `read_records`).
+        f.write_all(format!("{record}\n").as_bytes())
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     pub fn path(&self) -> &Path {
@@ -46,9 +49,16 @@ impl MetricsLog {
     }
 }
 
+/// The records of a metrics file. A last line without its newline is what a killed run left
+/// half-written: it is skipped, not an error.
 pub fn read_records(path: &Path) -> Result<Vec<Value>> {
     let text = crate::fsutil::read_to_string(path)?;
-    text.lines()
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..=end],
+        None => "",
+    };
+    complete
+        .lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {

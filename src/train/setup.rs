@@ -217,6 +217,9 @@ fn absolute(p: &Path) -> String {
         .to_string()
 }
 
+/// Written into every run directory when the run is created.
+const RUN_MARKER: &str = ".chatforge-run";
+
 impl<'c> Run<'c> {
     pub(super) fn new_fresh(
         cfg: RunConfig,
@@ -296,6 +299,7 @@ impl<'c> Run<'c> {
         }
         if coll.is_lead() {
             std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+            crate::fsutil::write_atomic(&run_dir.join(RUN_MARKER), b"a chatforge run directory\n")?;
             crate::fsutil::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
         }
         let mut state = TrainerState::new(cfg.clone(), start.model.clone());
@@ -314,7 +318,12 @@ impl<'c> Run<'c> {
     ) -> Result<Run<'c>> {
         let (rank, world) = (coll.rank(), coll.world());
         let saved_config = path.join("config.toml");
-        if saved_config.exists() && super::checkpoint::list_checkpoints(path)?.is_empty() {
+        // Only a directory chatforge made a run in: a folder of the user's that happens to hold a
+        // config.toml is never trained into.
+        if path.join(RUN_MARKER).exists()
+            && saved_config.exists()
+            && super::checkpoint::list_checkpoints(path)?.is_empty()
+        {
             let cfg = RunConfig::load(Some(&saved_config), overrides)?;
             if coll.is_lead() {
                 eprintln!(

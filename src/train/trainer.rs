@@ -504,13 +504,11 @@ impl Run<'_> {
             if !loss.is_finite() || loss > blow_up {
                 bar.abandon();
                 let step = self.state.step + 1;
-                return Err(super::guard::diverged(
-                    &self.run_dir,
-                    step,
-                    loss,
-                    blow_up,
-                    lead,
-                )?);
+                let e = super::guard::diverged(&self.run_dir, step, loss, blow_up, lead);
+                // No rank ends (and so none aborts the job) before rank 0 has moved the
+                // diverged checkpoints aside.
+                self.coll.barrier();
+                return Err(e);
             }
             // This loss came from the newest checkpoint's weights: it is sound, the older ones
             // can go.
