@@ -181,6 +181,7 @@ fn two_ranks_train_like_one_process_on_the_combined_batch() {
     assert_eq!(
         names,
         [
+            ".chatforge-run",
             "checkpoints",
             "config.toml",
             "loss.png",
