@@ -412,17 +412,14 @@ fn main() {
         // and rank 0 says what happened.
         let orderly = match e.downcast_ref::<chatforge::Error>() {
             Some(chatforge::Error::Interrupted(_)) => {
-                Some(chatforge::train::interrupt::exit_code())
+                Some((chatforge::train::interrupt::exit_code(), ""))
             }
-            Some(chatforge::Error::Diverged(_)) => Some(1),
+            Some(chatforge::Error::Diverged(_)) => Some((1, "error: ")),
             _ => None,
         };
-        if let Some(code) = orderly {
+        if let Some((code, prefix)) = orderly {
             if coll.is_lead() {
-                match code {
-                    1 => eprintln!("error: {e:#}"),
-                    _ => eprintln!("{e:#}"),
-                }
+                eprintln!("{prefix}{e:#}");
             }
             drop(coll);
             std::process::exit(code);

@@ -371,13 +371,6 @@ impl RunConfig {
         {
             return err("sft.epochs must be positive (or set train.max_steps)".into());
         }
-        if !(0.0..1.0).contains(&self.sft.val_fraction) {
-            return err("sft.val_fraction must be in [0, 1)".into());
-        }
-        let l = &self.lora;
-        if l.rank > 0 && (l.alpha.is_nan() || l.alpha <= 0.0 || !(0.0..1.0).contains(&l.dropout)) {
-            return err("lora.alpha must be positive and lora.dropout in [0, 1)".into());
-        }
         if !matches!(t.dtype.as_str(), "f32" | "bf16") {
             return err(format!("train.dtype '{}': expected f32 or bf16", t.dtype));
         }
@@ -386,12 +379,6 @@ impl RunConfig {
                 "train.schedule '{}': expected cosine, wsd or constant",
                 t.schedule
             ));
-        }
-        if t.lr.is_nan() || t.lr <= 0.0 || !(0.0..=1.0).contains(&t.min_lr_ratio) {
-            return err("train.lr must be positive and train.min_lr_ratio in [0, 1]".into());
-        }
-        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
-            return err("train.beta1 and train.beta2 must be in [0, 1)".into());
         }
         if self.checkpoint.keep == 0 {
             return err("checkpoint.keep must be at least 1".into());

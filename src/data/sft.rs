@@ -9,6 +9,7 @@
 
 use super::chat::{tokenize_conversation, Conversation};
 use crate::chat::ChatFormat;
+use crate::chat_template::Message;
 use crate::error::{Error, Result};
 use crate::model::IGNORE_INDEX;
 use crate::tokenizer::Tokenizer;
@@ -87,23 +88,19 @@ fn cut_to_bytes(conv: &Conversation, budget: usize) -> Option<Conversation> {
     if total <= budget {
         return None;
     }
-    let mut cut = conv.clone();
+    let mut messages = Vec::new();
     let mut left = budget;
-    let mut keep = 0;
-    for m in &mut cut.messages {
-        keep += 1;
-        if m.content.len() >= left {
-            let mut end = left;
-            while !m.content.is_char_boundary(end) {
-                end -= 1;
-            }
-            m.content.truncate(end);
-            break;
+    for m in &conv.messages {
+        if m.content.len() < left {
+            left -= m.content.len();
+            messages.push(m.clone());
+            continue;
         }
-        left -= m.content.len();
+        let end = m.content.floor_char_boundary(left);
+        messages.push(Message::new(&m.role, &m.content[..end]));
+        break;
     }
-    cut.messages.truncate(keep);
-    Some(cut)
+    Some(Conversation { messages })
 }
 
 /// Splits off the last `fraction` of the items (at least one, when there are two or more and the

@@ -127,24 +127,18 @@ fn piece_end(rest: &str) -> usize {
     if rest.len() <= TEXT_PIECE_BYTES {
         return rest.len();
     }
-    let window_end = floor_char_boundary(rest, (TEXT_PIECE_BYTES * 4).min(rest.len()));
-    let start = floor_char_boundary(rest, TEXT_PIECE_BYTES);
+    let window_end = rest.floor_char_boundary(TEXT_PIECE_BYTES * 4);
+    // At least TEXT_PIECE_BYTES - 3: past the first character, so no piece is empty.
+    let start = rest.floor_char_boundary(TEXT_PIECE_BYTES);
     let window = &rest[start..window_end];
     if let Some(i) = window.find('\n') {
         return start + i + 1;
     }
-    // Before the white space (start is past the first character, so the piece is never empty).
+    // Before the white space.
     if let Some(i) = window.rfind(char::is_whitespace) {
         return start + i;
     }
-    start.max(rest.chars().next().map_or(1, char::len_utf8))
-}
-
-fn floor_char_boundary(s: &str, mut i: usize) -> usize {
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
+    start
 }
 
 /// Calls `f` with each piece of text in `file`, in order. `field` is the JSONL field / Parquet column.

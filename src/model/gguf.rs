@@ -128,9 +128,6 @@ impl GgufFile {
         }
         let heads = self.usize("llama.attention.head_count")?;
         let embd = self.usize("llama.embedding_length")?;
-        if heads == 0 {
-            return Err(self.err("metadata 'llama.attention.head_count' is 0; a model needs at least one attention head"));
-        }
         let vocab = match self.usize("llama.vocab_size") {
             Ok(v) => v,
             Err(_) => self.strings("tokenizer.ggml.tokens")?.len(),
@@ -146,10 +143,13 @@ impl GgufFile {
             self.usize("llama.context_length")?,
             tied,
         );
-        cfg.head_dim = match self.content.metadata.get("llama.attention.key_length") {
-            Some(_) => self.usize("llama.attention.key_length")?,
-            None => embd / heads,
-        };
+        if self
+            .content
+            .metadata
+            .contains_key("llama.attention.key_length")
+        {
+            cfg.head_dim = self.usize("llama.attention.key_length")?;
+        }
         cfg.norm_eps = self.f64_or("llama.attention.layer_norm_rms_epsilon", 1e-5)?;
         cfg.rope_theta = self.f64_or("llama.rope.freq_base", 10_000.0)?;
         cfg.bos_token_id = self

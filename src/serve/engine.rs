@@ -43,7 +43,7 @@ pub struct GenRequest {
     pub events: UnboundedSender<GenEvent>,
     /// The request's place in the server's queue, given back when the engine is done with it
     /// (finished, failed, or its client gone), not when the HTTP handler returns.
-    pub ticket: Option<super::admission::Ticket>,
+    pub ticket: super::admission::Ticket,
 }
 
 #[derive(Clone)]
@@ -83,7 +83,7 @@ struct Seq<'t> {
     out: TextOutput<'t>,
     last: u32,
     done: bool,
-    _ticket: Option<super::admission::Ticket>,
+    _ticket: super::admission::Ticket,
 }
 
 fn run(model: &Transformer, tok: &Tokenizer, rx: mpsc::Receiver<GenRequest>, max_batch: usize) {

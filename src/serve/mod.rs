@@ -11,7 +11,6 @@ pub mod routes;
 use crate::chat::ChatFormat;
 use crate::error::{Error, Result};
 use crate::model::LoadedModel;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use std::path::Path;
@@ -85,7 +84,6 @@ pub fn app(m: LoadedModel, model_path: &Path, opts: &ServeOptions) -> Result<App
         .route("/v1/completions", post(routes::completions))
         .route("/v1/chat/completions", post(routes::chat_completions))
         .fallback(routes::not_found)
-        .layer(DefaultBodyLimit::max(opts.body_limit))
         .layer(axum::middleware::from_fn_with_state(
             hosts,
             request_guard::check,

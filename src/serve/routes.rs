@@ -188,7 +188,7 @@ fn submit(
             opts,
             logprobs,
             events: tx,
-            ticket: Some(ticket),
+            ticket,
         })
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok((rx, n))
@@ -208,13 +208,11 @@ async fn collect(
 ) -> Result<Collected, ApiError> {
     let (mut text, mut logprobs) = (String::new(), Vec::new());
     loop {
-        let ev = tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => ev,
-                None => break,
-            },
-            _ = cut.wait_for(|&c| c) => {
-                return Err(ApiError::internal(SHUTDOWN_CUT).status(StatusCode::SERVICE_UNAVAILABLE));
+        let ev = match next_event(&mut rx, &mut cut).await {
+            Next::Event(ev) => ev,
+            Next::Ended => break,
+            Next::Cut => {
+                return Err(ApiError::internal(SHUTDOWN_CUT).status(StatusCode::SERVICE_UNAVAILABLE))
             }
         };
         match ev {
@@ -272,6 +270,25 @@ fn completion_logprobs(l: &[TokenLogprob], offset: usize) -> Value {
 
 const SHUTDOWN_CUT: &str = "the server is shutting down; this reply was cut short";
 
+enum Next {
+    Event(GenEvent),
+    /// The engine dropped the request's channel.
+    Ended,
+    /// A shutdown's grace period is over.
+    Cut,
+}
+
+/// The next engine event of a reply, unless the reply ended or a shutdown cuts it first.
+async fn next_event(
+    rx: &mut UnboundedReceiver<GenEvent>,
+    cut: &mut tokio::sync::watch::Receiver<bool>,
+) -> Next {
+    tokio::select! {
+        ev = rx.recv() => ev.map_or(Next::Ended, Next::Event),
+        _ = cut.wait_for(|&c| c) => Next::Cut,
+    }
+}
+
 /// Server-sent events from a task that turns engine events into JSON chunks, ending with [DONE]
 /// (also when a shutdown cuts the reply: then an error chunk says so first).
 fn sse(
@@ -282,13 +299,12 @@ fn sse(
     let (tx, out) = unbounded_channel::<Result<Event, Infallible>>();
     tokio::spawn(async move {
         loop {
-            let ev = tokio::select! {
-                ev = rx.recv() => match ev {
-                    Some(ev) => ev,
-                    None => break,
-                },
-                _ = cut.wait_for(|&c| c) => {
-                    let _ = tx.send(Ok(Event::default().data(error_chunk(SHUTDOWN_CUT.into()).to_string())));
+            let ev = match next_event(&mut rx, &mut cut).await {
+                Next::Event(ev) => ev,
+                Next::Ended => break,
+                Next::Cut => {
+                    let chunk = error_chunk(SHUTDOWN_CUT.into()).to_string();
+                    let _ = tx.send(Ok(Event::default().data(chunk)));
                     break;
                 }
             };

@@ -118,8 +118,9 @@ pub fn save_checkpoint(
             moments.push((format!("m.{k}"), m.contiguous()?));
             moments.push((format!("v.{k}"), opt.v[k].contiguous()?));
         }
-        let moment_map: BTreeMap<String, Tensor> = moments.iter().cloned().collect();
-        crate::model::params::check_finite(&moment_map, "optimizer state to save")?;
+        for (name, m) in &moments {
+            crate::model::params::check_finite_tensor(name, m, "optimizer state to save")?;
+        }
         save_safetensors(&tmp.join(OPTIMIZER_FILE), &moments)?;
         let json = serde_json::to_string_pretty(state).expect("state serializes");
         crate::fsutil::write_atomic(&tmp.join(STATE_FILE), json.as_bytes())

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
-static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// The signal that asked the run to stop (0: none yet).
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 /// Installs the handlers (once per process; later calls do nothing more).
@@ -22,12 +22,9 @@ pub fn install() -> std::io::Result<()> {
         // only when a signal already asked for a stop.
         signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, flag.clone())?;
         signal_hook::flag::register(sig, flag.clone())?;
-        // SAFETY: the action only stores to atomics, which is async-signal-safe.
+        // SAFETY: the action only stores to an atomic, which is async-signal-safe.
         unsafe {
-            signal_hook::low_level::register(sig, move || {
-                SIGNAL.store(sig, Ordering::SeqCst);
-                REQUESTED.store(true, Ordering::SeqCst);
-            })?;
+            signal_hook::low_level::register(sig, move || SIGNAL.store(sig, Ordering::SeqCst))?;
         }
     }
     Ok(())
@@ -35,7 +32,7 @@ pub fn install() -> std::io::Result<()> {
 
 /// Whether a signal asked the run to stop.
 pub fn requested() -> bool {
-    REQUESTED.load(Ordering::SeqCst)
+    SIGNAL.load(Ordering::SeqCst) != 0
 }
 
 /// The name of the signal that asked, for messages.
