@@ -164,16 +164,21 @@ fn convert_import_prepare_and_synthetic_follow_the_same_rule() {
     ]);
     refused((code, err), "--force");
 
-    let (code, _, err) = run(&[
-        "data",
-        "synthetic",
-        "--out",
-        t,
-        "--train",
-        "5",
-        "--test",
-        "2",
-    ]);
+    let synthetic = |extra: &[&str]| {
+        let mut args = vec![
+            "data",
+            "synthetic",
+            "--out",
+            t,
+            "--train",
+            "5",
+            "--test",
+            "2",
+        ];
+        args.extend(extra);
+        run(&args)
+    };
+    let (code, _, err) = synthetic(&[]);
     refused((code, err), "--force");
 
     let corpus = corpus_in(&tmp.path().join("c"));
@@ -196,17 +201,7 @@ fn convert_import_prepare_and_synthetic_follow_the_same_rule() {
     );
 
     // With --force, the synthetic tasks replace the directory.
-    let (code, _, err) = run(&[
-        "data",
-        "synthetic",
-        "--out",
-        t,
-        "--train",
-        "5",
-        "--test",
-        "2",
-        "--force",
-    ]);
+    let (code, _, err) = synthetic(&["--force"]);
     assert_eq!(code, 0, "{err}");
     assert!(taken.join("train.jsonl").exists() && !taken.join("keep.txt").exists());
 }
