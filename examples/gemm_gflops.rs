@@ -1,9 +1,9 @@
-//! GFLOP/s of chatforge's GEMM (`model::fused::gemm::matmul`) on the matrix products of one training
+//! GFLOP/s of chatforge's GEMM (`kernels::cpu::gemm::matmul`) on the matrix products of one training
 //! step of bench/cpu.sh's reference model (B*T = 2048 rows, C = 384, V = 8192), including the
 //! transposed operands of the backward pass. bench/cpu.sh prints it next to PyTorch's matmul.
 //!
 //!   cargo run --release --example gemm_gflops
-use chatforge::model::fused::gemm::{matmul, View};
+use chatforge::kernels::cpu::gemm::{matmul, View};
 use std::time::Instant;
 
 fn main() {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use chatforge::dist::Collective;
-use chatforge::model::{save_model_dir, LoadedModel};
+use chatforge::formats::{save_model_dir, LoadedModel};
 use chatforge::tokenizer::Tokenizer;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

@@ -172,7 +172,7 @@ struct SftResult {
 
 /// Exact-match accuracy of a model on each held-out task file.
 fn score_tasks(model_dir: &Path, tests: &[(String, Vec<Conversation>)]) -> Result<Vec<f64>> {
-    let m = crate::model::LoadedModel::load(model_dir, &candle_core::Device::Cpu)?;
+    let m = crate::formats::LoadedModel::load(model_dir, &candle_core::Device::Cpu)?;
     let tok = m.tokenizer(model_dir)?;
     let model = m.transformer()?;
     tests

@@ -1,5 +1,5 @@
 //! On a GPU (`--features cuda`; `bench/gpu.sh` runs these first): the Transformer on CUDA against
-//! transformers, i.e. `model::device_ops` on the hardware it is written for. Logits, loss and every
+//! transformers, i.e. the portable formulation in `ops` on the hardware it is written for. Logits, loss and every
 //! gradient in f32; the loss in bf16; decoding with a KV cache against the full forward pass.
 //! Without a GPU these fail: they are not part of the CPU test command.
 #![cfg(feature = "cuda")]

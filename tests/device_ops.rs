@@ -1,11 +1,10 @@
-//! The GPU formulations of attention's causal softmax and the loss (`model::device_ops`) against the
+//! The GPU formulations of attention's causal softmax and the loss (the portable formulation in `ops`) against the
 //! composed reference, run on the CPU: values and gradients, in f32 and bf16.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use chatforge::model::device_ops;
-use chatforge::model::ops::reference;
+use chatforge::ops;
 use common::{assert_close, value_and_grad, value_and_grads};
 
 /// Fixed pseudo-random values of about `scale` in magnitude (the same every run).
@@ -26,8 +25,8 @@ fn causal_softmax_matches_the_reference_in_f32_and_bf16() {
     // (rep 1, t 4) and (rep 2, t 2) have the same shape and different masks (the cache's key).
     for (rep, t, s) in [(1, 4, 9), (2, 2, 9), (2, 7, 7), (3, 1, 5), (1, 16, 16)] {
         let x = noise(&[2, 3, rep * t, s], 2.0);
-        let (y0, g0) = value_and_grad(&x, |x| reference::causal_softmax(x, t));
-        let (y1, g1) = value_and_grad(&x, |x| device_ops::causal_softmax(x, t));
+        let (y0, g0) = value_and_grad(&x, |x| ops::softmax::reference(x, t));
+        let (y1, g1) = value_and_grad(&x, |x| ops::softmax::portable(x, t));
         let case = format!("rep {rep}, t {t}, s {s}");
         assert_close(&format!("f32 value, {case}"), &y1, &y0, 1e-6);
         assert_close(&format!("f32 grad, {case}"), &g1, &g0, 1e-6);
@@ -35,21 +34,21 @@ fn causal_softmax_matches_the_reference_in_f32_and_bf16() {
         // 2^-8 of a probability at most.
         let xb = x.to_dtype(DType::BF16).unwrap();
         let xr = xb.to_dtype(DType::F32).unwrap();
-        let (y0, g0) = value_and_grad(&xr, |x| reference::causal_softmax(x, t));
-        let (y2, g2) = value_and_grad(&xb, |x| device_ops::causal_softmax(x, t));
+        let (y0, g0) = value_and_grad(&xr, |x| ops::softmax::reference(x, t));
+        let (y2, g2) = value_and_grad(&xb, |x| ops::softmax::portable(x, t));
         assert_close(&format!("bf16 value, {case}"), &y2, &y0, 4e-3);
         assert_close(&format!("bf16 grad, {case}"), &g2, &g0, 1e-2);
     }
     // Back to back on one shape with two different masks (the kept mask must not be reused).
     for (rep, t) in [(1, 4), (2, 2), (1, 4)] {
         let x = noise(&[2, 3, 4, 9], 1.0);
-        let y0 = reference::causal_softmax(&x, t).unwrap();
-        let y1 = device_ops::causal_softmax(&x, t).unwrap();
+        let y0 = ops::softmax::reference(&x, t).unwrap();
+        let y1 = ops::softmax::portable(&x, t).unwrap();
         assert_close(&format!("same shape, rep {rep}, t {t}"), &y1, &y0, 1e-6);
     }
     // Future keys get exactly zero probability and no gradient.
     let x = noise(&[1, 1, 4, 6], 1.0);
-    let y = device_ops::causal_softmax(&x, 4).unwrap();
+    let y = ops::softmax::portable(&x, 4).unwrap();
     let y: Vec<Vec<f32>> = y.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
     for (r, row) in y.iter().enumerate() {
         assert!(
@@ -80,8 +79,8 @@ fn token_nll_matches_the_reference_with_ignored_rows_and_extreme_logits() {
     logits[2 * v + 7] = 90.0;
     let logits = Tensor::from_vec(logits, (n, v), &Device::Cpu).unwrap();
     let targets = Tensor::new(t.as_slice(), &Device::Cpu).unwrap();
-    let (y0, g0) = value_and_grad(&logits, |x| reference::token_nll(x, &targets));
-    let (y1, g1) = value_and_grad(&logits, |x| device_ops::token_nll(x, &targets));
+    let (y0, g0) = value_and_grad(&logits, |x| ops::loss::reference_token_nll(x, &targets));
+    let (y1, g1) = value_and_grad(&logits, |x| ops::loss::portable_token_nll(x, &targets));
     // Losses reach 250 here: f32 keeps them to about 3e-5.
     assert_close("value", &y1, &y0, 1e-4);
     assert_close("grad", &g1, &g0, 1e-6);
@@ -111,8 +110,7 @@ fn with_grad_attaches_the_given_backward_and_is_the_value_without_one() {
     let x = Var::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap();
     // value x^2 computed outside the graph, gradient 2x attached.
     let value = x.as_tensor().detach().sqr().unwrap();
-    let y =
-        device_ops::with_grad(x.as_tensor(), value, "square", |x, _, g| g * (x * 2.0)?).unwrap();
+    let y = ops::grad::with_grad(x.as_tensor(), value, "square", |x, _, g| g * (x * 2.0)?).unwrap();
     assert_eq!(y.to_vec1::<f32>().unwrap(), [1.0, 4.0, 9.0]);
     let g = y.sum_all().unwrap().backward().unwrap();
     assert_eq!(
@@ -121,7 +119,7 @@ fn with_grad_attaches_the_given_backward_and_is_the_value_without_one() {
     );
     // A strided value comes out as its own contiguous copy.
     let m = Var::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
-    let y = device_ops::with_grad(
+    let y = ops::grad::with_grad(
         m.as_tensor(),
         m.as_tensor().detach().t().unwrap(),
         "t",
@@ -131,7 +129,7 @@ fn with_grad_attaches_the_given_backward_and_is_the_value_without_one() {
     assert_eq!(y.to_vec2::<f32>().unwrap(), [[1.0, 3.0], [2.0, 4.0]]);
     // Nothing tracked: the value itself.
     let plain = Tensor::new(&[5f32], &Device::Cpu).unwrap();
-    let y = device_ops::with_grad(&plain, plain.clone(), "id", |_, _, g| Ok(g.clone())).unwrap();
+    let y = ops::grad::with_grad(&plain, plain.clone(), "id", |_, _, g| Ok(g.clone())).unwrap();
     assert_eq!(y.id(), plain.id());
 }
 
@@ -144,7 +142,7 @@ fn assert_all_close(name: &str, a: &(Tensor, Vec<Tensor>), b: &(Tensor, Vec<Tens
 
 #[test]
 fn norms_match_the_reference_with_and_without_centering_and_bias() {
-    use chatforge::model::fused::norm::reference as norm_ref;
+    use chatforge::ops::norm::reference as norm_ref;
     let x = (noise(&[3, 5, 48], 2.0) + 0.7).unwrap();
     let w = (noise(&[48], 0.5) + 1.0).unwrap();
     let b = noise(&[48], 0.3);
@@ -158,7 +156,7 @@ fn norms_match_the_reference_with_and_without_centering_and_bias() {
         let name = if centered { "LayerNorm" } else { "RMSNorm" };
         assert_all_close(
             name,
-            &with_bias(device_ops::norm),
+            &with_bias(ops::norm::portable),
             &with_bias(norm_ref),
             1e-5,
         );
@@ -168,7 +166,7 @@ fn norms_match_the_reference_with_and_without_centering_and_bias() {
             };
         assert_all_close(
             &format!("{name} without bias"),
-            &no_bias(device_ops::norm),
+            &no_bias(ops::norm::portable),
             &no_bias(norm_ref),
             1e-5,
         );
@@ -177,7 +175,7 @@ fn norms_match_the_reference_with_and_without_centering_and_bias() {
 
 #[test]
 fn linear_matches_the_reference_with_and_without_bias() {
-    use chatforge::model::fused::linear::reference as linear_ref;
+    use chatforge::ops::linear::reference as linear_ref;
     let (x, w, b) = (
         noise(&[2, 7, 24], 1.0),
         noise(&[40, 24], 0.3),
@@ -186,13 +184,18 @@ fn linear_matches_the_reference_with_and_without_bias() {
     let run = |f: fn(&Tensor, &Tensor, Option<&Tensor>) -> candle_core::Result<Tensor>| {
         value_and_grads(&[&x, &w, &b], move |t| f(t[0], t[1], Some(t[2])))
     };
-    assert_all_close("linear", &run(device_ops::linear), &run(linear_ref), 1e-5);
+    assert_all_close(
+        "linear",
+        &run(ops::linear::portable),
+        &run(linear_ref),
+        1e-5,
+    );
     let run = |f: fn(&Tensor, &Tensor, Option<&Tensor>) -> candle_core::Result<Tensor>| {
         value_and_grads(&[&x, &w], move |t| f(t[0], t[1], None))
     };
     assert_all_close(
         "linear without bias",
-        &run(device_ops::linear),
+        &run(ops::linear::portable),
         &run(linear_ref),
         1e-5,
     );

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor, D};
 use chatforge::eval::tasks::{
     final_number, load_arc, load_hellaswag, multiple_choice, score_continuations, McItem,
 };
-use chatforge::model::LoadedModel;
+use chatforge::formats::LoadedModel;
 use common::*;
 
 #[test]

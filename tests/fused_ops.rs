@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::{Device, Tensor, Var};
-use chatforge::model::ops::{self, reference};
+use chatforge::ops;
 use common::{assert_close, max_abs_diff, value_and_grad, value_and_grads};
 
 #[test]
@@ -21,11 +21,11 @@ fn token_nll_matches_log_softmax_gather() {
         })
         .collect();
     let targets = Tensor::new(t.as_slice(), &Device::Cpu).unwrap();
-    let (y1, g1) = value_and_grad(&logits, |x| ops::token_nll(x, &targets));
-    let (y2, g2) = value_and_grad(&logits, |x| reference::token_nll(x, &targets));
+    let (y1, g1) = value_and_grad(&logits, |x| ops::loss::token_nll(x, &targets));
+    let (y2, g2) = value_and_grad(&logits, |x| ops::loss::reference_token_nll(x, &targets));
     assert_close("token_nll value", &y1, &y2, 1e-5);
     assert_close("token_nll grad", &g1, &g2, 1e-5);
-    let e = ops::token_nll(&logits, &Tensor::new(&[301i64; 37], &Device::Cpu).unwrap())
+    let e = ops::loss::token_nll(&logits, &Tensor::new(&[301i64; 37], &Device::Cpu).unwrap())
         .err()
         .unwrap();
     assert!(e.to_string().contains("outside the vocabulary"));
@@ -36,8 +36,8 @@ fn causal_softmax_matches_mask_plus_softmax() {
     // (B, K, rep * T, S): 2 query heads share each key head, T new tokens after S - T cached ones.
     for (t, s) in [(7, 7), (3, 10), (1, 5)] {
         let x = Tensor::randn(0f32, 2.0, (2, 3, 2 * t, s), &Device::Cpu).unwrap();
-        let (y1, g1) = value_and_grad(&x, |x| ops::causal_softmax(x, t));
-        let (y2, g2) = value_and_grad(&x, |x| reference::causal_softmax(x, t));
+        let (y1, g1) = value_and_grad(&x, |x| ops::softmax::causal_softmax(x, t));
+        let (y2, g2) = value_and_grad(&x, |x| ops::softmax::reference(x, t));
         assert_close("causal_softmax value", &y1, &y2, 1e-6);
         assert_close("causal_softmax grad", &g1, &g2, 1e-5);
     }
@@ -46,7 +46,7 @@ fn causal_softmax_matches_mask_plus_softmax() {
 #[test]
 fn gelu_matches_candle_gelu() {
     let x = Tensor::randn(0f32, 3.0, (64, 129), &Device::Cpu).unwrap();
-    let (y1, g1) = value_and_grad(&x, ops::gelu);
+    let (y1, g1) = value_and_grad(&x, ops::activation::gelu);
     let (y2, g2) = value_and_grad(&x, |x| x.gelu());
     assert_close("gelu value", &y1, &y2, 1e-5);
     assert_close("gelu grad", &g1, &g2, 1e-5);
@@ -57,14 +57,14 @@ fn small_matmul_matches_gemm() {
     for (m, k, n) in [(1, 576, 1536), (3, 100, 77), (16, 64, 1000)] {
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-        let fast = ops::small_matmul_t(&x, &w)
+        let fast = ops::linear::small_matmul_t(&x, &w)
             .unwrap()
             .expect("the fast path applies");
         let gemm = x.matmul(&w.t().unwrap()).unwrap();
         assert_close("small_matmul_t", &fast, &gemm, 1e-3);
         // f16 weights (decoding's output projection) against the same weights widened to f32.
         let wh = w.to_dtype(candle_core::DType::F16).unwrap();
-        let half = ops::small_matmul_t(&x, &wh)
+        let half = ops::linear::small_matmul_t(&x, &wh)
             .unwrap()
             .expect("the fast path takes f16 weights");
         let widened = wh.to_dtype(candle_core::DType::F32).unwrap();
@@ -73,14 +73,14 @@ fn small_matmul_matches_gemm() {
     }
     // Not for many rows, nor when a gradient is tracked.
     let w = Tensor::randn(0f32, 1.0, (8, 8), &Device::Cpu).unwrap();
-    assert!(ops::small_matmul_t(
+    assert!(ops::linear::small_matmul_t(
         &Tensor::zeros((64, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
         &w
     )
     .unwrap()
     .is_none());
     let v = Var::from_tensor(&w).unwrap();
-    assert!(ops::small_matmul_t(
+    assert!(ops::linear::small_matmul_t(
         &Tensor::zeros((1, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
         v.as_tensor()
     )
@@ -108,7 +108,7 @@ fn randn(shape: &[usize], seed_scale: f64) -> Tensor {
 
 #[test]
 fn fused_linear_matches_matmul_plus_bias() {
-    use chatforge::model::fused::linear;
+    use chatforge::ops::linear;
     // The last two cross the GEMM's blocking (384 deep, 120 rows, 32 columns) with ragged edges.
     for (n, i, o) in [
         (37, 24, 50),
@@ -144,7 +144,7 @@ fn fused_linear_matches_matmul_plus_bias() {
 
 #[test]
 fn fused_norms_match_composed_layer_norm_and_rms_norm() {
-    use chatforge::model::fused::norm;
+    use chatforge::ops::norm;
     for (rows, c) in [(2 * 9, 48), (1, 5), (300, 384)] {
         let x = (randn(&[rows, c], 2.0) + 0.7).unwrap();
         let (w, b) = ((randn(&[c], 0.3) + 1.0).unwrap(), randn(&[c], 0.3));
@@ -184,7 +184,7 @@ fn fused_norms_match_composed_layer_norm_and_rms_norm() {
 
 #[test]
 fn fused_attention_matches_composed_attention() {
-    use chatforge::model::fused::attention;
+    use chatforge::ops::attention;
     // (B, T, H, K, D): multi-head, grouped-query, more than one block of query rows (64), one token.
     for (b, t, h, k, d) in [
         (2, 9, 3, 3, 8),
@@ -205,7 +205,7 @@ fn fused_attention_matches_composed_attention() {
 
 #[test]
 fn cached_attention_over_strided_cache_buffers_matches_causal_attention() {
-    use chatforge::model::fused::attention;
+    use chatforge::ops::attention;
     // (B, S, T, H, K, D): the last T of S positions are new. D = 64 and 128 take the AVX-512
     // kernel, D = 48 the portable one; grouped-query and multi-head; one new token and several.
     for (b, s, t, h, k, d) in [
@@ -232,16 +232,17 @@ fn cached_attention_over_strided_cache_buffers_matches_causal_attention() {
         let (keys, values) = (cached(h), cached(h + k));
         assert_eq!(keys.is_contiguous(), b * k == 1);
         let new = qkv.narrow(1, s - t, t).unwrap();
-        let y = attention::cached_attention(&new, &keys, &values, h).unwrap();
+        let y =
+            chatforge::kernels::cpu::attention::cached_attention(&new, &keys, &values, h).unwrap();
         assert_eq!(y.dims(), &[b, t, h * d]);
         assert_rel("cached attention", &y, &want, 1e-5);
     }
     // More new tokens than cached positions, and heads that do not fit the rows, are errors.
     let qkv = randn(&[1, 4, 4 * 8], 1.0);
     let kv = randn(&[1, 1, 3, 8], 1.0);
-    assert!(attention::cached_attention(&qkv, &kv, &kv, 2).is_err());
+    assert!(chatforge::kernels::cpu::attention::cached_attention(&qkv, &kv, &kv, 2).is_err());
     let kv = randn(&[1, 1, 6, 8], 1.0);
-    assert!(attention::cached_attention(&qkv, &kv, &kv, 3).is_err());
+    assert!(chatforge::kernels::cpu::attention::cached_attention(&qkv, &kv, &kv, 3).is_err());
 }
 
 #[test]
@@ -299,7 +300,7 @@ fn fused_adamw_matches_the_composed_update() {
 
 #[test]
 fn fused_linear_keeps_leading_dimensions() {
-    use chatforge::model::fused::linear;
+    use chatforge::ops::linear;
     // (B, T, I) in, (B, T, O) out, as the transformer calls it (no reshape around it).
     let (x, w, b) = (
         randn(&[2, 5, 24], 1.0),
@@ -318,13 +319,13 @@ fn fused_linear_keeps_leading_dimensions() {
 
 #[test]
 fn fused_linear_gelu_matches_linear_then_gelu() {
-    use chatforge::model::fused::linear;
+    use chatforge::ops::linear;
     for shape in [vec![37, 24], vec![2, 9, 48]] {
         let i = *shape.last().unwrap();
         let (x, w, b) = (randn(&shape, 1.0), randn(&[96, i], 0.4), randn(&[96], 0.5));
         let (y1, g1) = value_and_grads(&[&x, &w, &b], |t| linear::linear_gelu(t[0], t[1], t[2]));
         let (y2, g2) = value_and_grads(&[&x, &w, &b], |t| {
-            ops::gelu(&linear::reference(t[0], t[1], Some(t[2]))?)
+            ops::activation::gelu(&linear::reference(t[0], t[1], Some(t[2]))?)
         });
         assert_rel("linear-gelu value", &y1, &y2, 1e-5);
         for (k, name) in ["linear-gelu dx", "dw", "db"].iter().enumerate() {
@@ -338,7 +339,7 @@ fn fused_linear_gelu_matches_linear_then_gelu() {
 /// 16 x 16 transpose blocks and KC blocks.
 #[test]
 fn gemm_matches_a_naive_product_on_every_layout() {
-    use chatforge::model::fused::gemm::{matmul, View};
+    use chatforge::kernels::cpu::gemm::{matmul, View};
     for (m, n, k) in [
         (1, 1, 1),
         (13, 33, 17),
@@ -402,7 +403,7 @@ fn gemm_matches_a_naive_product_on_every_layout() {
 /// gradients of the hidden states and of the output weight, with ignored targets among them.
 #[test]
 fn fused_lm_nll_matches_projection_then_token_nll() {
-    use chatforge::model::fused::{linear, lm_loss};
+    use chatforge::ops::{linear, loss};
     for (n, c, v) in [(37, 24, 50), (1, 8, 5), (300, 96, 1000)] {
         let (h, w) = (randn(&[n, c], 1.0), randn(&[v, c], 0.5));
         let t: Vec<i64> = (0..n as i64)
@@ -415,9 +416,9 @@ fn fused_lm_nll_matches_projection_then_token_nll() {
             })
             .collect();
         let targets = Tensor::new(t.as_slice(), &Device::Cpu).unwrap();
-        let (y1, g1) = value_and_grads(&[&h, &w], |x| lm_loss::lm_nll(x[0], x[1], &targets));
+        let (y1, g1) = value_and_grads(&[&h, &w], |x| loss::projected_nll(x[0], x[1], &targets));
         let (y2, g2) = value_and_grads(&[&h, &w], |x| {
-            ops::token_nll(&linear::reference(x[0], x[1], None)?, &targets)
+            ops::loss::token_nll(&linear::reference(x[0], x[1], None)?, &targets)
         });
         assert_rel("lm-nll value", &y1, &y2, 1e-5);
         assert_rel("lm-nll dh", &g1[0], &g2[0], 1e-5);
@@ -431,7 +432,7 @@ fn fused_lm_nll_matches_projection_then_token_nll() {
     let (h, w) = (randn(&[4, 8], 1.0), randn(&[6, 8], 1.0));
     let hv = Var::from_tensor(&h).unwrap();
     let ok = Tensor::new(&[0i64, 5, -100, 2], &Device::Cpu).unwrap();
-    let grads = lm_loss::lm_nll(hv.as_tensor(), &w, &ok)
+    let grads = loss::projected_nll(hv.as_tensor(), &w, &ok)
         .unwrap()
         .sum_all()
         .unwrap()
@@ -439,7 +440,7 @@ fn fused_lm_nll_matches_projection_then_token_nll() {
         .unwrap();
     assert!(grads.get(&w).is_none() && grads.get(hv.as_tensor()).is_some());
     let bad = Tensor::new(&[0i64, 6, 1, 2], &Device::Cpu).unwrap();
-    assert!(lm_loss::lm_nll(&h, &w, &bad).is_err());
+    assert!(loss::projected_nll(&h, &w, &bad).is_err());
 }
 
 #[test]
@@ -509,7 +510,7 @@ fn swiglu_matches_silu_times_up() {
         .map(|j| ((j * 53 % 201) as f32 - 100.0) * if j % 3 == 0 { 1.0 } else { 0.05 })
         .collect();
     let h = Tensor::from_vec(h, (7, 2 * i), &Device::Cpu).unwrap();
-    let fused = ops::swiglu(&h, i).unwrap();
+    let fused = ops::activation::swiglu(&h, i).unwrap();
     let gate = h.narrow(1, 0, i).unwrap();
     let up = h.narrow(1, i, i).unwrap();
     let composed = (candle_nn::ops::silu(&gate).unwrap() * up).unwrap();
@@ -519,14 +520,14 @@ fn swiglu_matches_silu_times_up() {
         "swiglu differs by {d} (relative to the largest value)"
     );
     assert!(
-        ops::swiglu(&h, i + 1).is_err(),
+        ops::activation::swiglu(&h, i + 1).is_err(),
         "a row that is not gate and up"
     );
     // Gradients on moderate values (where silu's curvature matters).
     let h = (Tensor::randn(0f32, 2.0, (2, 9, 2 * i), &Device::Cpu).unwrap())
         .contiguous()
         .unwrap();
-    let (y1, g1) = value_and_grad(&h, |x| ops::swiglu(x, i));
+    let (y1, g1) = value_and_grad(&h, |x| ops::activation::swiglu(x, i));
     let (y2, g2) = value_and_grad(&h, |x| {
         let gate = x.narrow(2, 0, i)?;
         candle_nn::ops::silu(&gate)? * x.narrow(2, i, i)?
@@ -538,7 +539,7 @@ fn swiglu_matches_silu_times_up() {
 #[test]
 fn block_weights_hold_a_files_q4_1_and_q8_0_exactly_and_multiply_like_f32() {
     use candle_core::quantized::{GgmlDType, QTensor};
-    use chatforge::model::blockq::{BlockWeight, Format};
+    use chatforge::kernels::cpu::blockq::{BlockWeight, Format};
     // Rows of 3 blocks and of 300.
     for (n, k) in [(70, 96), (3, 9600)] {
         let w = Tensor::randn(0f32, 0.5, (n, k), &Device::Cpu).unwrap();

@@ -113,11 +113,11 @@ fn gguf_header_reader_never_panics() {
     let path = tmp.path().join("seed.gguf");
     write_gguf(&path, &[]);
     let seed = std::fs::read(&path).unwrap();
-    assert!(chatforge::model::gguf_header::read_header(&seed).is_ok());
+    assert!(chatforge::formats::gguf_header::read_header(&seed).is_ok());
     let config = ProptestConfig::with_cases(cases());
     proptest!(config, |(m in mutation())| {
         let d = mutate(&seed, &m, 2048);
-        let _ = chatforge::model::gguf_header::read_header(&d);
+        let _ = chatforge::formats::gguf_header::read_header(&d);
     });
 }
 
@@ -131,7 +131,7 @@ fn gguf_model_loading_never_panics() {
     let config = ProptestConfig::with_cases(cases() / 10 + 1);
     proptest!(config, |(m in mutation())| {
         std::fs::write(&path, mutate(&seed, &m, 2048)).unwrap();
-        let _ = chatforge::model::LoadedModel::load(&path, &Device::Cpu);
+        let _ = chatforge::formats::LoadedModel::load(&path, &Device::Cpu);
     });
 }
 
@@ -179,7 +179,7 @@ fn hf_model_directory_loading_never_panics() {
             }
             std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
             std::fs::write(dir.join("model.safetensors"), mutate(&weights, &m, header)).unwrap();
-            let _ = chatforge::model::LoadedModel::load(&dir, &Device::Cpu);
+            let _ = chatforge::formats::LoadedModel::load(&dir, &Device::Cpu);
         });
     }
 }

@@ -3,9 +3,9 @@
 mod common;
 
 use candle_core::Device;
+use chatforge::formats::LoadedModel;
 use chatforge::infer::stream::TextStream;
 use chatforge::infer::{generate_text, FinishReason, GenerateOptions, Sampler, SamplingParams};
-use chatforge::model::LoadedModel;
 use chatforge::tokenizer::Tokenizer;
 use common::*;
 

@@ -7,9 +7,9 @@ mod common;
 use candle_core::Device;
 use chatforge::chat::ChatModel;
 use chatforge::chat_template::Message;
+use chatforge::formats::LoadedModel;
 use chatforge::infer::generate::decode_loop;
 use chatforge::infer::{Sampler, SamplingParams};
-use chatforge::model::LoadedModel;
 use common::*;
 use std::sync::OnceLock;
 

@@ -5,16 +5,19 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use chatforge::formats::peft;
+use chatforge::formats::LoadedModel;
 use chatforge::model::lora::{self, LoraConfig};
 use chatforge::model::params::Params;
-use chatforge::model::{cross_entropy, LoadedModel, Transformer};
+use chatforge::model::Transformer;
+use chatforge::ops::loss::cross_entropy;
 use common::*;
 use std::collections::BTreeMap;
 
 fn check_against_peft(name: &str) {
     let base = LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
     let adir = fixtures().join(format!("{name}-lora"));
-    let (lcfg, _, adapter) = lora::load_adapter(&adir, &base.cfg, &Device::Cpu).unwrap();
+    let (lcfg, _, adapter) = peft::load_adapter(&adir, &base.cfg, &Device::Cpu).unwrap();
     assert_eq!((lcfg.rank, lcfg.alpha), (4, 8.0));
     let exp = load_expected(&format!("{name}-lora"));
     let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
@@ -100,7 +103,7 @@ fn trainable_parameter_count_is_rank_times_in_plus_out() {
     assert_eq!(lora::param_count(&all, 16), 2 * per_layer(16));
     // The same count as PEFT's own adapter file for rank 4.
     let (_, _, w) =
-        lora::load_adapter(&fixtures().join("llama-tiny-lora"), &m.cfg, &Device::Cpu).unwrap();
+        peft::load_adapter(&fixtures().join("llama-tiny-lora"), &m.cfg, &Device::Cpu).unwrap();
     let numel: usize = w.values().map(|t| t.elem_count()).sum();
     assert_eq!(numel, lora::param_count(&all, 4));
     // q_proj + v_proj only: 2 layers x r x ((32 + 32) + (32 + 16)).
@@ -127,7 +130,7 @@ fn bad_targets_and_adapter_files_are_clear_errors() {
         .to_string();
     assert!(e.contains("q_proj") && e.contains("c_attn"), "{e}");
     // A Llama adapter on a GPT-2 base: the error names the module.
-    let e = lora::load_adapter(&fixtures().join("llama-tiny-lora"), &m.cfg, &Device::Cpu)
+    let e = peft::load_adapter(&fixtures().join("llama-tiny-lora"), &m.cfg, &Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(e.contains("not a linear layer of a gpt2 model"), "{e}");
@@ -145,7 +148,7 @@ fn bad_targets_and_adapter_files_are_clear_errors() {
         .unwrap()
         .replace("\"r\": 4", "\"r\": 8");
     std::fs::write(dir.join("adapter_config.json"), cfg).unwrap();
-    let e = lora::load_adapter(&dir, &m.cfg, &Device::Cpu)
+    let e = peft::load_adapter(&dir, &m.cfg, &Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(e.contains("lora_A") && e.contains("shape"), "{e}");
@@ -182,7 +185,7 @@ fn save_then_load_adapter_round_trips_in_peft_layout() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("adapter");
-    lora::save_adapter(&dir, &m.cfg, &lcfg, &w, "/models/base").unwrap();
+    peft::save_adapter(&dir, &m.cfg, &lcfg, &w, "/models/base").unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
             .unwrap();
@@ -193,7 +196,7 @@ fn save_then_load_adapter_round_trips_in_peft_layout() {
         serde_json::json!(["q_proj", "down_proj"])
     );
     assert_eq!(json["base_model_name_or_path"], "/models/base");
-    let (back_cfg, _, back) = lora::load_adapter(&dir, &m.cfg, &Device::Cpu).unwrap();
+    let (back_cfg, _, back) = peft::load_adapter(&dir, &m.cfg, &Device::Cpu).unwrap();
     assert_eq!(back_cfg, lcfg);
     let names: Vec<&String> = back.keys().collect();
     assert!(

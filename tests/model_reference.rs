@@ -4,7 +4,8 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use chatforge::model::{cross_entropy, save_model_dir, LoadedModel};
+use chatforge::formats::{save_model_dir, LoadedModel};
+use chatforge::ops::loss::cross_entropy;
 use common::*;
 
 fn check_against_reference(name: &str) {

@@ -305,7 +305,7 @@ fn lora_fine_tuning_on_two_ranks_matches_one_process() {
                 run.join(dir).join(if dir == "model" {
                     "model.safetensors"
                 } else {
-                    chatforge::model::lora::ADAPTER_WEIGHTS
+                    chatforge::formats::peft::ADAPTER_WEIGHTS
                 }),
                 &Device::Cpu,
             )

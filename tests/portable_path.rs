@@ -1,5 +1,5 @@
 //! The path a GPU takes, run on the CPU: with the fused CPU kernels switched off every op is
-//! `model::device_ops` or candle's own, as under `--device cuda`. Checked against transformers
+//! the portable formulation in `ops` or candle's own, as under `--device cuda`. Checked against transformers
 //! (logits, loss, every gradient), decoding with a cache against the full forward pass, and the
 //! f32 and bf16 loss curves of a short training run against the fused path's. (Its own test
 //! binary: the switch is process-wide.)
@@ -10,7 +10,7 @@ use candle_core::Device;
 use common::*;
 
 fn portable() {
-    chatforge::model::fused::set_fused(false);
+    chatforge::kernels::cpu::features::set_fused(false);
 }
 
 fn check_against_reference(name: &str) {

@@ -4,8 +4,10 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use chatforge::formats::peft;
+use chatforge::formats::LoadedModel;
 use chatforge::model::lora;
-use chatforge::model::{LoadedModel, Transformer};
+use chatforge::model::Transformer;
 use common::*;
 use std::path::Path;
 
@@ -123,7 +125,7 @@ fn lora_trains_adapters_only_and_merges_exactly() {
         serde_json::json!(["q_proj", "v_proj", "down_proj"])
     );
     let bm = LoadedModel::load(&base, &Device::Cpu).unwrap();
-    let (lcfg, _, adapter) = lora::load_adapter(&adir, &bm.cfg, &Device::Cpu).unwrap();
+    let (lcfg, _, adapter) = peft::load_adapter(&adir, &bm.cfg, &Device::Cpu).unwrap();
     // Exactly the adapter's tensors: r * (in + out) per adapted weight.
     let slots = lora::slots(&bm.cfg, &lcfg.targets).unwrap();
     let numel: usize = adapter.values().map(|t| t.elem_count()).sum();

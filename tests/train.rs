@@ -552,7 +552,7 @@ fn cli_errors_for_runs() {
 
 #[test]
 fn bf16_mixed_precision_follows_the_f32_loss_curve() {
-    // bf16 takes `model::device_ops`, the formulations GPUs run (the fused CPU kernels are f32);
+    // bf16 takes the portable formulation in `ops`, the formulations GPUs run (the fused CPU kernels are f32);
     // the same run in both precisions must give nearly the same losses, step by step.
     let tmp = tempfile::tempdir().unwrap();
     let mut curves = Vec::new();

@@ -11,7 +11,7 @@ use super::chat::{tokenize_conversation, Conversation};
 use crate::chat::ChatFormat;
 use crate::chat_template::Message;
 use crate::error::{Error, Result};
-use crate::model::IGNORE_INDEX;
+use crate::ops::loss::IGNORE_INDEX;
 use crate::tokenizer::Tokenizer;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;

@@ -2,8 +2,8 @@
 //! context (each window predicts its tokens 1.. from the ones before it inside the window).
 
 use crate::error::{Error, Result};
-use crate::model::loss::token_nll;
 use crate::model::Transformer;
+use crate::ops::loss::token_nll;
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Tensor};
 use serde::Serialize;
@@ -38,7 +38,7 @@ pub fn score_windows(
         let logits = model.forward(&x, 0, None)?;
         let v = logits.dim(2)?;
         let y = Tensor::from_vec(targets.clone(), targets.len(), model.device())?;
-        let (nll, _) = token_nll(&logits.reshape(((), v))?, &y)?;
+        let nll = token_nll(&logits.reshape(((), v))?, &y)?;
         nats += nll.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
         count += targets.len();
         bytes += targets

@@ -257,7 +257,7 @@ fn finish(s: &mut Seq, reason: FinishReason) {
 
 /// log softmax(row)[id] and the `n` most likely tokens.
 fn token_logprob(tok: &Tokenizer, row: &[f32], id: u32, n: usize) -> TokenLogprob {
-    let lse = crate::model::ops::logsumexp(row);
+    let lse = crate::kernels::cpu::nll::logsumexp(row);
     let name = |i: u32| tok.decode(&[i]).unwrap_or_default();
     let mut top = Vec::new();
     if n > 0 {

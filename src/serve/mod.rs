@@ -10,7 +10,7 @@ pub mod routes;
 
 use crate::chat::ChatFormat;
 use crate::error::{Error, Result};
-use crate::model::LoadedModel;
+use crate::formats::LoadedModel;
 use axum::routing::{get, post};
 use axum::Router;
 use std::path::Path;

@@ -6,7 +6,7 @@
 use super::optim::AdamW;
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
-use crate::model::hf::{save_safetensors, write_model_files, SafetensorsFiles};
+use crate::formats::hf::{save_safetensors, write_model_files, SafetensorsFiles};
 use crate::model::ModelConfig;
 use crate::tokenizer::Tokenizer;
 use candle_core::{Device, Tensor};
@@ -98,7 +98,7 @@ pub fn save_checkpoint(
             CheckpointWeights::Adapter {
                 config_json,
                 weights,
-            } => crate::model::lora::write_adapter_files(tmp, config_json, weights)?,
+            } => crate::formats::peft::write_adapter_files(tmp, config_json, weights)?,
         }
         if let Some(t) = tokenizer {
             t.save_to_dir(tmp, state.model.context)?;
@@ -130,7 +130,7 @@ pub fn save_checkpoint(
 
 /// Whether `dir` holds every file a checkpoint is written with (anything less is ignored).
 fn is_complete(dir: &Path) -> bool {
-    let weights = dir.join(crate::model::lora::ADAPTER_WEIGHTS).exists()
+    let weights = dir.join(crate::formats::peft::ADAPTER_WEIGHTS).exists()
         || (dir.join("model.safetensors").exists() && dir.join("config.json").exists());
     weights && dir.join(STATE_FILE).exists() && dir.join(OPTIMIZER_FILE).exists()
 }
@@ -260,7 +260,7 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<LoadedCheckpoint> 
             format!("unknown trainer state format '{}'", state.format),
         ));
     }
-    let adapter = dir.join(crate::model::lora::ADAPTER_WEIGHTS);
+    let adapter = dir.join(crate::formats::peft::ADAPTER_WEIGHTS);
     let weights = if adapter.exists() {
         let files = SafetensorsFiles::open(std::slice::from_ref(&adapter))?;
         let mut w = BTreeMap::new();
@@ -269,7 +269,7 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<LoadedCheckpoint> 
         }
         w
     } else {
-        let (cfg, weights) = crate::model::hf::load_model_dir(dir, device)?;
+        let (cfg, weights) = crate::formats::hf::load_model_dir(dir, device)?;
         if cfg != state.model {
             return Err(Error::bad_file(
                 dir,

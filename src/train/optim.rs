@@ -58,7 +58,9 @@ impl AdamW {
         for (name, p) in params {
             let Some(g) = grads.get(name) else { continue };
             let decay = if is_decayed(name) { weight_decay } else { 0.0 };
-            if crate::model::fused::applies(p.as_tensor()) && crate::model::fused::applies(g) {
+            if crate::kernels::cpu::features::applies(p.as_tensor())
+                && crate::kernels::cpu::features::applies(g)
+            {
                 let (m, v) = (&self.m[name], &self.v[name]);
                 let h = Hyper {
                     b1,
@@ -125,7 +127,8 @@ fn fused_update(
     v: &Tensor,
     h: Hyper,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    use crate::model::fused::{filled, with_f32, SharedMut};
+    use crate::kernels::cpu::parallel::{filled, SharedMut};
+    use crate::kernels::cpu::storage::with_f32;
     let n = p.elem_count();
     let (mut nm, mut nv) = (Vec::<f32>::with_capacity(n), Vec::<f32>::with_capacity(n));
     const CHUNK: usize = 1 << 14;
@@ -172,10 +175,10 @@ pub fn grad_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
     let mut sq = 0f64;
     let mut on_device = Vec::new();
     for g in grads.values() {
-        if crate::model::fused::applies(g) {
+        if crate::kernels::cpu::features::applies(g) {
             const CHUNK: usize = 1 << 14;
-            sq += crate::model::fused::with_f32(g, "grad-norm", |d| {
-                crate::model::fused::parallel_map(d.len().div_ceil(CHUNK), |c| {
+            sq += crate::kernels::cpu::storage::with_f32(g, "grad-norm", |d| {
+                crate::kernels::cpu::parallel::parallel_map(d.len().div_ceil(CHUNK), |c| {
                     let part = &d[c * CHUNK..((c + 1) * CHUNK).min(d.len())];
                     part.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
                 })

@@ -7,8 +7,8 @@ use crate::data::sft::{pad_batch, ChatLoader, Example};
 use crate::data::{BatchLoader, ShardSet};
 use crate::error::Result;
 use crate::eval::score_windows;
-use crate::model::loss::token_nll;
 use crate::model::Transformer;
+use crate::ops::loss::token_nll;
 use candle_core::{Device, Tensor};
 
 pub(super) enum Source {
@@ -107,7 +107,7 @@ impl Source {
                     let y = Tensor::from_vec(b.targets, b.batch * b.len, dev)?;
                     let logits = model.forward(&x, 0, None)?;
                     let v = logits.dim(2)?;
-                    let (nll, _) = token_nll(&logits.reshape((b.batch * b.len, v))?, &y)?;
+                    let nll = token_nll(&logits.reshape((b.batch * b.len, v))?, &y)?;
                     nats += nll.sum_all()?.to_scalar::<f32>()? as f64;
                     count += b.trained;
                 }

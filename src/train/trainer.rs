@@ -409,7 +409,7 @@ impl Run<'_> {
 
     fn adapter_config_json(&self, l: &LoraRun) -> Result<String> {
         let targets = crate::model::lora::resolve_targets(&self.state.model, &l.cfg.targets)?;
-        Ok(crate::model::lora::peft_config_json(
+        Ok(crate::formats::peft::peft_config_json(
             &self.state.model,
             &l.cfg,
             &targets,
@@ -665,12 +665,12 @@ impl Run<'_> {
         let tok = self.tokenizer.as_ref();
         let Some(l) = &self.lora else {
             let w = self.params.tensors();
-            crate::model::save_model_dir(&model_dir, &self.state.model, &w, tok)?;
+            crate::formats::save_model_dir(&model_dir, &self.state.model, &w, tok)?;
             return Ok((model_dir, None));
         };
         let adapter_dir = self.run_dir.join("adapter");
         let adapter = self.params.tensors();
-        crate::model::lora::save_adapter(
+        crate::formats::peft::save_adapter(
             &adapter_dir,
             &self.state.model,
             &l.cfg,
@@ -681,7 +681,7 @@ impl Run<'_> {
             return Ok((adapter_dir.clone(), Some(adapter_dir)));
         }
         let merged = crate::model::lora::merge(&self.state.model, &l.cfg, &l.base, &adapter)?;
-        crate::model::save_model_dir(&model_dir, &self.state.model, &merged, tok)?;
+        crate::formats::save_model_dir(&model_dir, &self.state.model, &merged, tok)?;
         Ok((model_dir, Some(adapter_dir)))
     }
 

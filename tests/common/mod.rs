@@ -100,7 +100,7 @@ pub fn check_loss_and_gradients(
             )
         })
         .collect();
-    let ours = chatforge::model::hf::weights_to_hf(cfg, &ours).unwrap();
+    let ours = chatforge::formats::hf::weights_to_hf(cfg, &ours).unwrap();
     let expected_grads = exp.keys().filter(|k| k.starts_with("grad.")).count();
     assert_eq!(
         ours.len(),
@@ -192,7 +192,7 @@ pub fn decoding_case_on(
     Tensor,
     chatforge::model::KvCache,
 ) {
-    let m = chatforge::model::LoadedModel::load(&fixtures().join(name), device).unwrap();
+    let m = chatforge::formats::LoadedModel::load(&fixtures().join(name), device).unwrap();
     let model = m.transformer().unwrap();
     let ids = load_expected(name)["input_ids"]
         .to_dtype(candle_core::DType::U32)
@@ -210,7 +210,7 @@ pub fn decoding_case_on(
 
 /// A fixture model as training sees it (its weights as variables) with transformers' values for it.
 pub struct ReferenceCase {
-    pub model: chatforge::model::LoadedModel,
+    pub model: chatforge::formats::LoadedModel,
     pub expected: HashMap<String, Tensor>,
     /// The reference inputs (B, T) as u32.
     pub ids: Tensor,
@@ -224,7 +224,7 @@ pub fn reference_case(name: &str) -> ReferenceCase {
 
 /// [`reference_case`] with the model and inputs on `device` (the expected values stay on the CPU).
 pub fn reference_case_on(name: &str, device: &Device) -> ReferenceCase {
-    let model = chatforge::model::LoadedModel::load(&fixtures().join(name), device).unwrap();
+    let model = chatforge::formats::LoadedModel::load(&fixtures().join(name), device).unwrap();
     let expected = load_expected(name);
     let ids = expected["input_ids"]
         .to_dtype(candle_core::DType::U32)

@@ -7,7 +7,8 @@
 //! so that the fused attention reads queries and keys straight out of the rows, as for GPT-2.
 //! Backward is the inverse rotation (sin negated); the value heads pass through.
 
-use super::{filled, with_f32, CResult};
+use super::parallel::filled;
+use super::storage::{f32_data, with_f32, CResult};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 struct RopeRows {
@@ -84,7 +85,7 @@ impl CustomOp1 for RopeRows {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
         let (_, t, w) = l.shape().dims3()?;
-        let x = super::f32_data(s, l, self.name())?;
+        let x = f32_data(s, l, self.name())?;
         Ok((
             CpuStorage::F32(self.rotate(x, t, w, false)?),
             l.shape().clone(),
@@ -99,7 +100,7 @@ impl CustomOp1 for RopeRows {
 }
 
 /// RoPE on the first `heads` heads of D channels (D = the tables' width) of every row of qkv
-/// (B, T, W), at positions start..start + T; f32 on the CPU (callers check `fused::applies`).
+/// (B, T, W), at positions start..start + T; f32 on the CPU (callers check `features::applies`).
 pub fn rope_rows(
     qkv: &Tensor,
     cos: &Tensor,

@@ -6,10 +6,10 @@
 //! interleaved pairs; our RoPE (like transformers') rotates the two halves of each head, so those
 //! rows are permuted back here.
 
-use super::config::ModelConfig;
 use super::gguf_header::{read_header, tensor_bytes};
 use super::hf::weights_from_hf;
 use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -232,7 +232,7 @@ impl GgufFile {
         let q = qtensor_from_ggml(info.ggml_dtype, data, info.shape.dims().to_vec(), device)
             .map_err(|e| err(e.to_string()))?;
         let t = q.dequantize(device)?;
-        super::params::check_finite_tensor(name, &t, &self.path.display().to_string())?;
+        crate::model::params::check_finite_tensor(name, &t, &self.path.display().to_string())?;
         Ok(t)
     }
 

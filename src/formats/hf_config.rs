@@ -1,8 +1,8 @@
 //! `config.json` of Hugging Face `gpt2` and `llama` models, read into [`ModelConfig`] and written back
 //! in the form `transformers` expects. Options we do not implement are errors, never ignored.
 
-use super::config::{Family, ModelConfig};
 use crate::error::{Error, Result};
+use crate::model::config::{Family, ModelConfig};
 use serde_json::{json, Value};
 use std::path::Path;
 

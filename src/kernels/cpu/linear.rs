@@ -6,8 +6,10 @@
 //! dw = dy^T @ x (O, I) and db = column sums of dy, the transposes being strides, not copies; a
 //! gradient nobody asked for (a frozen base weight under LoRA) is not computed.
 
+use super::activation::{gelu_backward, gelu_forward};
 use super::gemm::{matmul, matmul_new, View};
-use super::{column_sums, f32_data, filled, with_f32, CResult};
+use super::parallel::{column_sums, filled};
+use super::storage::{f32_data, with_f32, CResult};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 fn dims(x: &Layout, w: &Layout) -> CResult<(usize, usize, usize)> {
@@ -186,33 +188,14 @@ impl CustomOp3 for LinearBias {
     }
 }
 
-/// y = x @ w^T (+ b) for x: (..., I), w: (O, I), b: (O,) -> (..., O), fused on the CPU in f32,
-/// elsewhere as `device_ops::linear`.
+/// y = x @ w^T (+ b) for f32 CPU tensors x: (..., I), w: (O, I), b: (O,) -> (..., O), one GEMM
+/// (`ops::linear` chooses).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
-    if !(super::applies(x) && super::applies(w)) {
-        return crate::model::device_ops::linear(x, w, b);
-    }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearBias),
         None => x.apply_op2(&w, LinearNoBias),
     }
-}
-
-/// The composed candle version.
-pub fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> {
-    // As a plain 2-D product (every backend's matmul takes it), then back to x's leading dims.
-    let (o, i) = w.dims2()?;
-    let mut dims = x.dims().to_vec();
-    let y = x.reshape(((), i))?.matmul(&w.t()?)?;
-    let y = match b {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    };
-    if let Some(last) = dims.last_mut() {
-        *last = o;
-    }
-    y.reshape(dims)
 }
 
 /// gelu(x @ w^T + b), GPT-2's MLP up-projection and activation as one op: the pre-activation
@@ -241,7 +224,7 @@ impl CustomOp3 for LinearGelu {
         let CpuStorage::F32(pre) = out else {
             candle_core::bail!("linear-gelu: f32 expected")
         };
-        let y = crate::model::ops::gelu_forward(&pre);
+        let y = gelu_forward(&pre);
         if self.keep {
             *self.pre.lock().expect("not poisoned") = Some(pre);
         }
@@ -262,9 +245,7 @@ impl CustomOp3 for LinearGelu {
             )
         };
         let mut dpre = vec![0f32; pre.len()];
-        with_f32(g, self.name(), |gd| {
-            crate::model::ops::gelu_backward(&pre, gd, &mut dpre)
-        })?;
+        with_f32(g, self.name(), |gd| gelu_backward(&pre, gd, &mut dpre))?;
         let dpre = Tensor::from_vec(dpre, y.shape(), y.device())?;
         LinearBias.bwd(x, w, b, y, &dpre)
     }
@@ -272,9 +253,6 @@ impl CustomOp3 for LinearGelu {
 
 /// gelu(x @ w^T + b) for x: (..., I), w: (O, I), b: (O,) -> (..., O), fused on the CPU in f32.
 pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> CResult<Tensor> {
-    if !(super::applies(x) && super::applies(w) && super::applies(b)) {
-        return crate::model::ops::gelu(&crate::model::device_ops::linear(x, w, Some(b))?);
-    }
     let keep = x.track_op() || w.track_op() || b.track_op();
     let op = LinearGelu {
         pre: std::sync::Mutex::new(None),

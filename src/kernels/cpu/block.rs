@@ -15,11 +15,12 @@
 //! gradients do not come back through candle's `GradStore`: the node's backward pushes them into a
 //! [`GradSink`], and `Transformer::backward` moves them into the store.
 
+use super::activation::{gelu_backward, gelu_forward, swiglu_backward, swiglu_forward};
 use super::attention::{self, Geometry};
+use super::linear;
 use super::norm::Stats;
 use super::rope::Tables;
-use super::{f32_data, linear, with_f32, with_f32_list, CResult};
-use crate::model::ops::{gelu_backward, gelu_forward, swiglu_backward, swiglu_forward};
+use super::storage::{f32_data, with_f32, with_f32_list, CResult};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
@@ -309,8 +310,8 @@ pub fn block(
 /// every parameter a trained variable (the node computes every weight's gradient; the separate
 /// ops skip a frozen one's).
 pub fn applies(x: &Tensor, params: &BlockParams) -> bool {
-    let trained = |p: &Tensor| super::applies(p) && p.is_variable();
-    super::applies(x)
+    let trained = |p: &Tensor| super::features::applies(p) && p.is_variable();
+    super::features::applies(x)
         && x.track_op()
         && params
             .iter()

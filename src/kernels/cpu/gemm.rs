@@ -1,43 +1,12 @@
 //! A checked front door to the `gemm` crate: dst (m × n) = [dst +] scale · lhs (m × k) · rhs (k × n),
 //! every operand a strided view into a slice, so transposes cost nothing.
 
+pub use super::view::View;
 use gemm::Parallelism;
-
-/// A strided matrix view: element (i, j) is `data[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-pub struct View<'a> {
-    pub data: &'a [f32],
-    pub rs: usize,
-    pub cs: usize,
-}
-
-impl<'a> View<'a> {
-    /// Row-major rows × `ld` storage starting at `data[0]`.
-    pub fn rows(data: &'a [f32], ld: usize) -> Self {
-        View {
-            data,
-            rs: ld,
-            cs: 1,
-        }
-    }
-
-    /// The transpose of a row-major view.
-    pub fn t(self) -> Self {
-        View {
-            data: self.data,
-            rs: self.cs,
-            cs: self.rs,
-        }
-    }
-
-    fn reaches(&self, rows: usize, cols: usize) -> bool {
-        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
-    }
-}
 
 /// How many threads one product may use: all of the pool's from outside a parallel task, one inside.
 pub fn threads() -> usize {
-    if super::in_task() {
+    if super::parallel::in_task() {
         1
     } else {
         candle_core::utils::get_num_threads()

@@ -8,8 +8,8 @@
 //!
 //! dst (m x n, row stride `dst_rs`) = [dst +] scale * A (m x k) * B (k x n), A and B strided views.
 
-use super::gemm::View;
-use super::{for_each_chunk_mut, parallel_for, SharedMut};
+use super::parallel::{for_each_chunk_mut, parallel_for, SharedMut};
+use super::view::View;
 use std::arch::x86_64::*;
 
 /// Rows of the register tile (one broadcast of A each).

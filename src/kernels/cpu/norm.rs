@@ -8,8 +8,9 @@
 //!   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))   (RMSNorm drops mean(dxhat))
 //!   dw = sum over rows of dy * xhat, db = sum over rows of dy.
 
-use super::{f32_data, filled, parallel_map, with_f32, CResult, SharedMut};
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, D};
+use super::parallel::{filled, parallel_map, SharedMut};
+use super::storage::{f32_data, with_f32, CResult};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 #[derive(Clone, Copy)]
 pub(super) struct Stats {
@@ -216,8 +217,8 @@ impl CustomOp2 for Norm {
     }
 }
 
-/// LayerNorm (`centered`) or RMSNorm of x (..., C) over C, times `w`, plus `b`; fused on the CPU
-/// in f32, elsewhere as `device_ops::norm`.
+/// LayerNorm (`centered`) or RMSNorm of f32 CPU rows x (..., C) over C, times `w`, plus `b`
+/// (`ops::norm` chooses).
 pub fn norm(
     x: &Tensor,
     w: &Tensor,
@@ -225,9 +226,6 @@ pub fn norm(
     eps: f64,
     centered: bool,
 ) -> CResult<Tensor> {
-    if !(super::applies(x) && super::applies(w) && b.is_none_or(super::applies)) {
-        return crate::model::device_ops::norm(x, w, b, eps, centered);
-    }
     let stats = Stats {
         centered,
         eps: eps as f32,
@@ -236,31 +234,5 @@ pub fn norm(
     match b {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, NormBias(stats)),
         None => x.apply_op2(&w, Norm(stats)),
-    }
-}
-
-/// The composed candle version.
-pub fn reference(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    eps: f64,
-    centered: bool,
-) -> CResult<Tensor> {
-    let xn = match centered {
-        true => {
-            let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-            let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-            xc.broadcast_div(&(var + eps)?.sqrt()?)?
-        }
-        false => {
-            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-            x.broadcast_div(&(ms + eps)?.sqrt()?)?
-        }
-    };
-    let y = xn.broadcast_mul(w)?;
-    match b {
-        Some(b) => y.broadcast_add(b),
-        None => Ok(y),
     }
 }

@@ -154,7 +154,7 @@ impl BlockWeight {
         let sums: Vec<f32> = xs.chunks_exact(QK).map(|c| c.iter().sum()).collect();
         let n = self.rows;
         // out is (n, r), row j holding output column j for every row of x; transposed at the end.
-        let out = crate::model::fused::filled(n * r, 64 * r, |ci, chunk| {
+        let out = super::parallel::filled(n * r, 64 * r, |ci, chunk| {
             for (jj, o) in chunk.chunks_exact_mut(r).enumerate() {
                 self.row_dot(ci * 64 + jj, &xs, &sums, o);
             }
@@ -176,7 +176,7 @@ impl BlockWeight {
         let codes = &self.codes[j * nb * cb..][..nb * cb];
         let scales = &self.scales[j * nb..][..nb];
         #[cfg(target_arch = "x86_64")]
-        if crate::model::fused::avx512() {
+        if super::features::avx512() {
             // SAFETY: avx512f is available; the slices hold nb blocks and o.len() rows of nb
             // blocks.
             unsafe { avx512::row_dot(self.format, codes, scales, xs, sums, o) };

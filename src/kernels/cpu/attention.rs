@@ -10,8 +10,10 @@
 //!   dV += P^T dY,  dP = dY V^T,  dS = P * (dP - rowsum(dY * Y)),  dQ = s dS K,  dK += s dS^T Q
 //! with s = 1 / sqrt(D). Each task writes only its own heads' columns of y (or of dqkv).
 
-use super::gemm::{matmul, matmul_ptr, View};
-use super::{f32_data, parallel_for, with_f32, with_f32_rows, CResult, SharedMut};
+use super::gemm::{matmul, matmul_ptr};
+use super::parallel::{parallel_for, SharedMut};
+use super::storage::{f32_data, with_f32, with_f32_rows, CResult};
+use super::view::View;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 /// Query rows per block.
@@ -19,12 +21,12 @@ const BLOCK: usize = 64;
 
 /// B sequences of T tokens, H query heads and K key/value heads of D channels.
 #[derive(Clone, Copy)]
-pub(super) struct Geometry {
-    pub(super) b: usize,
-    pub(super) t: usize,
-    pub(super) h: usize,
-    pub(super) k: usize,
-    pub(super) d: usize,
+pub(crate) struct Geometry {
+    pub(crate) b: usize,
+    pub(crate) t: usize,
+    pub(crate) h: usize,
+    pub(crate) k: usize,
+    pub(crate) d: usize,
 }
 
 impl Geometry {
@@ -178,7 +180,7 @@ impl CustomOp1 for CausalAttention {
     }
 }
 
-fn geometry(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<Geometry> {
+pub(crate) fn geometry(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<Geometry> {
     let (b, t, width) = qkv.dims3()?;
     if k == 0 || !h.is_multiple_of(k) || width != (h + 2 * k) * d {
         candle_core::bail!(
@@ -188,13 +190,10 @@ fn geometry(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<Geometry> {
     Ok(Geometry { b, t, h, k, d })
 }
 
-/// Causal self-attention of qkv (B, T, (H + 2K) * D) -> (B, T, H * D); fused on the CPU in f32,
-/// elsewhere composed around `ops::causal_softmax` (`device_ops` on a GPU).
+/// Causal self-attention of f32 CPU rows qkv (B, T, (H + 2K) * D) -> (B, T, H * D), fused
+/// (`ops::attention` chooses).
 pub fn causal_attention(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<Tensor> {
     let g = geometry(qkv, h, k, d)?;
-    if !super::applies(qkv) {
-        return composed(qkv, (h, k, d), crate::model::ops::causal_softmax);
-    }
     qkv.contiguous()?.apply_op1(CausalAttention(g))
 }
 
@@ -202,8 +201,8 @@ pub fn causal_attention(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<T
 /// (B, K, S, D) whose last T positions are the new tokens (decoding, prompts after earlier turns):
 /// -> (B, T, H * D). Query i sees keys 0..=S - T + i. Keys and values may be strided views (a
 /// cache's buffers with room to spare) as long as their rows are contiguous; they are read in
-/// place. Inference only (no backward pass); f32 on the CPU, the caller checks
-/// [`super::applies`]. One task per (sequence, query head).
+/// place. Inference only (no backward pass); f32 on the CPU (`ops::attention` chooses). One task
+/// per (sequence, query head).
 pub fn cached_attention(qkv: &Tensor, keys: &Tensor, values: &Tensor, h: usize) -> CResult<Tensor> {
     let (b, t, w) = qkv.dims3()?;
     let (b2, k, s, d) = keys.dims4()?;
@@ -271,7 +270,7 @@ impl<'a> Rows<'a> {
 fn attend_row(q: &[f32], keys: &Rows, values: &Rows, scale: f32, p: &mut [f32], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if super::avx512() {
+        if super::features::avx512() {
             // SAFETY: avx512f is available; q, y and every row hold 16 N floats.
             match q.len() {
                 32 => return unsafe { avx512::attend_row::<2>(q, keys, values, scale, p, y) },
@@ -312,7 +311,7 @@ fn attend_row_body(
     y: &mut [f32],
 ) {
     for (j, pj) in p.iter_mut().enumerate() {
-        *pj = scale * crate::model::ops::dot_body(q, keys.row(j));
+        *pj = scale * super::matvec::dot_body(q, keys.row(j));
     }
     let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let inv = 1.0 / super::exp::exp_shifted_sum(p, max);
@@ -354,7 +353,7 @@ mod avx512 {
             *pj = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
         }
         let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let inv = 1.0 / crate::model::fused::exp::exp_shifted_sum(p, max);
+        let inv = 1.0 / crate::kernels::cpu::exp::exp_shifted_sum(p, max);
         // Two sets of accumulators (even and odd keys) so that consecutive FMAs do not wait on
         // each other.
         let mut acc = [[_mm512_setzero_ps(); N]; 2];
@@ -371,28 +370,4 @@ mod avx512 {
             _mm512_storeu_ps(out, _mm512_fmadd_ps(sum, inv, _mm512_loadu_ps(out)));
         }
     }
-}
-
-/// The composed candle version: split heads, scores, masked softmax, weighted values.
-pub fn reference(qkv: &Tensor, h: usize, k: usize, d: usize) -> CResult<Tensor> {
-    composed(qkv, (h, k, d), crate::model::ops::reference::causal_softmax)
-}
-
-/// Split heads, scores, `softmax` (masked, with t new tokens), weighted values.
-fn composed(
-    qkv: &Tensor,
-    (h, k, d): (usize, usize, usize),
-    softmax: fn(&Tensor, usize) -> CResult<Tensor>,
-) -> CResult<Tensor> {
-    let g = geometry(qkv, h, k, d)?;
-    let (b, t) = (g.b, g.t);
-    let qkv = qkv.reshape((b, t, h + 2 * k, d))?;
-    let heads = |from: usize, n: usize| qkv.narrow(2, from, n)?.transpose(1, 2)?.contiguous();
-    let (q, kk, v) = (heads(0, h)?, heads(h, k)?, heads(h + k, k)?);
-    let rep = h / k;
-    let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, k, rep * t, d))?;
-    let att = q.matmul(&kk.t()?)?;
-    let att = softmax(&att, t)?;
-    let y = att.matmul(&v)?.reshape((b, h, t, d))?;
-    y.transpose(1, 2)?.contiguous()?.reshape((b, t, h * d))
 }

@@ -4,11 +4,11 @@
 //! GPT-2 stores its linear layers as `Conv1D`, i.e. transposed (`[in, out]`); Llama stores q/k/v and
 //! gate/up separately where we keep them fused. Both are converted here and only here.
 
-use super::config::{Family, ModelConfig};
 use super::hf_config::{parse_hf_config, to_hf_config};
-use super::params::{check_finite, check_weights};
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::model::config::{Family, ModelConfig};
+use crate::model::params::{check_finite, check_weights};
 use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
@@ -91,7 +91,7 @@ impl SafetensorsFiles {
             .load(device)
             .map_err(|e| Error::bad_file(path, format!("tensor '{name}': {e}")))?
             .to_dtype(DType::F32)?;
-        super::params::check_finite_tensor(name, &t, &path.display().to_string())?;
+        crate::model::params::check_finite_tensor(name, &t, &path.display().to_string())?;
         Ok(t)
     }
 }

@@ -1,129 +1,5 @@
-//! Fused CPU kernels for training, each a candle `CustomOp` with its own backward pass, so that one
-//! layer is one or two passes over memory instead of the dozen small ops (and their dozen backward
-//! ops, each allocating) that composing candle ops builds:
-//!
-//! - [`linear`]: x @ w^T + b straight into one GEMM call, the bias folded in; the backward pass is
-//!   two GEMMs on strided views (no transposed copies) and a column sum.
-//! - [`norm`]: LayerNorm / RMSNorm with affine weights; backward recomputes the row statistics.
-//! - [`attention`]: causal self-attention read straight out of the fused qkv projection, one
-//!   (sequence, head) per task, in blocks of query rows that stop at the diagonal; the score matrix
-//!   is never materialised for the batch, and backward recomputes it block by block.
-//! - [`lm_loss`]: the output projection and the per-token loss in one op, whose backward pass turns
-//!   the logits it kept into their gradient in place.
-//!
-//! Matrix products go through [`gemm`]: our AVX-512 GEMM where the CPU has it, else the `gemm` crate
-//! (the GEMM candle itself uses). Every op falls back to
-//! composed candle ops off the CPU or off f32; `tests/fused_ops.rs` compares the two paths, values and
-//! gradients.
-
-pub mod attention;
-pub mod block;
-pub mod exp;
-pub mod gemm;
-pub mod linear;
-pub mod lm_loss;
-pub mod norm;
-pub mod rope;
-#[cfg(target_arch = "x86_64")]
-mod sgemm;
-
-use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
-
-type CResult<T> = candle_core::Result<T>;
-
-/// The f32 data of a contiguous CPU storage.
-pub(crate) fn f32_data<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> CResult<&'a [f32]> {
-    let (a, b) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: input must be contiguous")))?;
-    Ok(&storage.as_slice::<f32>()?[a..b])
-}
-
-/// Runs `f` on the f32 data of a CPU tensor (made contiguous first).
-pub(crate) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> CResult<R> {
-    let t = t.contiguous()?;
-    let (st, layout) = t.storage_and_layout();
-    match &*st {
-        Storage::Cpu(cpu) => Ok(f(f32_data(cpu, layout, op)?)),
-        _ => candle_core::bail!("{op}: CPU tensor expected"),
-    }
-}
-
-/// Runs `f` on the f32 data of a CPU tensor whose rows (last dimension) are contiguous, read in
-/// place whatever its other strides (a view with room between rows, such as a KV cache's
-/// buffers): the storage from the tensor's first element, and its strides. A tensor with strided
-/// rows is made contiguous first.
-pub(crate) fn with_f32_rows<R>(
-    t: &Tensor,
-    op: &str,
-    f: impl FnOnce(&[f32], &[usize]) -> R,
-) -> CResult<R> {
-    let t = match t.stride().last() {
-        Some(1) => t.clone(),
-        _ => t.contiguous()?,
-    };
-    let (st, layout) = t.storage_and_layout();
-    match &*st {
-        Storage::Cpu(cpu) => {
-            let data = &cpu.as_slice::<f32>()?[layout.start_offset()..];
-            Ok(f(data, layout.stride()))
-        }
-        _ => candle_core::bail!("{op}: CPU tensor expected"),
-    }
-}
-
-/// Runs `f` on the f32 data of CPU tensors (each made contiguous first), in their order.
-pub(crate) fn with_f32_list<R>(
-    ts: &[Tensor],
-    op: &str,
-    f: impl FnOnce(&[&[f32]]) -> R,
-) -> CResult<R> {
-    let ts = ts
-        .iter()
-        .map(|t| t.contiguous())
-        .collect::<CResult<Vec<_>>>()?;
-    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices = Vec::with_capacity(ts.len());
-    for (st, layout) in &guards {
-        match &**st {
-            Storage::Cpu(cpu) => slices.push(f32_data(cpu, layout, op)?),
-            _ => candle_core::bail!("{op}: CPU tensor expected"),
-        }
-    }
-    Ok(f(&slices))
-}
-
-/// Whether this CPU runs the AVX-512 kernels (avx512f, and `CHATFORGE_NO_AVX512` unset).
-pub(crate) fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return sgemm::available();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-/// Whether the fused kernels apply: f32 on the CPU, unless they are switched off.
-pub fn applies(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && fused_switch().load(Ordering::Relaxed)
-}
-
-/// On unless `CHATFORGE_NO_FUSED` is set at start or [`set_fused`] turned it off.
-fn fused_switch() -> &'static AtomicBool {
-    static ON: OnceLock<AtomicBool> = OnceLock::new();
-    ON.get_or_init(|| AtomicBool::new(std::env::var_os("CHATFORGE_NO_FUSED").is_none()))
-}
-
-/// Switches the fused CPU kernels on or off for the whole process. Off, the CPU runs every op as a
-/// GPU does (`model::device_ops` and candle's own ops): the tests check that path against
-/// transformers without a GPU, and `CHATFORGE_NO_FUSED=1` does the same from the command line.
-pub fn set_fused(on: bool) {
-    fused_switch().store(on, Ordering::Relaxed);
-}
+//! Running a kernel over the cores: candle's CPU worker pool, shared output buffers, and the
+//! small reductions the kernels need.
 
 thread_local! {
     /// Set while this thread runs a task of [`parallel_for`].
@@ -232,7 +108,7 @@ impl<T> SharedMut<T> {
     ///
     /// # Safety
     /// `offset` must lie inside the buffer.
-    unsafe fn at(&self, offset: usize) -> *mut T {
+    pub(crate) unsafe fn at(&self, offset: usize) -> *mut T {
         self.0.add(offset)
     }
 
@@ -259,7 +135,7 @@ impl SharedMut<f32> {
 }
 
 /// Sum of the rows of `x` (rows × cols), split over the cores: (cols,).
-fn column_sums(x: &[f32], cols: usize) -> Vec<f32> {
+pub(crate) fn column_sums(x: &[f32], cols: usize) -> Vec<f32> {
     let rows = x.len() / cols.max(1);
     let chunk = rows
         .div_ceil(4 * candle_core::utils::get_num_threads())

@@ -8,9 +8,10 @@
 //! once as candle's zero-filled accumulator, and added one into the other.
 
 use super::gemm::{matmul_new, View};
-use super::{applies, f32_data, for_each_chunk_mut, parallel_map, CResult};
-use crate::model::ops::{checked_targets, nll_grad_row, row_nll};
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use super::nll::{nll_grad_row, row_nll};
+use super::parallel::{for_each_chunk_mut, parallel_map};
+use super::storage::{f32_data, CResult};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
 /// What the forward pass leaves for the backward pass: the logits and each row's log-sum-exp.
@@ -82,17 +83,11 @@ impl CustomOp2 for LmNll {
     }
 }
 
-/// Per-row negative log-likelihood of `targets` (N,) (i64, negative = ignored) under the logits
-/// h @ w^T, for h: (N, C) and w: (V, C). Fused on the CPU in f32; elsewhere the projection, a cast
-/// to f32 and [`crate::model::ops::token_nll`].
-pub fn lm_nll(h: &Tensor, w: &Tensor, targets: &Tensor) -> CResult<Tensor> {
-    if !(applies(h) && applies(w)) {
-        let logits = super::linear::linear(h, w, None)?.to_dtype(DType::F32)?;
-        return crate::model::ops::token_nll(&logits, targets);
-    }
-    let t = checked_targets(targets, w.dim(0)?)?;
+/// Per-row negative log-likelihood of checked `targets` (negative = ignored) under the logits
+/// h @ w^T, for f32 CPU tensors h: (N, C) and w: (V, C) (`ops::loss::projected_nll` chooses).
+pub fn lm_nll(h: &Tensor, w: &Tensor, targets: Vec<i64>) -> CResult<Tensor> {
     let op = LmNll {
-        targets: Arc::new(t),
+        targets: Arc::new(targets),
         kept: Mutex::new(None),
         keep: h.track_op() || w.track_op(),
     };

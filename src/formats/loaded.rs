@@ -1,0 +1,157 @@
+//! A model from disk, whatever its format: an HF directory, a GGUF file, or a PEFT adapter merged
+//! onto its base; and writing a complete HF model directory.
+
+use super::{gguf, hf, peft};
+use crate::error::{Error, Result};
+use crate::model::{ModelConfig, Transformer};
+use crate::tokenizer::Tokenizer;
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A model (HF directory or GGUF file) loaded into memory: config, weights (internal names, f32)
+/// and tokenizer.
+pub struct LoadedModel {
+    pub cfg: ModelConfig,
+    pub weights: BTreeMap<String, Tensor>,
+    pub tokenizer: Option<Tokenizer>,
+    /// Loaded from a GGUF file whose layers are quantized: their format (inference keeps them
+    /// quantized, see [`LoadedModel::inference_transformer`]).
+    pub quantized: Option<GgmlDType>,
+}
+
+impl LoadedModel {
+    /// Loads an HF model directory. The tokenizer is optional (some directories hold weights only),
+    /// but when present its vocabulary must fit the model's embedding.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::io(
+                path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        if path.is_file() {
+            if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+            {
+                let g = gguf::load_gguf(path, device)?;
+                check_vocab(&g.cfg, &g.tokenizer, path)?;
+                return Ok(LoadedModel {
+                    cfg: g.cfg,
+                    weights: g.weights,
+                    tokenizer: Some(g.tokenizer),
+                    quantized: g.quantized,
+                });
+            }
+            return Err(Error::bad_file(
+                path,
+                "a model is a Hugging Face model directory or a .gguf file",
+            ));
+        }
+        if path.join(peft::ADAPTER_CONFIG).exists() {
+            return Self::load_adapter(path, device);
+        }
+        let (cfg, weights) = hf::load_model_dir(path, device)?;
+        let has_tok = path.join("tokenizer.json").exists() || path.join("vocab.json").exists();
+        let tokenizer = if has_tok {
+            Some(Tokenizer::load(path)?)
+        } else {
+            None
+        };
+        if let Some(t) = &tokenizer {
+            check_vocab(&cfg, t, path)?;
+        }
+        Ok(LoadedModel {
+            cfg,
+            weights,
+            tokenizer,
+            quantized: None,
+        })
+    }
+
+    /// A PEFT LoRA directory: its base model with the adapter merged in (the adapter directory's own
+    /// tokenizer files, if any, take precedence over the base's).
+    fn load_adapter(dir: &Path, device: &Device) -> Result<Self> {
+        let peft = peft::read_peft_config(dir)?;
+        let base_path = peft::base_model_path(dir, &peft)?;
+        if base_path.join(peft::ADAPTER_CONFIG).exists() {
+            return Err(Error::bad_file(
+                dir,
+                "the base model is itself an adapter; merge it first (chatforge convert)",
+            ));
+        }
+        let base = Self::load(&base_path, device)?;
+        let (lcfg, _, adapter) = peft::load_adapter(dir, &base.cfg, device)?;
+        let weights = crate::model::lora::merge(&base.cfg, &lcfg, &base.weights, &adapter)?;
+        let tokenizer = if dir.join("tokenizer.json").exists() {
+            Some(Tokenizer::load(dir)?)
+        } else {
+            base.tokenizer
+        };
+        Ok(LoadedModel {
+            cfg: base.cfg,
+            weights,
+            tokenizer,
+            quantized: None,
+        })
+    }
+
+    pub fn transformer(&self) -> Result<Transformer> {
+        Transformer::new(&self.cfg, &self.weights)
+    }
+
+    /// The model for generation: on the CPU, a file stored quantized stays so for decoding. Q4_1
+    /// files get chatforge's 4-bit blocks, which hold their values exactly (`kernels::cpu::blockq`),
+    /// multiplied with f32 activations; other formats get 8-bit (Q8_0) weights, which hold every
+    /// Q4/Q5/Q6 value of the file to within half an 8-bit step, on candle's SIMD kernels.
+    pub fn inference_transformer(&self) -> Result<Transformer> {
+        let mut t = self.transformer()?;
+        if let (Some(q), true) = (self.quantized, t.device().is_cpu()) {
+            t.quantize(match q {
+                GgmlDType::Q4_1 => GgmlDType::Q4_1,
+                _ => GgmlDType::Q8_0,
+            })?;
+        }
+        Ok(t)
+    }
+
+    pub fn tokenizer(&self, path: &Path) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            Error::bad_file(
+                path,
+                "this model directory has no tokenizer (tokenizer.json or vocab.json + merges.txt)",
+            )
+        })
+    }
+}
+
+/// The tokenizer may not produce ids the model has no embedding for.
+pub fn check_vocab(cfg: &ModelConfig, tok: &Tokenizer, path: &Path) -> Result<()> {
+    if tok.vocab_size() > cfg.vocab_size {
+        return Err(Error::Mismatch(format!(
+            "{}: the tokenizer has {} tokens but the model's vocab_size is {}; use the tokenizer the model was trained with",
+            path.display(),
+            tok.vocab_size(),
+            cfg.vocab_size
+        )));
+    }
+    Ok(())
+}
+
+/// Writes a complete HF model directory (config, weights, tokenizer files) atomically.
+pub fn save_model_dir(
+    dir: &Path,
+    cfg: &ModelConfig,
+    weights: &BTreeMap<String, Tensor>,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<()> {
+    crate::fsutil::write_dir_atomic(dir, |tmp| {
+        hf::write_model_files(tmp, cfg, weights)?;
+        if let Some(t) = tokenizer {
+            t.save_to_dir(tmp, cfg.context)?;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,12 @@
+//! Everything that reads or writes files other tools read: Hugging Face model directories and their
+//! config.json (`hf`, `hf_config`), GGUF files (`gguf`, `gguf_header`), PEFT adapters (`peft`), and
+//! [`LoadedModel`], a model from any of them.
+
+pub mod gguf;
+pub mod gguf_header;
+pub mod hf;
+pub mod hf_config;
+pub mod loaded;
+pub mod peft;
+
+pub use loaded::{check_vocab, save_model_dir, LoadedModel};

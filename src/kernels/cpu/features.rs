@@ -1,0 +1,32 @@
+//! Which kernels this CPU runs: the AVX-512 ones where it has them, and the whole fused set unless
+//! it is switched off (`CHATFORGE_NO_FUSED`, [`set_fused`]).
+
+use candle_core::{DType, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+/// Whether this CPU runs the AVX-512 kernels (avx512f, and `CHATFORGE_NO_AVX512` unset).
+pub(crate) fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::sgemm::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the fused kernels apply: f32 on the CPU, unless they are switched off.
+pub fn applies(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && fused_switch().load(Ordering::Relaxed)
+}
+
+/// On unless `CHATFORGE_NO_FUSED` is set at start or [`set_fused`] turned it off.
+fn fused_switch() -> &'static AtomicBool {
+    static ON: OnceLock<AtomicBool> = OnceLock::new();
+    ON.get_or_init(|| AtomicBool::new(std::env::var_os("CHATFORGE_NO_FUSED").is_none()))
+}
+
+/// Switches the fused CPU kernels on or off for the whole process. Off, the CPU runs every op as a
+/// GPU does (`ops`' portable formulation and candle's own ops): the tests check that path against
+/// transformers without a GPU, and `CHATFORGE_NO_FUSED=1` does the same from the command line.
+pub fn set_fused(on: bool) {
+    fused_switch().store(on, Ordering::Relaxed);
+}
