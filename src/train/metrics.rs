@@ -1,7 +1,9 @@
 //! `metrics.jsonl`: one JSON object per line, appended as training goes (`kind` is "train", "val"
 //! or "sample"), readable by pandas/jq and by the loss-curve plot.
 
+use crate::config::RunConfig;
 use crate::error::{Error, Result};
+use candle_core::Device;
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -66,4 +68,46 @@ pub fn read_records(path: &Path) -> Result<Vec<Value>> {
                 .map_err(|e| Error::bad_file(path, format!("line {}: {e}", i + 1)))
         })
         .collect()
+}
+
+/// The peak FLOP/s that MFU is measured against: `train.peak_flops`, else the device's.
+pub(super) fn device_peak_flops(cfg: &RunConfig, device: &Device) -> f64 {
+    if cfg.train.peak_flops > 0.0 {
+        return cfg.train.peak_flops;
+    }
+    match device {
+        Device::Cpu => candle_core::utils::get_num_threads() as f64 * cpu_core_peak_flops(),
+        // H100/H200 dense bf16.
+        _ => 989e12,
+    }
+}
+
+/// fp32 FLOP/s of one core: FLOP per cycle from the vector units the CPU reports, times the clock
+/// /proc/cpuinfo gives (3 GHz where it gives none). Two 512-bit FMA pipes (16 lanes x 2 FLOP x 2)
+/// are 64 FLOP/cycle: Intel with avx512f, AMD from Zen 5 (family 0x1a). AVX2 + FMA, Zen 4 (which
+/// splits 512-bit work over two 256-bit pipes) and Arm cores are taken as 32; x86 without FMA 8. `train.peak_flops`
+/// overrides it (CPUs with a single 512-bit pipe have half this).
+fn cpu_core_peak_flops() -> f64 {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_string())
+    };
+    let ghz = field("cpu MHz")
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(3.0, |mhz| mhz / 1000.0);
+    let flags = field("flags").unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let family = field("cpu family").and_then(|v| v.parse::<u32>().ok());
+    let per_cycle = match field("vendor_id").as_deref() {
+        // Arm cores: two to four 128-bit FMA pipes.
+        _ if cfg!(not(target_arch = "x86_64")) => 32.0,
+        _ if !has("fma") => 8.0,
+        Some("GenuineIntel") if has("avx512f") => 64.0,
+        Some("AuthenticAMD") if has("avx512f") && family >= Some(0x1a) => 64.0,
+        _ => 32.0,
+    };
+    per_cycle * ghz * 1e9
 }

@@ -1,17 +1,25 @@
 //! Training: the loop, AdamW, LR schedules, checkpoints, metrics and the loss plot.
 
+mod chat_source;
 pub mod checkpoint;
+mod finish;
+mod gradients;
 mod guard;
 pub mod interrupt;
 pub mod metrics;
 pub mod optim;
+mod periodic;
 pub mod plot;
 mod profile;
+mod run;
 pub mod schedule;
-mod setup;
 pub mod sft;
 mod source;
+mod start;
 pub mod trainer;
 
+pub use chat_source::{load_chat_files, parse_replacements};
+pub use finish::RunSummary;
 pub use sft::{sft, sft_on};
-pub use trainer::{pretrain, pretrain_on, resume, resume_on, RunSummary};
+pub use start::model_config_for;
+pub use trainer::{pretrain, pretrain_on, resume, resume_on};

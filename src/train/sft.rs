@@ -1,15 +1,9 @@
 //! Supervised fine-tuning: chat files to padded, masked batches on the training loop, full or LoRA.
 
-use super::source::Source;
-use super::trainer::{Run, RunSummary};
-use crate::chat::ChatFormat;
-use crate::chat_template::Message;
+use super::finish::RunSummary;
+use super::run::Run;
 use crate::config::RunConfig;
-use crate::data::chat::{load_conversations, ChatFields, Conversation};
-use crate::data::sft::{build_examples, split_held_out, ChatLoader};
 use crate::error::{Error, Result};
-use crate::model::ModelConfig;
-use crate::tokenizer::Tokenizer;
 use std::path::Path;
 
 /// Fine-tunes `cfg.model.init_from` on `cfg.sft.data` into `run_dir`.
@@ -29,104 +23,4 @@ pub fn sft_on(
         ));
     }
     Run::new_fresh(cfg, run_dir, coll)?.train()
-}
-
-/// `FROM=TO;FROM2=TO2` pairs.
-pub fn parse_replacements(spec: &str) -> Result<Vec<(String, String)>> {
-    spec.split(';')
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| {
-            let (a, b) = p.split_once('=').ok_or_else(|| {
-                Error::Config(format!(
-                    "sft.replace '{p}': expected FROM=TO (pairs separated by ';')"
-                ))
-            })?;
-            if a.is_empty() {
-                return Err(Error::Config(format!("sft.replace '{p}': empty FROM")));
-            }
-            Ok((a.to_string(), b.to_string()))
-        })
-        .collect()
-}
-
-/// All conversations of the run's chat files, with the replacements applied.
-pub fn load_chat_files(cfg: &RunConfig) -> Result<Vec<Conversation>> {
-    let fields = ChatFields {
-        prompt: cfg.sft.prompt_field.clone(),
-        completion: cfg.sft.completion_field.clone(),
-    };
-    let reps = parse_replacements(&cfg.sft.replace)?;
-    let mut all = Vec::new();
-    for f in &cfg.sft.data {
-        let mut convs = load_conversations(f, &fields)?;
-        for c in &mut convs {
-            for m in &mut c.messages {
-                for (a, b) in &reps {
-                    if m.content.contains(a.as_str()) {
-                        m.content = m.content.replace(a.as_str(), b);
-                    }
-                }
-            }
-        }
-        all.extend(convs);
-    }
-    Ok(all)
-}
-
-/// The fine-tuning source: the conversations split into training and held-out sets, tokenized
-/// with the model's chat template.
-pub(super) fn open_chat(
-    cfg: &RunConfig,
-    model: &ModelConfig,
-    tok: &Tokenizer,
-    rank: usize,
-    world: usize,
-) -> Result<Source> {
-    let format = ChatFormat::new(tok, model.eos_token_id)?;
-    let convs = load_chat_files(cfg)?;
-    let (train, held) = split_held_out(convs, cfg.sft.val_fraction, cfg.train.seed);
-    let sample = match (
-        cfg.eval.sample_prompt.as_str(),
-        held.first().or(train.first()),
-    ) {
-        ("", Some(c)) => {
-            let first_reply = c.messages.iter().position(|m| m.role == "assistant");
-            c.messages[..first_reply.unwrap_or(0)].to_vec()
-        }
-        (p, _) => vec![Message::new("user", p)],
-    };
-    let context = cfg.train.context;
-    let (train_ex, st) = build_examples(&format, tok, &train, context)?;
-    let (val_ex, sv) = build_examples(&format, tok, &held, context)?;
-    if rank == 0 {
-        let tokens: usize = train_ex.iter().map(|e| e.inputs.len()).sum();
-        eprintln!(
-            "chat data: {} training conversations ({} tokens, {} assistant tokens), {} held out",
-            train_ex.len(),
-            crate::progress::human(tokens as f64),
-            crate::progress::human(train_ex.iter().map(|e| e.trained()).sum::<usize>() as f64),
-            val_ex.len()
-        );
-        let (cut, dropped) = (st.truncated + sv.truncated, st.dropped + sv.dropped);
-        if cut + dropped > 0 {
-            eprintln!(
-                "note: {cut} conversations were cut to the context of {context} tokens; {dropped} had no assistant token left and were skipped"
-            );
-        }
-    }
-    let pad = tok.eot_id().unwrap_or(0);
-    let loader = ChatLoader::new(
-        train_ex,
-        cfg.train.batch_size,
-        cfg.train.seed,
-        pad,
-        rank,
-        world,
-    )?;
-    Ok(Source::Chat {
-        loader,
-        val: val_ex,
-        format,
-        sample,
-    })
 }

@@ -1,0 +1,108 @@
+//! One optimizer step's gradients: forward and backward over its micro-batches, summed, and in a
+//! data-parallel run averaged over the ranks.
+
+use super::run::Run;
+use super::start::build_model;
+use crate::error::{Error, Result};
+use candle_core::{DType, Tensor};
+use std::collections::BTreeMap;
+
+impl Run<'_> {
+    /// Sums the gradients over the ranks and divides by their number (one all-reduce of all of them
+    /// in name order; `BTreeMap` order is the same on every rank).
+    fn average_gradients(
+        &self,
+        grads: BTreeMap<String, Tensor>,
+        totals: &mut [f64],
+    ) -> Result<BTreeMap<String, Tensor>> {
+        let world = self.coll.world();
+        let mut flat = Vec::with_capacity(grads.len());
+        let mut layout = Vec::with_capacity(grads.len());
+        for (name, g) in grads {
+            flat.push(g.flatten_all()?.to_dtype(DType::F32)?);
+            layout.push((name, g.shape().clone(), g.dtype(), g.elem_count()));
+        }
+        // The loss, the token count and the buffer length (every rank must send as many).
+        let n = layout.iter().map(|l| l.3).sum::<usize>() as f64;
+        let mut t = totals.to_vec();
+        t.push(n);
+        self.coll.all_reduce_sum_f64(&mut t);
+        if t.pop() != Some(n * world as f64) {
+            return Err(Error::Training(
+                "the ranks disagree on the gradients' sizes (different models?)".into(),
+            ));
+        }
+        totals.copy_from_slice(&t);
+        // One all-reduce of all of them, on their device (NCCL sums on the GPUs).
+        let sum = self.coll.all_reduce_sum_tensor(&Tensor::cat(&flat, 0)?)?;
+        let w = Tensor::new(world as f32, sum.device())?;
+        let avg = sum.broadcast_div(&w)?;
+        let mut out = BTreeMap::new();
+        let mut off = 0;
+        for (name, shape, dtype, len) in layout {
+            let g = avg.narrow(0, off, len)?.reshape(shape)?.to_dtype(dtype)?;
+            out.insert(name, g);
+            off += len;
+        }
+        Ok(out)
+    }
+
+    /// Forward + backward over one optimizer step's micro-batches. Returns the mean loss and the
+    /// summed gradients (each micro-batch's loss is divided by the number of micro-batches), and the
+    /// tokens; in a data-parallel run all three are over every rank (gradients and loss averaged).
+    pub(super) fn step_gradients(&mut self) -> Result<(f64, BTreeMap<String, Tensor>, u64)> {
+        let accum = self.accum;
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut loss_sum = 0f64;
+        let mut tokens = 0;
+        // The f32 model shares the Vars; a bf16 run builds casts of them for this step.
+        let mut bf16 = match self.cfg.train.dtype.as_str() {
+            "bf16" => Some(build_model(
+                &self.state.model,
+                &self.params,
+                self.lora.as_ref(),
+                DType::BF16,
+            )?),
+            _ => None,
+        };
+        let model = bf16.as_mut().unwrap_or(&mut self.model);
+        model.set_training(true);
+        for _ in 0..accum {
+            let b = self.source.next(&self.device)?;
+            tokens += b.tokens;
+            self.profile.mark("data")?;
+            let loss = model.loss(&b.x, &b.y)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            self.profile.mark("forward")?;
+            let scaled = if accum > 1 {
+                (loss / accum as f64)?
+            } else {
+                loss
+            };
+            let mut store = model.backward(&scaled)?;
+            for (name, var) in &self.params.vars {
+                if let Some(g) = store.remove(var.as_tensor()) {
+                    let g = match grads.remove(name) {
+                        Some(prev) => (prev + g)?,
+                        None => g,
+                    };
+                    grads.insert(name.clone(), g);
+                }
+            }
+            drop(store);
+            self.profile.mark("backward")?;
+        }
+        model.set_training(false);
+        let loss = loss_sum / accum as f64;
+        let world = self.coll.world();
+        if !self.coll.communicates() {
+            return Ok((loss, grads, tokens));
+        }
+        // Rank r's micro-batch k is batch k * world + r of the single-process stream: the average
+        // over the ranks is the gradient of the combined batch.
+        let mut totals = [loss, tokens as f64];
+        let grads = self.average_gradients(grads, &mut totals)?;
+        self.profile.mark("all-reduce")?;
+        Ok((totals[0] / world as f64, grads, totals[1] as u64))
+    }
+}
