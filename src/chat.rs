@@ -1,75 +1,13 @@
 //! The terminal chat: a conversation rendered with the model's chat template, replies streamed as
 //! they are generated, and `/reset`, `/system TEXT`, `/save FILE`, `/quit` commands.
 
-use crate::chat_template::{render, Message};
+use crate::chat_template::{ChatFormat, Message};
 use crate::error::{Error, Result};
 use crate::infer::{generate_text, GenerateOptions};
 use crate::model::Transformer;
-use crate::tokenizer::{Tokenizer, CHATML_TEMPLATE, END_OF_TEXT, IM_END, IM_START};
+use crate::tokenizer::Tokenizer;
 use std::io::{BufRead, Write};
 use std::path::Path;
-
-/// How a model's conversations become prompt ids: its chat template and the tokens that end a reply.
-#[derive(Clone)]
-pub struct ChatFormat {
-    template: String,
-    eos: String,
-    pub stop_ids: Vec<u32>,
-}
-
-impl ChatFormat {
-    /// The tokenizer's template, else ChatML when the vocabulary has its tokens.
-    pub fn new(tok: &Tokenizer, eos_token_id: Option<u32>) -> Result<Self> {
-        let template = match &tok.chat_template {
-            Some(t) => t.clone(),
-            None if tok.token_id(IM_START).is_some() && tok.token_id(IM_END).is_some() => CHATML_TEMPLATE.to_string(),
-            None => {
-                return Err(Error::Tokenizer(
-                    "this model has no chat template (tokenizer_config.json 'chat_template') and no ChatML tokens; \
-                     use `chatforge generate` for plain completion"
-                        .into(),
-                ))
-            }
-        };
-        let mut stop_ids: Vec<u32> = [IM_END, END_OF_TEXT]
-            .iter()
-            .filter_map(|t| tok.token_id(t))
-            .collect();
-        stop_ids.extend(eos_token_id);
-        stop_ids.sort_unstable();
-        stop_ids.dedup();
-        let eos = tok
-            .eot_id()
-            .and_then(|i| tok.inner.id_to_token(i))
-            .unwrap_or_default();
-        Ok(ChatFormat {
-            template,
-            eos,
-            stop_ids,
-        })
-    }
-
-    /// The prompt ids for `messages`, ending where the assistant's reply starts.
-    pub fn prompt_ids(&self, tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>> {
-        self.ids(tok, messages, true)
-    }
-
-    /// The ids of `messages` rendered with the template.
-    pub fn ids(
-        &self,
-        tok: &Tokenizer,
-        messages: &[Message],
-        add_generation_prompt: bool,
-    ) -> Result<Vec<u32>> {
-        tok.encode(&render(
-            &self.template,
-            messages,
-            add_generation_prompt,
-            "",
-            &self.eos,
-        )?)
-    }
-}
 
 /// A model with its tokenizer and chat format, ready to answer conversations.
 pub struct ChatModel<'a> {
@@ -98,8 +36,6 @@ impl<'a> ChatModel<'a> {
         let ids = self.prompt_ids(messages)?;
         let mut opts = opts.clone();
         opts.stop_ids.extend(&self.format.stop_ids);
-        let room = self.model.cfg.context.saturating_sub(ids.len() + 1);
-        opts.max_new_tokens = opts.max_new_tokens.min(room);
         generate_text(self.model, self.tok, &ids, &opts, on_text)
     }
 }

@@ -8,6 +8,7 @@
 //! gradients are summed over the ranks and averaged, so every rank takes the same optimizer step and
 //! the weights stay identical. Rank 0 alone writes files and prints progress.
 
+use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 
@@ -44,8 +45,8 @@ pub trait Collective {
     }
     /// The device this rank trains on, given the configured one (`train.device`): that one,
     /// except where the collective owns the device (NCCL: cuda:LOCAL_RANK).
-    fn device(&self, requested: &str) -> Result<Device> {
-        crate::device(requested)
+    fn device(&self, requested: DeviceChoice) -> Result<Device> {
+        requested.open()
     }
     /// The element-wise sum over the ranks of a tensor (the flattened gradients), as f32 on the
     /// tensor's device. By default through host memory and [`Collective::all_reduce_sum`]; NCCL
@@ -156,6 +157,7 @@ pub fn check_same_world(saved: usize, world: usize) -> Result<()> {
 #[cfg(feature = "mpi")]
 mod mpi_impl {
     use super::Collective;
+    use crate::device::DeviceChoice;
     use crate::error::{Error, Result};
     use mpi::collective::SystemOperation;
     use mpi::topology::{Communicator, SimpleCommunicator};

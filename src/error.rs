@@ -21,6 +21,12 @@ pub enum Error {
     /// Training stopped on purpose (non-finite loss and the like).
     #[error("training stopped: {0}")]
     Training(String),
+    /// A device or the collective between devices failed (CUDA, NCCL).
+    #[error("device: {0}")]
+    Device(String),
+    /// The generation engine has stopped (the server is shutting down or its worker failed).
+    #[error("the generation engine has stopped")]
+    EngineStopped,
     /// A signal asked the run to stop; it did so cleanly (the message says how to continue).
     #[error("{0}")]
     Interrupted(String),

@@ -2,7 +2,7 @@
 
 mod common;
 
-use chatforge::chat::ChatFormat;
+use chatforge::chat_template::ChatFormat;
 use chatforge::data::chat::{load_conversations, tokenize_conversation, ChatFields};
 use chatforge::tokenizer::Tokenizer;
 use common::*;

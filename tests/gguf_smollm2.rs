@@ -8,8 +8,7 @@ use candle_core::Device;
 use chatforge::chat::ChatModel;
 use chatforge::chat_template::Message;
 use chatforge::formats::LoadedModel;
-use chatforge::infer::generate::decode_loop;
-use chatforge::infer::{Sampler, SamplingParams};
+use chatforge::infer::{generate_text, GenerateOptions, SamplingParams};
 use common::*;
 use std::sync::OnceLock;
 
@@ -22,6 +21,23 @@ fn smollm2() -> &'static LoadedModel {
         )
         .unwrap()
     })
+}
+
+/// The first `n` greedy tokens after `prompt` (no stop tokens).
+fn greedy(
+    model: &chatforge::model::Transformer,
+    tok: &chatforge::tokenizer::Tokenizer,
+    prompt: &[u32],
+    n: usize,
+) -> Vec<u32> {
+    let opts = GenerateOptions {
+        max_new_tokens: n,
+        sampling: SamplingParams::greedy(),
+        ..Default::default()
+    };
+    generate_text(model, tok, prompt, &opts, |_| Ok(()))
+        .unwrap()
+        .ids
 }
 
 fn cases() -> Vec<serde_json::Value> {
@@ -80,8 +96,7 @@ fn greedy_tokens_equal_transformers_and_it_knows_paris() {
     for case in cases() {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["greedy_ids"]);
-        let mut sampler = Sampler::new(SamplingParams::greedy());
-        let got = decode_loop(&model, &prompt, want.len(), &mut sampler, |_| Ok(true)).unwrap();
+        let got = greedy(&model, tok, &prompt, want.len());
         assert_eq!(
             got,
             want,
@@ -91,7 +106,7 @@ fn greedy_tokens_equal_transformers_and_it_knows_paris() {
         );
     }
     let chat = ChatModel::new(&model, tok).unwrap();
-    let opts = chatforge::infer::GenerateOptions {
+    let opts = GenerateOptions {
         max_new_tokens: 24,
         sampling: SamplingParams::greedy(),
         ..Default::default()
@@ -124,7 +139,7 @@ fn chat_repl_keeps_the_conversation_and_saves_it() {
         saved.display()
     );
     let mut out = Vec::new();
-    let opts = chatforge::infer::GenerateOptions {
+    let opts = GenerateOptions {
         max_new_tokens: 24,
         sampling: SamplingParams::greedy(),
         ..Default::default()
@@ -224,8 +239,7 @@ fn quantized_decoding_follows_the_f32_model() {
             "4-bit logits differ from f32 by {rel} of the largest"
         );
         assert!(rel > 0.0, "the 4-bit weights were not used");
-        let mut sampler = Sampler::new(SamplingParams::greedy());
-        let got = decode_loop(&quant, &prompt, want.len(), &mut sampler, |_| Ok(true)).unwrap();
+        let got = greedy(&quant, tok, &prompt, want.len());
         let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
         eprintln!(
             "4-bit decoding: logits within {rel:.1e} of f32, {same}/{} greedy tokens as transformers: {:?}",

@@ -64,7 +64,7 @@ fn schedules_give_known_values() {
         lr: 1.0,
         warmup_steps: 10,
         min_lr_ratio: 0.1,
-        schedule: schedule.into(),
+        schedule: schedule.parse().unwrap(),
         decay_fraction: 0.2,
         ..Default::default()
     };

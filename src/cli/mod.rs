@@ -1,3 +1,14 @@
-//! Subcommands of the `chatforge` binary that have outgrown `main.rs`.
+//! The subcommands of the `chatforge` binary, one file each: its clap arguments and a call into
+//! the library.
 
+pub mod bench;
+pub mod chat;
+pub mod convert;
+pub mod data;
+pub mod eval;
+pub mod generate;
+pub mod sampling;
+pub mod serve;
+pub mod speedrun;
+pub mod tokenizer;
 pub mod train;

@@ -4,6 +4,7 @@ use anyhow::Result;
 use chatforge::config::RunConfig;
 use chatforge::dist::Collective;
 use chatforge::train::RunSummary;
+use chatforge::DeviceChoice;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -23,19 +24,22 @@ pub struct PretrainArgs {
     resume: Option<PathBuf>,
     /// Shorthand for --set train.device=...
     #[arg(long)]
-    device: Option<String>,
+    device: Option<DeviceChoice>,
 }
 
 /// Every rank of a data-parallel job (`mpirun -n N chatforge pretrain ...`) runs this.
 pub fn pretrain(a: PretrainArgs, coll: &dyn Collective) -> Result<()> {
-    let mut set = a.set;
-    if let Some(d) = a.device {
-        set.push(format!("train.device={d}"));
-    }
-    let summary = match a.resume {
-        Some(r) => chatforge::train::resume_on(&r, &set, coll)?,
+    let edit = |cfg: &mut RunConfig| {
+        if let Some(d) = a.device {
+            cfg.train.device = d;
+        }
+        cfg.apply_overrides(&a.set)
+    };
+    let summary = match &a.resume {
+        Some(r) => chatforge::train::resume_on(r, &edit, coll)?,
         None => {
-            let cfg = RunConfig::load(a.config.as_deref(), &set)?;
+            let mut cfg = RunConfig::read_layered(a.config.as_deref(), &[])?;
+            edit(&mut cfg)?;
             let out = a.out.as_deref().expect("clap requires --out");
             chatforge::train::pretrain_on(cfg, out, coll)?
         }
@@ -113,12 +117,7 @@ pub struct SftArgs {
     sample_prompt: Option<String>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long)]
-    device: Option<String>,
-}
-
-/// A TOML literal of a string.
-fn quoted(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
+    device: Option<DeviceChoice>,
 }
 
 /// Fine-tuning's own defaults, below the config file.
@@ -142,74 +141,66 @@ fn sft_defaults(lora: bool) -> Vec<String> {
 }
 
 impl SftArgs {
-    /// The flags as `--set` overrides (they win over the config file).
-    fn overrides(&self) -> Vec<String> {
-        let mut o = Vec::new();
-        let mut put = |k: &str, v: Option<String>| {
-            if let Some(v) = v {
-                o.push(format!("{k}={v}"));
+    /// The flags set on the config (they win over the config file; `--set` wins over them).
+    fn apply_flags(&self, cfg: &mut RunConfig) {
+        fn put<T: Clone>(field: &mut T, flag: &Option<T>) {
+            if let Some(v) = flag {
+                *field = v.clone();
             }
-        };
-        put(
-            "model.init_from",
-            self.model
-                .as_ref()
-                .map(|p| quoted(&p.display().to_string())),
-        );
+        }
+        if let Some(m) = &self.model {
+            cfg.model.init_from = m.display().to_string();
+        }
         if !self.data.is_empty() {
-            let files: Vec<String> = self
-                .data
-                .iter()
-                .map(|p| quoted(&p.display().to_string()))
-                .collect();
-            put("sft.data", Some(format!("[{}]", files.join(", "))));
+            cfg.sft.data = self.data.clone();
         }
-        put("train.lr", self.lr.map(|v| v.to_string()));
-        put("sft.epochs", self.epochs.map(|v| v.to_string()));
-        put("train.max_steps", self.max_steps.map(|v| v.to_string()));
-        put("train.batch_size", self.batch_size.map(|v| v.to_string()));
-        put("train.context", self.context.map(|v| v.to_string()));
-        put("sft.val_fraction", self.val_fraction.map(|v| v.to_string()));
-        put("sft.prompt_field", self.prompt_field.as_deref().map(quoted));
-        put(
-            "sft.completion_field",
-            self.completion_field.as_deref().map(quoted),
-        );
+        let (t, sft, lora) = (&mut cfg.train, &mut cfg.sft, &mut cfg.lora);
+        put(&mut t.lr, &self.lr);
+        put(&mut sft.epochs, &self.epochs);
+        put(&mut t.max_steps, &self.max_steps);
+        put(&mut t.batch_size, &self.batch_size);
+        put(&mut t.context, &self.context);
+        put(&mut t.device, &self.device);
+        put(&mut sft.val_fraction, &self.val_fraction);
+        put(&mut sft.prompt_field, &self.prompt_field);
+        put(&mut sft.completion_field, &self.completion_field);
         if !self.replace.is_empty() {
-            put("sft.replace", Some(quoted(&self.replace.join(";"))));
+            sft.replace = self.replace.join(";");
         }
-        put("lora.rank", self.lora_rank.map(|v| v.to_string()));
-        put("lora.alpha", self.lora_alpha.map(|v| v.to_string()));
+        put(&mut lora.rank, &self.lora_rank);
+        put(&mut lora.alpha, &self.lora_alpha);
         if !self.lora_targets.is_empty() {
-            let t: Vec<String> = self.lora_targets.iter().map(|s| quoted(s)).collect();
-            put("lora.targets", Some(format!("[{}]", t.join(", "))));
+            lora.targets = self.lora_targets.clone();
         }
-        put("lora.dropout", self.lora_dropout.map(|v| v.to_string()));
-        if self.merge {
-            put("lora.merge", Some("true".into()));
-        }
-        put(
-            "eval.sample_prompt",
-            self.sample_prompt.as_deref().map(quoted),
-        );
-        put("train.device", self.device.clone());
-        o.extend(self.set.iter().cloned());
-        o
+        put(&mut lora.dropout, &self.lora_dropout);
+        lora.merge |= self.merge;
+        put(&mut cfg.eval.sample_prompt, &self.sample_prompt);
+    }
+
+    /// The run's config: the file over fine-tuning's defaults (`lora` picks which), the flags,
+    /// then `--set`.
+    fn config(&self, lora: bool) -> chatforge::Result<RunConfig> {
+        let mut cfg = RunConfig::read_layered(self.config.as_deref(), &sft_defaults(lora))?;
+        self.apply_flags(&mut cfg);
+        cfg.apply_overrides(&self.set)?;
+        Ok(cfg)
     }
 }
 
 pub fn sft(a: SftArgs, coll: &dyn Collective) -> Result<()> {
-    let overrides = a.overrides();
     let summary = match &a.resume {
-        Some(r) => chatforge::train::resume_on(r, &overrides, coll)?,
+        Some(r) => {
+            let edit = |cfg: &mut RunConfig| {
+                a.apply_flags(cfg);
+                cfg.apply_overrides(&a.set)
+            };
+            chatforge::train::resume_on(r, &edit, coll)?
+        }
         None => {
             // The defaults depend on whether the resolved config (file, flags, --set) is a LoRA run.
-            let load = |lora| {
-                RunConfig::load_layered(a.config.as_deref(), &sft_defaults(lora), &overrides)
-            };
-            let cfg = match load(false)? {
+            let cfg = match a.config(false)? {
                 full if full.lora.rank == 0 => full,
-                _ => load(true)?,
+                _ => a.config(true)?,
             };
             let out = a.out.as_deref().expect("clap requires --out");
             chatforge::train::sft_on(cfg, out, coll)?

@@ -1,8 +1,12 @@
 //! The run config: one TOML file per run, named model presets, and `--set key=value` overrides.
 //! The resolved config is saved into the run directory (`config.toml`) and into every checkpoint.
 
+mod kinds;
 mod ranges;
 
+pub use kinds::{Precision, Schedule};
+
+use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -116,7 +120,7 @@ pub struct TrainSection {
     /// The schedule ends at lr * min_lr_ratio.
     pub min_lr_ratio: f64,
     /// "cosine" (warmup then cosine decay), "wsd" (warmup, stable, linear decay) or "constant".
-    pub schedule: String,
+    pub schedule: Schedule,
     pub warmup_steps: usize,
     /// For "wsd": the fraction of steps spent decaying at the end.
     pub decay_fraction: f64,
@@ -128,10 +132,10 @@ pub struct TrainSection {
     pub grad_clip: f64,
     pub seed: u64,
     /// cpu, cuda, cuda:N or auto.
-    pub device: String,
+    pub device: DeviceChoice,
     /// Compute precision: "f32", or "bf16" (bf16 weights and activations in the forward and
     /// backward passes; f32 master weights, gradients, optimizer state, norms and loss).
-    pub dtype: String,
+    pub dtype: Precision,
     /// Print a progress line every this many steps when not on a terminal.
     pub log_every: usize,
     /// Peak FLOP/s of one device (one process) for MFU; 0 = an estimate: the CPU's vector units
@@ -200,7 +204,7 @@ impl Default for TrainSection {
             total_tokens: 0,
             lr: 1e-3,
             min_lr_ratio: 0.1,
-            schedule: "cosine".into(),
+            schedule: Schedule::Cosine,
             warmup_steps: 50,
             decay_fraction: 0.2,
             weight_decay: 0.1,
@@ -209,8 +213,8 @@ impl Default for TrainSection {
             eps: 1e-8,
             grad_clip: 1.0,
             seed: 1337,
-            device: "cpu".into(),
-            dtype: "f32".into(),
+            device: DeviceChoice::Cpu,
+            dtype: Precision::F32,
             log_every: 10,
             peak_flops: 0.0,
             stop_at_step: 0,
@@ -249,6 +253,63 @@ fn parse_value(raw: &str) -> toml::Value {
     }
 }
 
+/// The config of a table (file keys, then overrides), an error naming where it came from.
+fn from_table(table: toml::Table, where_: &str) -> Result<RunConfig> {
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::Config(format!("{where_}: {}", e.message())))
+}
+
+/// Sets each `section.key=value` of `settings` in `table`, every key checked against the config's
+/// keys and every value given the type of the key's default (`--set data.dir=123` is a path,
+/// `train.lr=1` a float).
+fn set_keys(table: &mut toml::Table, settings: &[&String]) -> Result<()> {
+    let defaults = match toml::Value::try_from(RunConfig::default()).expect("defaults serialize") {
+        toml::Value::Table(t) => t,
+        _ => unreachable!("a struct serializes to a table"),
+    };
+    let sections = || defaults.keys().cloned().collect::<Vec<_>>().join(", ");
+    for o in settings {
+        let (key, raw) = o.split_once('=').ok_or_else(|| {
+            Error::Config(format!(
+                "--set '{o}': expected KEY=VALUE, e.g. train.lr=3e-4"
+            ))
+        })?;
+        let (section, field) = key.trim().split_once('.').ok_or_else(|| {
+            Error::Config(format!(
+                "--set '{o}': keys are section.key; sections: {}",
+                sections()
+            ))
+        })?;
+        let Some(toml::Value::Table(known)) = defaults.get(section) else {
+            return Err(Error::Config(format!(
+                "unknown config section '{section}' in --set {o}; sections: {}",
+                sections()
+            )));
+        };
+        if !known.contains_key(field) {
+            return Err(Error::Config(format!(
+                "unknown config key '{section}.{field}'; valid keys in [{section}]: {}",
+                known.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let value = match (&known[field], parse_value(raw.trim())) {
+            (toml::Value::String(_), v) if !v.is_str() => {
+                toml::Value::String(raw.trim().to_string())
+            }
+            (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
+            (_, v) => v,
+        };
+        table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| Error::Config(format!("'{section}' must be a table")))?
+            .insert(field.to_string(), value);
+    }
+    Ok(())
+}
+
 impl RunConfig {
     /// Reads a TOML file (or the defaults when `path` is None) and applies `KEY=VALUE` overrides,
     /// where KEY is `section.key` (e.g. `train.lr=3e-4`).
@@ -263,6 +324,14 @@ impl RunConfig {
         base: &[String],
         overrides: &[String],
     ) -> Result<Self> {
+        let mut cfg = Self::read_layered(path, base)?;
+        cfg.apply_overrides(overrides)?;
+        Ok(cfg)
+    }
+
+    /// A TOML file (or the defaults) with `base` applied to the keys the file does not set; not
+    /// yet validated (flags and overrides may follow, see [`RunConfig::apply_overrides`]).
+    pub fn read_layered(path: Option<&Path>, base: &[String]) -> Result<Self> {
         let mut table: toml::Table = match path {
             Some(p) => {
                 let text = crate::fsutil::read_to_string(p)?;
@@ -271,11 +340,6 @@ impl RunConfig {
             }
             None => toml::Table::new(),
         };
-        let defaults =
-            match toml::Value::try_from(RunConfig::default()).expect("defaults serialize") {
-                toml::Value::Table(t) => t,
-                _ => unreachable!("a struct serializes to a table"),
-            };
         let in_file = |table: &toml::Table, key: &str| {
             key.split_once('.').is_some_and(|(sec, field)| {
                 table
@@ -284,59 +348,29 @@ impl RunConfig {
                     .is_some_and(|t| t.contains_key(field))
             })
         };
-        let layered: Vec<&String> = base
+        let unset: Vec<&String> = base
             .iter()
             .filter(|d| !in_file(&table, d.split_once('=').map_or(d.as_str(), |x| x.0)))
-            .chain(overrides)
             .collect();
-        for o in layered {
-            let (key, raw) = o.split_once('=').ok_or_else(|| {
-                Error::Config(format!(
-                    "--set '{o}': expected KEY=VALUE, e.g. train.lr=3e-4"
-                ))
-            })?;
-            let (section, field) = key.trim().split_once('.').ok_or_else(|| {
-                Error::Config(format!(
-                    "--set '{o}': keys are section.key; sections: {}",
-                    defaults.keys().cloned().collect::<Vec<_>>().join(", ")
-                ))
-            })?;
-            let Some(toml::Value::Table(known)) = defaults.get(section) else {
-                return Err(Error::Config(format!(
-                    "unknown config section '{section}' in --set {o}; sections: {}",
-                    defaults.keys().cloned().collect::<Vec<_>>().join(", ")
-                )));
-            };
-            if !known.contains_key(field) {
-                return Err(Error::Config(format!(
-                    "unknown config key '{section}.{field}'; valid keys in [{section}]: {}",
-                    known.keys().cloned().collect::<Vec<_>>().join(", ")
-                )));
-            }
-            let mut value = parse_value(raw.trim());
-            // Keep the type of the default: `--set data.dir=123` is a path, `train.lr=1` a float.
-            value = match (&known[field], value) {
-                (toml::Value::String(_), v) if !v.is_str() => {
-                    toml::Value::String(raw.trim().to_string())
-                }
-                (toml::Value::Float(_), toml::Value::Integer(i)) => toml::Value::Float(i as f64),
-                (_, v) => v,
-            };
-            table
-                .entry(section.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                .as_table_mut()
-                .ok_or_else(|| Error::Config(format!("'{section}' must be a table")))?
-                .insert(field.to_string(), value);
-        }
+        set_keys(&mut table, &unset)?;
         let where_ = path
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "--set".into());
-        let cfg: RunConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::Config(format!("{where_}: {}", e.message())))?;
-        cfg.validate()?;
-        Ok(cfg)
+        from_table(table, &where_)
+    }
+
+    /// Applies `KEY=VALUE` overrides (`section.key`, as `--set` gives them) to this config, then
+    /// checks the whole of it.
+    pub fn apply_overrides(&mut self, overrides: &[String]) -> Result<()> {
+        if !overrides.is_empty() {
+            let mut table = match toml::Value::try_from(&*self).expect("a config serializes") {
+                toml::Value::Table(t) => t,
+                _ => unreachable!("a struct serializes to a table"),
+            };
+            set_keys(&mut table, &overrides.iter().collect::<Vec<_>>())?;
+            *self = from_table(table, "--set")?;
+        }
+        self.validate()
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -370,15 +404,6 @@ impl RunConfig {
             && t.max_steps == 0
         {
             return err("sft.epochs must be positive (or set train.max_steps)".into());
-        }
-        if !matches!(t.dtype.as_str(), "f32" | "bf16") {
-            return err(format!("train.dtype '{}': expected f32 or bf16", t.dtype));
-        }
-        if !matches!(t.schedule.as_str(), "cosine" | "wsd" | "constant") {
-            return err(format!(
-                "train.schedule '{}': expected cosine, wsd or constant",
-                t.schedule
-            ));
         }
         if self.checkpoint.keep == 0 {
             return err("checkpoint.keep must be at least 1".into());

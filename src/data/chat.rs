@@ -2,7 +2,7 @@
 //! pairs, rendered with the model's chat template, with a mask that marks exactly the assistant's
 //! tokens (its reply and the end-of-turn token after it) as the ones to train on.
 
-use crate::chat::ChatFormat;
+use crate::chat_template::ChatFormat;
 use crate::chat_template::Message;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;

@@ -8,7 +8,7 @@
 //! positions, which sorting-free random batches of similar-length chat data keep small.
 
 use super::chat::{tokenize_conversation, Conversation};
-use crate::chat::ChatFormat;
+use crate::chat_template::ChatFormat;
 use crate::chat_template::Message;
 use crate::error::{Error, Result};
 use crate::ops::loss::IGNORE_INDEX;

@@ -3,9 +3,11 @@
 //! Train and held-out sets come from a seed and never share a question.
 
 use crate::chat_template::Message;
-use crate::data::chat::Conversation;
+use crate::data::chat::{save_conversations, Conversation};
+use crate::error::{Error, Result};
 use rand::{Rng, SeedableRng};
 use std::collections::HashSet;
+use std::path::Path;
 
 /// Words to spell and count letters in (common English words of 3 to 12 letters).
 const WORDS: &[&str] = &[
@@ -232,4 +234,52 @@ pub fn generate(
     // The held-out set is drawn first, so that a task with few distinct questions still has one.
     let train = out.split_off(n_test.min(out.len()));
     (train, out)
+}
+
+/// The tasks named in `names` (all of them when it is empty); an error names an unknown one and
+/// lists the others.
+pub fn tasks_named(names: &[String]) -> Result<Vec<SyntheticTask>> {
+    if let Some(bad) = names
+        .iter()
+        .find(|n| !ALL_TASKS.iter().any(|t| t.name() == n.as_str()))
+    {
+        let known: Vec<&str> = ALL_TASKS.iter().map(|t| t.name()).collect();
+        return Err(Error::Config(format!(
+            "unknown task '{bad}'; available: {}",
+            known.join(", ")
+        )));
+    }
+    Ok(ALL_TASKS
+        .into_iter()
+        .filter(|t| names.is_empty() || names.iter().any(|n| n == t.name()))
+        .collect())
+}
+
+/// Writes `tasks` as chat files into `out` (new, or replaced with `force`): `train.jsonl` with
+/// every task's training conversations and `test_TASK.jsonl` with each task's held-out ones.
+pub fn write_task_files(
+    out: &Path,
+    tasks: &[SyntheticTask],
+    (train, test): (usize, usize),
+    seed: u64,
+    force: bool,
+) -> Result<()> {
+    crate::fsutil::check_output(out, "--out", &[], force)?;
+    crate::fsutil::write_dir_atomic(out, |dir| {
+        let mut all = Vec::new();
+        for &t in tasks {
+            let (tr, te) = generate(t, train, test, seed);
+            let name = format!("test_{}.jsonl", t.name());
+            save_conversations(&dir.join(&name), &te)?;
+            eprintln!(
+                "{}: {} train, {} held out -> {}",
+                t.name(),
+                tr.len(),
+                te.len(),
+                out.join(name).display()
+            );
+            all.extend(tr);
+        }
+        save_conversations(&dir.join("train.jsonl"), &all)
+    })
 }

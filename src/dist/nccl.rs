@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
 use super::rendezvous::LaunchEnv;
 use super::Collective;
+use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 
 /// How long the ranks wait for each other at start-up (a cluster may start them minutes apart).
@@ -39,11 +40,11 @@ unsafe impl Send for SharedComm {}
 unsafe impl Sync for SharedComm {}
 
 fn nccl_err(what: &str, e: candle_core::cuda_backend::cudarc::nccl::result::NcclError) -> Error {
-    Error::Training(format!("NCCL {what}: {:?}", e.0))
+    Error::Device(format!("NCCL {what}: {:?}", e.0))
 }
 
 fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::Training(format!("CUDA {what}: {e:?}"))
+    Error::Device(format!("CUDA {what}: {e:?}"))
 }
 
 impl Nccl {
@@ -71,7 +72,7 @@ impl Nccl {
             .map(|&b| b as std::ffi::c_char)
             .collect::<Vec<_>>()
             .try_into()
-            .map_err(|_| Error::Training(format!("NCCL id of {} bytes, not 128", bytes.len())))?;
+            .map_err(|_| Error::Device(format!("NCCL id of {} bytes, not 128", bytes.len())))?;
         let comm = Comm::from_rank(stream.clone(), env.rank, env.world, Id::uninit(internal))
             .map_err(|e| nccl_err("could not join the job", e))?;
         Ok(Nccl {
@@ -150,25 +151,25 @@ impl Collective for Nccl {
         // torchrun (or whatever started the ranks) ends the others when one exits non-zero.
         std::process::exit(code)
     }
-    fn device(&self, requested: &str) -> Result<Device> {
-        let own = format!("cuda:{}", self.env.local_rank);
+    fn device(&self, requested: DeviceChoice) -> Result<Device> {
+        let own = self.env.local_rank;
         match requested {
-            "cuda" | "auto" => Ok(self.device.clone()),
-            r if r == own => Ok(self.device.clone()),
-            "cpu" => Err(Error::Config(
+            DeviceChoice::Cuda(None) | DeviceChoice::Auto => Ok(self.device.clone()),
+            DeviceChoice::Cuda(Some(n)) if n == own => Ok(self.device.clone()),
+            DeviceChoice::Cpu => Err(Error::Config(
                 "train.device 'cpu': NCCL ranks train on GPUs; run CPU processes under mpirun \
                  (chatforge built with --features mpi)"
                     .into(),
             )),
             r => Err(Error::Config(format!(
-                "train.device '{r}': each NCCL rank trains on its own GPU, here {own} \
+                "train.device '{r}': each NCCL rank trains on its own GPU, here cuda:{own} \
                  (LOCAL_RANK); set train.device to cuda or auto"
             ))),
         }
     }
     fn all_reduce_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
         if !t.device().same_device(&self.device) {
-            return Err(Error::Training(format!(
+            return Err(Error::Device(format!(
                 "NCCL all-reduce of a tensor on {:?}, not on this rank's GPU",
                 t.device().location()
             )));

@@ -8,7 +8,7 @@
 //! The context is encoded once (its KV cache is shared by the choices), each continuation separately,
 //! as the harness does.
 
-use crate::chat::ChatFormat;
+use crate::chat_template::ChatFormat;
 use crate::chat_template::Message;
 use crate::error::{Error, Result};
 use crate::infer::{generate_text, GenerateOptions, SamplingParams};
@@ -309,9 +309,8 @@ pub fn gsm8k(
                 tok.eot_id().into_iter().collect(),
             ),
         };
-        let budget = max_tokens.min(model.cfg.context.saturating_sub(prompt.len() + 1));
         let opts = GenerateOptions {
-            max_new_tokens: budget,
+            max_new_tokens: max_tokens,
             sampling: SamplingParams::greedy(),
             stop_ids,
             stop_strings: vec!["\n\nQuestion:".into()],
@@ -353,7 +352,7 @@ pub fn chat_exact_match(
             })?;
         let ids = format.prompt_ids(tok, prompt)?;
         let opts = GenerateOptions {
-            max_new_tokens: max_tokens.min(model.cfg.context.saturating_sub(ids.len() + 1)),
+            max_new_tokens: max_tokens,
             sampling: SamplingParams::greedy(),
             stop_ids: format.stop_ids.clone(),
             stop_strings: vec![],

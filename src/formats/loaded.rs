@@ -117,6 +117,19 @@ impl LoadedModel {
         Ok(t)
     }
 
+    /// The model with its linear layers' weights in `weights` (see [`WeightFormat`]).
+    pub fn transformer_with(&self, weights: WeightFormat) -> Result<Transformer> {
+        let dtype = match weights {
+            WeightFormat::Auto => return self.inference_transformer(),
+            WeightFormat::F32 => return self.transformer(),
+            WeightFormat::Q8_0 => GgmlDType::Q8_0,
+            WeightFormat::Q4_1 => GgmlDType::Q4_1,
+        };
+        let mut t = self.transformer()?;
+        t.quantize(dtype)?;
+        Ok(t)
+    }
+
     pub fn tokenizer(&self, path: &Path) -> Result<&Tokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| {
             Error::bad_file(
@@ -154,4 +167,31 @@ pub fn save_model_dir(
         }
         Ok(())
     })
+}
+
+/// How the linear layers' weights are held for decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// As generate, chat and serve hold them: q4_1 for a Q4_1 GGUF file, q8_0 for other quantized
+    /// ones, f32 otherwise.
+    Auto,
+    F32,
+    /// 8-bit blocks on candle's quantized matmul.
+    Q8_0,
+    /// chatforge's 4-bit blocks with f32 activations.
+    Q4_1,
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(WeightFormat::Auto),
+            "f32" => Ok(WeightFormat::F32),
+            "q8_0" => Ok(WeightFormat::Q8_0),
+            "q4_1" => Ok(WeightFormat::Q4_1),
+            _ => Err(format!("'{s}': expected auto, f32, q8_0 or q4_1")),
+        }
+    }
 }

@@ -9,4 +9,4 @@ pub mod hf_config;
 pub mod loaded;
 pub mod peft;
 
-pub use loaded::{check_vocab, save_model_dir, LoadedModel};
+pub use loaded::{check_vocab, save_model_dir, LoadedModel, WeightFormat};

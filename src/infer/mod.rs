@@ -1,9 +1,12 @@
-//! Text generation: sampling and the decoding loop over the KV cache.
+//! Text generation: sampling, the decoder of one sequence, and the decoding loop over the KV cache.
 
+pub mod decoder;
 pub mod generate;
+pub mod logprobs;
 pub mod sampler;
 pub mod speed;
 pub mod stream;
 
-pub use generate::{generate, generate_text, FinishReason, GenerateOptions, Generation};
+pub use decoder::{token_budget, Decoder, FinishReason, GenerateOptions, Generation};
+pub use generate::generate_text;
 pub use sampler::{Sampler, SamplingParams};

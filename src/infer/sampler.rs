@@ -18,12 +18,14 @@ pub struct SamplingParams {
     pub seed: u64,
 }
 
+/// The one set of defaults: `generate` and `chat` start from them, the server uses them for the
+/// fields a request leaves out (llama.cpp's temperature and top-p).
 impl Default for SamplingParams {
     fn default() -> Self {
         SamplingParams {
             temperature: 0.8,
             top_k: 0,
-            top_p: 1.0,
+            top_p: 0.95,
             min_p: 0.0,
             repetition_penalty: 1.0,
             seed: 0,

@@ -40,7 +40,9 @@ pub struct ChatMessageIn {
 pub struct SamplingFields {
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
-    pub top_k: Option<usize>,
+    /// Signed so that a negative one is a 400 naming it (the flattened fields' type errors
+    /// would not name the field).
+    pub top_k: Option<i64>,
     pub min_p: Option<f64>,
     pub repetition_penalty: Option<f64>,
     pub seed: Option<u64>,

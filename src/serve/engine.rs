@@ -4,21 +4,14 @@
 //! request, so a slow client only fills its own queue and never holds up the others.
 
 use crate::error::{Error, Result};
-use crate::infer::stream::TextOutput;
-use crate::infer::{FinishReason, GenerateOptions, Sampler};
+use crate::infer::logprobs::token_logprob;
+pub use crate::infer::logprobs::TokenLogprob;
+use crate::infer::{Decoder, FinishReason, GenerateOptions};
 use crate::model::{KvCache, Transformer};
 use crate::tokenizer::Tokenizer;
 use std::sync::mpsc;
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
-
-/// Log-probability of a token, with the most likely alternatives when asked for.
-#[derive(Debug, Clone)]
-pub struct TokenLogprob {
-    pub token: String,
-    pub logprob: f32,
-    pub top: Vec<(String, f32)>,
-}
 
 #[derive(Debug)]
 pub enum GenEvent {
@@ -63,25 +56,17 @@ impl Engine {
     }
 
     pub fn submit(&self, req: GenRequest) -> Result<()> {
-        self.tx
-            .send(req)
-            .map_err(|_| Error::Training("the generation engine has stopped".into()))
+        self.tx.send(req).map_err(|_| Error::EngineStopped)
     }
 }
 
 /// One request being decoded.
 struct Seq<'t> {
     events: UnboundedSender<GenEvent>,
-    sampler: Sampler,
-    context: Vec<u32>,
+    decoder: Decoder<'t>,
     prompt_tokens: usize,
-    generated: usize,
-    max_new: usize,
-    stop_ids: Vec<u32>,
     logprobs: Option<usize>,
     pending: Vec<TokenLogprob>,
-    out: TextOutput<'t>,
-    last: u32,
     done: bool,
     _ticket: super::admission::Ticket,
 }
@@ -107,14 +92,21 @@ fn run(model: &Transformer, tok: &Tokenizer, rx: mpsc::Receiver<GenRequest>, max
         if seqs.is_empty() {
             continue;
         }
-        let tokens: Vec<u32> = seqs.iter().map(|s| s.last).collect();
+        let tokens: Vec<u32> = seqs
+            .iter()
+            .map(|s| {
+                s.decoder
+                    .last()
+                    .expect("an admitted sequence has sampled a token")
+            })
+            .collect();
         let step = model
             .forward_step_batch(&tokens, &mut caches)
             .and_then(|l| Ok(l.to_vec2::<f32>()?));
         match step {
             Ok(rows) => {
                 for (s, row) in seqs.iter_mut().zip(rows) {
-                    step_seq(model, tok, s, &row);
+                    step_seq(tok, s, &row);
                 }
             }
             Err(e) => {
@@ -148,7 +140,6 @@ fn admit<'t>(
     seqs: &mut Vec<Seq<'t>>,
     caches: &mut Vec<KvCache>,
 ) {
-    let cfg = &model.cfg;
     // Its client left while it waited: no prefill for nobody.
     if r.events.is_closed() {
         return;
@@ -164,30 +155,20 @@ fn admit<'t>(
             return;
         }
     };
-    let max_new = r
-        .opts
-        .max_new_tokens
-        .min(cfg.context.saturating_sub(r.prompt_ids.len()));
     let mut s = Seq {
         events: r.events,
-        sampler: Sampler::new(r.opts.sampling.clone()),
+        decoder: Decoder::new(tok, &r.prompt_ids, &r.opts, model.cfg.context),
         prompt_tokens: r.prompt_ids.len(),
-        context: r.prompt_ids,
-        generated: 0,
-        max_new,
-        stop_ids: r.opts.stop_ids,
         logprobs: r.logprobs,
         pending: Vec::new(),
-        out: TextOutput::new(tok, r.opts.stop_strings),
-        last: 0,
         done: false,
         _ticket: r.ticket,
     };
-    if max_new == 0 {
-        finish(&mut s, FinishReason::Length);
+    if s.decoder.budget() == 0 {
+        finish(&mut s);
         return;
     }
-    step_seq(model, tok, &mut s, &row);
+    step_seq(tok, &mut s, &row);
     if !s.done {
         seqs.push(s);
         caches.push(cache);
@@ -195,32 +176,24 @@ fn admit<'t>(
 }
 
 /// Samples the next token of `s` from its logits row and sends what it adds.
-fn step_seq(model: &Transformer, tok: &Tokenizer, s: &mut Seq, row: &[f32]) {
-    let id = s.sampler.sample(row, &s.context);
-    if s.stop_ids.contains(&id) {
-        return finish(s, FinishReason::Stop);
-    }
-    s.context.push(id);
-    s.last = id;
-    s.generated += 1;
-    if let Some(n) = s.logprobs {
-        s.pending.push(token_logprob(tok, row, id, n));
-    }
-    let (piece, stopped) = match s.out.push(id) {
-        Ok(x) => x,
+fn step_seq(tok: &Tokenizer, s: &mut Seq, row: &[f32]) {
+    let (id, piece) = match s.decoder.step(row) {
+        Ok(Some(x)) => x,
+        Ok(None) => return finish(s),
         Err(e) => {
             let _ = s.events.send(GenEvent::Error(e.to_string()));
             s.done = true;
             return;
         }
     };
+    if let Some(n) = s.logprobs {
+        s.pending.push(token_logprob(tok, row, id, n));
+    }
     if !piece.is_empty() && !send_text(s, piece) {
         return;
     }
-    if stopped {
-        finish(s, FinishReason::Stop);
-    } else if s.generated >= s.max_new || s.context.len() >= model.cfg.context {
-        finish(s, FinishReason::Length);
+    if s.decoder.finished().is_some() {
+        finish(s);
     }
 }
 
@@ -233,46 +206,25 @@ fn send_text(s: &mut Seq, text: String) -> bool {
     true
 }
 
-fn finish(s: &mut Seq, reason: FinishReason) {
-    let mut reason = reason;
-    if reason == FinishReason::Length {
-        if let Ok((rest, stopped)) = s.out.finish() {
-            if stopped {
-                reason = FinishReason::Stop;
-            }
+/// Sends the end of `s`: what the decoder held back (a budget's end), the last log-probabilities,
+/// and the finish reason with the token counts.
+fn finish(s: &mut Seq) {
+    match s.decoder.flush() {
+        Ok(rest) => {
             if (!rest.is_empty() || !s.pending.is_empty()) && !send_text(s, rest) {
                 return;
             }
         }
-    } else if !s.pending.is_empty() {
-        send_text(s, String::new());
+        Err(e) => {
+            let _ = s.events.send(GenEvent::Error(e.to_string()));
+            s.done = true;
+            return;
+        }
     }
     let _ = s.events.send(GenEvent::Done {
-        finish_reason: reason,
+        finish_reason: s.decoder.finished().unwrap_or(FinishReason::Length),
         prompt_tokens: s.prompt_tokens,
-        completion_tokens: s.generated,
+        completion_tokens: s.decoder.ids().len(),
     });
     s.done = true;
-}
-
-/// log softmax(row)[id] and the `n` most likely tokens.
-fn token_logprob(tok: &Tokenizer, row: &[f32], id: u32, n: usize) -> TokenLogprob {
-    let lse = crate::kernels::cpu::nll::logsumexp(row);
-    let name = |i: u32| tok.decode(&[i]).unwrap_or_default();
-    let mut top = Vec::new();
-    if n > 0 {
-        let mut idx: Vec<usize> = (0..row.len()).collect();
-        idx.select_nth_unstable_by(n.min(row.len() - 1), |&a, &b| row[b].total_cmp(&row[a]));
-        idx.truncate(n);
-        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-        top = idx
-            .into_iter()
-            .map(|i| (name(i as u32), row[i] - lse))
-            .collect();
-    }
-    TokenLogprob {
-        token: name(id),
-        logprob: row[id as usize] - lse,
-        top,
-    }
 }

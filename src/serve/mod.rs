@@ -4,11 +4,13 @@ pub mod admission;
 pub mod api;
 pub mod engine;
 pub mod listen;
+pub mod replies;
 pub mod request_body;
 pub mod request_guard;
 pub mod routes;
+pub mod state;
 
-use crate::chat::ChatFormat;
+use crate::chat_template::ChatFormat;
 use crate::error::{Error, Result};
 use crate::formats::LoadedModel;
 use axum::routing::{get, post};
@@ -28,7 +30,7 @@ pub struct ServeOptions {
     /// Requests waiting beyond `max_batch` at most; more are answered 503.
     pub max_queue: usize,
     pub body_limit: usize,
-    pub device: String,
+    pub device: crate::DeviceChoice,
     /// `Host` names accepted besides localhost when listening on loopback.
     pub allowed_hosts: Vec<String>,
     pub timeouts: listen::Timeouts,
@@ -56,7 +58,7 @@ pub fn app(m: LoadedModel, model_path: &Path, opts: &ServeOptions) -> Result<App
     let admission = admission::Admission::new(opts.max_batch, opts.max_queue);
     let (cut, cut_rx) = tokio::sync::watch::channel(false);
     let longest_token_bytes = tok.longest_token_bytes();
-    let state = Arc::new(routes::AppState {
+    let state = Arc::new(state::AppState {
         engine: engine::Engine::start(device_model, tok.clone(), opts.max_batch),
         tok,
         format,
@@ -98,7 +100,7 @@ pub fn app(m: LoadedModel, model_path: &Path, opts: &ServeOptions) -> Result<App
 
 /// Loads the model and serves until the process is stopped.
 pub fn serve(model_path: &Path, opts: &ServeOptions) -> Result<()> {
-    let device = crate::device(&opts.device)?;
+    let device = opts.device.open()?;
     let m = LoadedModel::load(model_path, &device)?;
     let app = app(m, model_path, opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -3,7 +3,7 @@
 //! blocking pool, so a few megabyte-sized prompts never stall `/health` or other clients.
 
 use super::api::ApiError;
-use super::routes::AppState;
+use super::state::AppState;
 use axum::body::{Body, Bytes};
 use axum::http::StatusCode;
 use std::sync::Arc;
@@ -60,8 +60,16 @@ pub async fn off_workers<T: Send + 'static>(
 
 /// Parses a JSON body.
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}"), None))
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        // The field whose value is wrong (e.g. `top_k: -1`), where it is one.
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match path.as_str() {
+            "." | "" => ApiError::bad_request(format!("malformed JSON body: {inner}"), None),
+            p => ApiError::bad_request(format!("malformed JSON body: {p}: {inner}"), None),
+        }
+    })
 }
 
 /// Refuses, before tokenizing it, a text that cannot fit the context: a text of `bytes` bytes has

@@ -1,62 +1,26 @@
 //! HTTP handlers: `/v1/models`, `/v1/completions`, `/v1/chat/completions` (JSON or server-sent
 //! events), `/health`, and the web chat page at `/`.
 
-use super::admission::{Admission, Ticket};
+use super::admission::Ticket;
 use super::api::*;
-use super::engine::{Engine, GenEvent, GenRequest, TokenLogprob};
+use super::engine::{GenEvent, GenRequest};
+use super::replies::{chat_logprobs, collect, completion_logprobs, error_chunk, sse};
 use super::request_body::{check_fits, off_workers, parse};
-use crate::chat::ChatFormat;
+use super::state::AppState;
+use super::state::{new_id, now, NEXT_ID};
 use crate::chat_template::Message;
-use crate::infer::{FinishReason, GenerateOptions, SamplingParams};
-use crate::tokenizer::Tokenizer;
+use crate::infer::{GenerateOptions, SamplingParams};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use tokio_stream::wrappers::UnboundedReceiverStream;
-
-pub struct AppState {
-    pub engine: Engine,
-    pub tok: Arc<Tokenizer>,
-    pub format: Option<ChatFormat>,
-    pub model_id: String,
-    pub context: usize,
-    pub api_key: Option<String>,
-    pub created: u64,
-    pub body_limit: usize,
-    pub body_timeout: std::time::Duration,
-    /// Bytes of the longest token: a text of n bytes has at least n / this many tokens.
-    pub longest_token_bytes: usize,
-    pub admission: Arc<Admission>,
-    /// Turns `true` when a shutdown's grace period is over: running replies end then.
-    pub cut: tokio::sync::watch::Receiver<bool>,
-}
 
 type Shared = State<Arc<AppState>>;
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-fn new_id(prefix: &str) -> String {
-    format!(
-        "{prefix}-{:x}{:06x}",
-        std::process::id(),
-        NEXT_ID.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 pub async fn index() -> Html<&'static str> {
     Html(include_str!("chat.html"))
@@ -119,20 +83,27 @@ fn check_model(s: &AppState, model: &Option<String>) -> Result<(), ApiError> {
 }
 
 fn sampling(k: &SamplingFields) -> Result<SamplingParams, ApiError> {
-    let temperature = k.temperature.unwrap_or(1.0);
+    let defaults = SamplingParams::default();
+    let temperature = k.temperature.unwrap_or(defaults.temperature);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::bad_request(
             "temperature must be between 0 and 2",
             Some("temperature"),
         ));
     }
-    let top_p = k.top_p.unwrap_or(1.0);
+    let top_p = k.top_p.unwrap_or(defaults.top_p);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::bad_request(
             "top_p must be in (0, 1]",
             Some("top_p"),
         ));
     }
+    let top_k = match k.top_k {
+        None => defaults.top_k,
+        Some(n) => usize::try_from(n).map_err(|_| {
+            ApiError::bad_request("top_k must be 0 (all tokens) or more", Some("top_k"))
+        })?,
+    };
     if k.n.unwrap_or(1) != 1 {
         return Err(ApiError::bad_request("only n = 1 is supported", Some("n")));
     }
@@ -142,9 +113,9 @@ fn sampling(k: &SamplingFields) -> Result<SamplingParams, ApiError> {
     let params = SamplingParams {
         temperature,
         top_p,
-        top_k: k.top_k.unwrap_or(0),
-        min_p: k.min_p.unwrap_or(0.0),
-        repetition_penalty: k.repetition_penalty.unwrap_or(1.0),
+        top_k,
+        min_p: k.min_p.unwrap_or(defaults.min_p),
+        repetition_penalty: k.repetition_penalty.unwrap_or(defaults.repetition_penalty),
         seed,
     };
     params.validate().map_err(|(field, must)| {
@@ -166,7 +137,7 @@ fn submit(
     if prompt.is_empty() {
         return Err(ApiError::bad_request("the prompt is empty", Some("prompt")));
     }
-    let room = s.context.saturating_sub(prompt.len());
+    let room = crate::infer::token_budget(usize::MAX, prompt.len(), s.context);
     let max = max_tokens.unwrap_or(default_max.min(room));
     if max > room || max == 0 {
         return Err(ApiError::bad_request(
@@ -192,141 +163,6 @@ fn submit(
         })
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok((rx, n))
-}
-
-/// Everything a request generated, for the non-streaming responses.
-struct Collected {
-    text: String,
-    logprobs: Vec<TokenLogprob>,
-    finish: FinishReason,
-    usage: Usage,
-}
-
-async fn collect(
-    mut rx: UnboundedReceiver<GenEvent>,
-    mut cut: tokio::sync::watch::Receiver<bool>,
-) -> Result<Collected, ApiError> {
-    let (mut text, mut logprobs) = (String::new(), Vec::new());
-    loop {
-        let ev = match next_event(&mut rx, &mut cut).await {
-            Next::Event(ev) => ev,
-            Next::Ended => break,
-            Next::Cut => {
-                return Err(ApiError::internal(SHUTDOWN_CUT).status(StatusCode::SERVICE_UNAVAILABLE))
-            }
-        };
-        match ev {
-            GenEvent::Text {
-                text: t,
-                logprobs: l,
-            } => {
-                text.push_str(&t);
-                logprobs.extend(l);
-            }
-            GenEvent::Done {
-                finish_reason,
-                prompt_tokens,
-                completion_tokens,
-            } => {
-                return Ok(Collected {
-                    text,
-                    logprobs,
-                    finish: finish_reason,
-                    usage: Usage::new(prompt_tokens, completion_tokens),
-                })
-            }
-            GenEvent::Error(e) => return Err(ApiError::internal(e)),
-        }
-    }
-    Err(ApiError::internal("the generation ended without a result"))
-}
-
-fn chat_logprobs(l: &[TokenLogprob]) -> Value {
-    let entry = |t: &str, lp: f32| json!({"token": t, "logprob": lp, "bytes": t.as_bytes()});
-    json!({"content": l.iter().map(|x| {
-        let mut e = entry(&x.token, x.logprob);
-        e["top_logprobs"] = x.top.iter().map(|(t, lp)| entry(t, *lp)).collect();
-        e
-    }).collect::<Vec<_>>()})
-}
-
-fn completion_logprobs(l: &[TokenLogprob], offset: usize) -> Value {
-    let mut pos = offset;
-    let offsets: Vec<usize> = l
-        .iter()
-        .map(|x| {
-            let p = pos;
-            pos += x.token.len();
-            p
-        })
-        .collect();
-    json!({
-        "tokens": l.iter().map(|x| &x.token).collect::<Vec<_>>(),
-        "token_logprobs": l.iter().map(|x| x.logprob).collect::<Vec<_>>(),
-        "top_logprobs": l.iter().map(|x| x.top.iter().map(|(t, lp)| (t.clone(), json!(lp))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
-        "text_offset": offsets,
-    })
-}
-
-const SHUTDOWN_CUT: &str = "the server is shutting down; this reply was cut short";
-
-enum Next {
-    Event(GenEvent),
-    /// The engine dropped the request's channel.
-    Ended,
-    /// A shutdown's grace period is over.
-    Cut,
-}
-
-/// The next engine event of a reply, unless the reply ended or a shutdown cuts it first.
-async fn next_event(
-    rx: &mut UnboundedReceiver<GenEvent>,
-    cut: &mut tokio::sync::watch::Receiver<bool>,
-) -> Next {
-    tokio::select! {
-        ev = rx.recv() => ev.map_or(Next::Ended, Next::Event),
-        _ = cut.wait_for(|&c| c) => Next::Cut,
-    }
-}
-
-/// Server-sent events from a task that turns engine events into JSON chunks, ending with [DONE]
-/// (also when a shutdown cuts the reply: then an error chunk says so first).
-fn sse(
-    mut rx: UnboundedReceiver<GenEvent>,
-    mut cut: tokio::sync::watch::Receiver<bool>,
-    mut chunk: impl FnMut(GenEvent) -> Vec<Value> + Send + 'static,
-) -> Response {
-    let (tx, out) = unbounded_channel::<Result<Event, Infallible>>();
-    tokio::spawn(async move {
-        loop {
-            let ev = match next_event(&mut rx, &mut cut).await {
-                Next::Event(ev) => ev,
-                Next::Ended => break,
-                Next::Cut => {
-                    let chunk = error_chunk(SHUTDOWN_CUT.into()).to_string();
-                    let _ = tx.send(Ok(Event::default().data(chunk)));
-                    break;
-                }
-            };
-            let last = matches!(ev, GenEvent::Done { .. } | GenEvent::Error(_));
-            for v in chunk(ev) {
-                if tx.send(Ok(Event::default().data(v.to_string()))).is_err() {
-                    return; // client gone: dropping rx tells the engine to stop
-                }
-            }
-            if last {
-                break;
-            }
-        }
-        let _ = tx.send(Ok(Event::default().data("[DONE]")));
-    });
-    Sse::new(UnboundedReceiverStream::new(out))
-        .keep_alive(KeepAlive::default())
-        .into_response()
-}
-
-fn error_chunk(e: String) -> Value {
-    json!({"error": {"message": e, "type": "server_error", "param": null, "code": null}})
 }
 
 /// What every generation request goes through before the engine: the key, a place in the queue

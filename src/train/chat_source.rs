@@ -2,7 +2,7 @@
 //! conversations, tokenized with the model's chat template.
 
 use super::source::Source;
-use crate::chat::ChatFormat;
+use crate::chat_template::ChatFormat;
 use crate::chat_template::Message;
 use crate::config::RunConfig;
 use crate::data::chat::{load_conversations, ChatFields, Conversation};

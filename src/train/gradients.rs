@@ -3,6 +3,7 @@
 
 use super::run::Run;
 use super::start::build_model;
+use crate::config::Precision;
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
 use std::collections::BTreeMap;
@@ -56,14 +57,14 @@ impl Run<'_> {
         let mut loss_sum = 0f64;
         let mut tokens = 0;
         // The f32 model shares the Vars; a bf16 run builds casts of them for this step.
-        let mut bf16 = match self.cfg.train.dtype.as_str() {
-            "bf16" => Some(build_model(
+        let mut bf16 = match self.cfg.train.dtype {
+            Precision::Bf16 => Some(build_model(
                 &self.state.model,
                 &self.params,
                 self.lora.as_ref(),
                 DType::BF16,
             )?),
-            _ => None,
+            Precision::F32 => None,
         };
         let model = bf16.as_mut().unwrap_or(&mut self.model);
         model.set_training(true);

@@ -2,6 +2,7 @@
 
 mod chat_source;
 pub mod checkpoint;
+mod data;
 mod finish;
 mod gradients;
 mod guard;
@@ -20,6 +21,7 @@ pub mod trainer;
 
 pub use chat_source::{load_chat_files, parse_replacements};
 pub use finish::RunSummary;
+pub use run::ConfigEdit;
 pub use sft::{sft, sft_on};
 pub use start::model_config_for;
 pub use trainer::{pretrain, pretrain_on, resume, resume_on};

@@ -35,40 +35,42 @@ impl Run<'_> {
         if prompt.is_empty() {
             prompt.push(tok.eot_id().unwrap_or(0));
         }
-        let params = crate::infer::SamplingParams {
+        // A prompt longer than the context keeps its end.
+        let keep = prompt
+            .len()
+            .min(self.model.cfg.context.saturating_sub(1))
+            .max(1);
+        let prompt = &prompt[prompt.len() - keep..];
+        let opts = crate::infer::GenerateOptions {
+            max_new_tokens: self.cfg.eval.sample_tokens,
+            sampling: self.sample_params(),
+            stop_ids: tok.eot_id().into_iter().collect(),
+            stop_strings: vec![],
+        };
+        let g = crate::infer::generate_text(&self.model, tok, prompt, &opts, |_| Ok(()))?;
+        Ok(Some(format!("{}{}", self.cfg.eval.sample_prompt, g.text)))
+    }
+
+    /// The sampling of the run's samples: `eval.sample_temperature`, a seed of the run and step.
+    fn sample_params(&self) -> crate::infer::SamplingParams {
+        crate::infer::SamplingParams {
             temperature: self.cfg.eval.sample_temperature,
             seed: self.state.seed.wrapping_add(self.state.step as u64),
             ..Default::default()
-        };
-        let out = crate::infer::generate(
-            &self.model,
-            &prompt,
-            self.cfg.eval.sample_tokens,
-            &params,
-            tok.eot_id(),
-        )?;
-        Ok(Some(format!(
-            "{}{}",
-            self.cfg.eval.sample_prompt,
-            tok.decode(&out)?
-        )))
+        }
     }
 
     /// A fine-tuned model's reply to the sample conversation (greedy unless a temperature is set).
     fn sample_reply(
         &self,
         tok: &crate::tokenizer::Tokenizer,
-        format: &crate::chat::ChatFormat,
+        format: &crate::chat_template::ChatFormat,
         messages: &[crate::chat_template::Message],
     ) -> Result<String> {
         let prompt = format.prompt_ids(tok, messages)?;
         let opts = crate::infer::GenerateOptions {
             max_new_tokens: self.cfg.eval.sample_tokens,
-            sampling: crate::infer::SamplingParams {
-                temperature: self.cfg.eval.sample_temperature,
-                seed: self.state.seed.wrapping_add(self.state.step as u64),
-                ..Default::default()
-            },
+            sampling: self.sample_params(),
             stop_ids: format.stop_ids.clone(),
             stop_strings: vec![],
         };

@@ -2,9 +2,10 @@
 //! directory and a resumed one from its newest checkpoint.
 
 use super::checkpoint::{load_checkpoint, resolve_checkpoint, TrainerState};
+use super::data::open_source;
 use super::metrics::MetricsLog;
 use super::optim::{AdamW, AdamWConfig};
-use super::source::{open_source, Source};
+use super::source::Source;
 use super::start::{build_model, LoraRun, Start};
 use crate::config::RunConfig;
 use crate::dist::Collective;
@@ -14,6 +15,10 @@ use crate::model::Transformer;
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
+
+/// Changes to a resumed run's config (a command's flags, then `--set` overrides; see
+/// `RunConfig::apply_overrides`), checked before the run goes on.
+pub type ConfigEdit<'a> = &'a dyn Fn(&mut RunConfig) -> Result<()>;
 
 pub(super) struct Run<'c> {
     pub(super) cfg: RunConfig,
@@ -83,7 +88,7 @@ impl<'c> Run<'c> {
         check_run_dir(run_dir, coll, restart)?;
         // Every rank has looked before rank 0 creates the run.
         coll.barrier();
-        let device = coll.device(&cfg.train.device)?;
+        let device = coll.device(cfg.train.device)?;
         let mut start = super::start::fresh(&mut cfg, &device)?;
         // The same starting weights on every rank, whatever each one computed or loaded.
         broadcast_params(&start.params, coll)?;
@@ -109,7 +114,7 @@ impl<'c> Run<'c> {
 
     pub(super) fn new_resumed(
         path: &Path,
-        overrides: &[String],
+        edit: ConfigEdit,
         coll: &'c dyn Collective,
     ) -> Result<Run<'c>> {
         let (rank, world) = (coll.rank(), coll.world());
@@ -120,7 +125,8 @@ impl<'c> Run<'c> {
             && saved_config.exists()
             && super::checkpoint::list_checkpoints(path)?.is_empty()
         {
-            let cfg = RunConfig::load(Some(&saved_config), overrides)?;
+            let mut cfg = RunConfig::load(Some(&saved_config), &[])?;
+            edit(&mut cfg)?;
             if coll.is_lead() {
                 eprintln!(
                     "{} has no checkpoint yet (the run stopped before its first): starting it again from step 0 with its saved config",
@@ -141,17 +147,11 @@ impl<'c> Run<'c> {
         let probe = load_checkpoint_state(&ckpt)?;
         // The data each rank reads and the gradient average depend on the number of ranks.
         crate::dist::check_same_world(probe.world, world)?;
+        // The saved config with the command's changes (e.g. more steps).
         let mut cfg = probe.config.clone();
-        if !overrides.is_empty() {
-            // Re-apply overrides on top of the saved config (e.g. more steps).
-            let tmp = crate::fsutil::temp_sibling(&run_dir.join("resume.toml"));
-            crate::fsutil::write_atomic(&tmp, cfg.to_toml().as_bytes())?;
-            let r = RunConfig::load(Some(&tmp), overrides);
-            let _ = std::fs::remove_file(&tmp);
-            cfg = r?;
-        }
+        edit(&mut cfg)?;
         let accum = cfg.accumulation(world)?;
-        let device = coll.device(&cfg.train.device)?;
+        let device = coll.device(cfg.train.device)?;
         let loaded = load_checkpoint(&ckpt, &device)?;
         let mut state = loaded.state;
         state.config = cfg.clone();

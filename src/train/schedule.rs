@@ -1,6 +1,6 @@
 //! Learning-rate schedules: linear warmup, then cosine decay, warmup-stable-decay, or constant.
 
-use crate::config::TrainSection;
+use crate::config::{Schedule, TrainSection};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LrSchedule {
@@ -28,16 +28,16 @@ pub enum LrSchedule {
 impl LrSchedule {
     pub fn from_config(t: &TrainSection, total: usize) -> Self {
         let warmup = t.warmup_steps.min(total);
-        match t.schedule.as_str() {
-            "wsd" => LrSchedule::Wsd {
+        match t.schedule {
+            Schedule::Wsd => LrSchedule::Wsd {
                 lr: t.lr,
                 warmup,
                 total,
                 decay: ((total as f64 * t.decay_fraction).round() as usize).min(total - warmup),
                 min_ratio: t.min_lr_ratio,
             },
-            "constant" => LrSchedule::Constant { lr: t.lr, warmup },
-            _ => LrSchedule::Cosine {
+            Schedule::Constant => LrSchedule::Constant { lr: t.lr, warmup },
+            Schedule::Cosine => LrSchedule::Cosine {
                 lr: t.lr,
                 warmup,
                 total,

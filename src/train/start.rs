@@ -1,7 +1,7 @@
 //! What a run trains: a fresh model (preset or `init_from`), a fine-tuning base (whole, or frozen
 //! under fresh LoRA adapters), or a checkpoint's weights; and the model built over them.
 
-use crate::config::RunConfig;
+use crate::config::{Precision, RunConfig};
 use crate::data::load_meta;
 use crate::error::{Error, Result};
 use crate::formats::LoadedModel;
@@ -102,7 +102,7 @@ fn sft_start(cfg: &RunConfig, lm: LoadedModel, base: &Path, device: &Device) -> 
             lcfg,
             lm.weights,
             absolute(base),
-            &cfg.train.dtype,
+            cfg.train.dtype,
         )?),
         model: lm.cfg,
         tokenizer,
@@ -180,7 +180,7 @@ pub(super) fn resumed(
                     lora_config(cfg),
                     lm.weights,
                     absolute(&p),
-                    &cfg.train.dtype,
+                    cfg.train.dtype,
                 )?),
                 tokenizer: lm.tokenizer,
             }
@@ -209,11 +209,11 @@ impl LoraRun {
         cfg: LoraConfig,
         base: BTreeMap<String, Tensor>,
         base_path: String,
-        dtype: &str,
+        dtype: Precision,
     ) -> Result<Self> {
         let base_bf16 = match dtype {
-            "bf16" => Some(cast_all(base.clone(), DType::BF16)?),
-            _ => None,
+            Precision::Bf16 => Some(cast_all(base.clone(), DType::BF16)?),
+            Precision::F32 => None,
         };
         Ok(LoraRun {
             cfg,

@@ -5,7 +5,7 @@
 use super::finish::{RunSummary, Tally};
 use super::metrics::device_peak_flops;
 use super::optim::grad_norm;
-use super::run::Run;
+use super::run::{ConfigEdit, Run};
 use super::schedule::LrSchedule;
 use crate::config::RunConfig;
 use crate::dist::{Collective, Single};
@@ -31,14 +31,15 @@ pub fn pretrain_on(cfg: RunConfig, run_dir: &Path, coll: &dyn Collective) -> Res
     Run::new_fresh(cfg, run_dir, coll)?.train()
 }
 
-/// Continues the run of a checkpoint (or the newest checkpoint of a run directory).
+/// Continues the run of a checkpoint (or the newest checkpoint of a run directory), its config
+/// changed by `overrides` (`KEY=VALUE`, e.g. more steps).
 pub fn resume(path: &Path, overrides: &[String]) -> Result<RunSummary> {
-    resume_on(path, overrides, &Single)
+    resume_on(path, &|c| c.apply_overrides(overrides), &Single)
 }
 
 /// [`resume`] as one rank of a data-parallel job, with as many ranks as the checkpointed run had.
-pub fn resume_on(path: &Path, overrides: &[String], coll: &dyn Collective) -> Result<RunSummary> {
-    Run::new_resumed(path, overrides, coll)?.train()
+pub fn resume_on(path: &Path, edit: ConfigEdit, coll: &dyn Collective) -> Result<RunSummary> {
+    Run::new_resumed(path, edit, coll)?.train()
 }
 
 /// What one invocation of the loop is set to do.
