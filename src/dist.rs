@@ -157,7 +157,6 @@ pub fn check_same_world(saved: usize, world: usize) -> Result<()> {
 #[cfg(feature = "mpi")]
 mod mpi_impl {
     use super::Collective;
-    use crate::device::DeviceChoice;
     use crate::error::{Error, Result};
     use mpi::collective::SystemOperation;
     use mpi::topology::{Communicator, SimpleCommunicator};

@@ -361,20 +361,7 @@ fn render_report(r: &ReportInputs) -> String {
     }
     let _ = writeln!(o);
     if let Some(f) = r.sft {
-        let _ = writeln!(o, "## Report card\n");
-        let _ = writeln!(
-            o,
-            "Exact match on {} held-out questions per task (greedy, chat template), before and after SFT.\n",
-            f.items
-        );
-        let _ = writeln!(o, "| task | base model | after SFT |\n| --- | --- | --- |");
-        for (task, b, a) in &f.scores {
-            let _ = writeln!(o, "| {task} | {:.1}% | {:.1}% |", 100.0 * b, 100.0 * a);
-        }
-        let _ = writeln!(o);
-        for s in &f.summary.samples {
-            let _ = writeln!(o, "After SFT:\n\n```text\n{}\n```\n", s.trim_end());
-        }
+        report_card(&mut o, f);
     }
     let _ = writeln!(o, "## Results\n");
     let _ = writeln!(o, "| metric | value |\n| --- | --- |");
@@ -416,4 +403,22 @@ fn render_report(r: &ReportInputs) -> String {
         );
     }
     o
+}
+
+/// The fine-tuning stage's report card: exact match per task before and after, and samples.
+fn report_card(o: &mut String, f: &SftResult) {
+    let _ = writeln!(o, "## Report card\n");
+    let _ = writeln!(
+        o,
+        "Exact match on {} held-out questions per task (greedy, chat template), before and after SFT.\n",
+        f.items
+    );
+    let _ = writeln!(o, "| task | base model | after SFT |\n| --- | --- | --- |");
+    for (task, b, a) in &f.scores {
+        let _ = writeln!(o, "| {task} | {:.1}% | {:.1}% |", 100.0 * b, 100.0 * a);
+    }
+    let _ = writeln!(o);
+    for s in &f.summary.samples {
+        let _ = writeln!(o, "After SFT:\n\n```text\n{}\n```\n", s.trim_end());
+    }
 }

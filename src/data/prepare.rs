@@ -166,17 +166,7 @@ fn prepare_into(
     const BATCH_BYTES: usize = 16 << 20;
 
     let mut flush = |pending: &mut Vec<(String, bool)>, pending_bytes: &mut usize| -> Result<()> {
-        let encoded: Vec<Result<Vec<u32>>> = pending
-            .par_iter()
-            .map(|(text, doc_start)| {
-                let mut ids = Vec::with_capacity(text.len() / 3 + 1);
-                if *doc_start {
-                    ids.push(eot);
-                }
-                ids.extend(tok.encode(text)?);
-                Ok(ids)
-            })
-            .collect();
+        let encoded = encode_pieces(tok, eot, pending);
         let batch_tokens: usize = encoded
             .iter()
             .map(|r| r.as_ref().map_or(0, |v| v.len()))
@@ -238,4 +228,20 @@ fn prepare_into(
         input_bytes: total_bytes,
         inputs: files.iter().map(|f| f.path.display().to_string()).collect(),
     })
+}
+
+/// The ids of each piece, tokenized over the cores; a document's first piece starts with the
+/// end-of-text token that separates it from the one before.
+fn encode_pieces(tok: &Tokenizer, eot: u32, pieces: &[(String, bool)]) -> Vec<Result<Vec<u32>>> {
+    pieces
+        .par_iter()
+        .map(|(text, doc_start)| {
+            let mut ids = Vec::with_capacity(text.len() / 3 + 1);
+            if *doc_start {
+                ids.push(eot);
+            }
+            ids.extend(tok.encode(text)?);
+            Ok(ids)
+        })
+        .collect()
 }

@@ -214,60 +214,14 @@ pub fn read_header(bytes: &[u8]) -> Result<Content, String> {
             ))
         }
     };
-    let mut infos = Vec::with_capacity(n_tensors as usize);
-    for _ in 0..n_tensors {
-        let name = c.string("a tensor name")?;
-        let n_dims = c.u32(&name)?;
-        if !(1..=4).contains(&n_dims) {
-            return Err(format!(
-                "tensor '{name}': {n_dims} dimensions (1 to 4 allowed)"
-            ));
-        }
-        let mut dims = Vec::with_capacity(n_dims as usize);
-        for _ in 0..n_dims {
-            dims.push(c.u64(&name)?);
-        }
-        let type_id = c.u32(&name)?;
-        let dtype = ggml_dtype(type_id).ok_or_else(|| {
-            format!("tensor '{name}': ggml type {type_id} is not supported by chatforge")
-        })?;
-        let offset = c.u64(&name)?;
-        infos.push((name, dims, dtype, offset));
-    }
+    let infos = (0..n_tensors)
+        .map(|_| tensor_entry(&mut c))
+        .collect::<Result<Vec<_>, String>>()?;
     let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
     let data_len = (bytes.len() as u64).saturating_sub(data_start);
     let mut tensor_infos = HashMap::new();
     for (name, dims, dtype, offset) in infos {
-        let elems = dims
-            .iter()
-            .try_fold(1u64, |n, &d| n.checked_mul(d))
-            .filter(|&n| n > 0 && n <= MAX_TENSOR_ELEMENTS)
-            .ok_or_else(|| format!("tensor '{name}': impossible shape {dims:?}"))?;
-        if dims[0] % dtype.block_size() as u64 != 0 {
-            return Err(format!(
-                "tensor '{name}': rows of {} elements do not divide into {dtype:?} blocks of {}",
-                dims[0],
-                dtype.block_size()
-            ));
-        }
-        if offset % alignment != 0 {
-            return Err(format!(
-                "tensor '{name}': offset {offset} is not a multiple of the alignment {alignment}"
-            ));
-        }
-        let size = tensor_bytes(dtype, elems);
-        if offset.checked_add(size).is_none_or(|end| end > data_len) {
-            return Err(format!(
-                "tensor '{name}': {size} bytes at data offset {offset} run past the end of the file (truncated?)"
-            ));
-        }
-        // ggml lists dimensions innermost first; candle's shapes are outermost first.
-        let shape: Vec<usize> = dims.iter().rev().map(|&d| d as usize).collect();
-        let info = TensorInfo {
-            ggml_dtype: dtype,
-            shape: shape.into(),
-            offset,
-        };
+        let info = placed(&name, &dims, dtype, offset, (alignment, data_len))?;
         if tensor_infos.insert(name.clone(), info).is_some() {
             return Err(format!("tensor '{name}' appears twice"));
         }
@@ -277,5 +231,67 @@ pub fn read_header(bytes: &[u8]) -> Result<Content, String> {
         metadata,
         tensor_infos,
         tensor_data_offset: data_start,
+    })
+}
+
+/// One entry of the tensor table: name, dimensions (innermost first), type, data offset.
+fn tensor_entry(c: &mut Cursor) -> Result<(String, Vec<u64>, GgmlDType, u64), String> {
+    let name = c.string("a tensor name")?;
+    let n_dims = c.u32(&name)?;
+    if !(1..=4).contains(&n_dims) {
+        return Err(format!(
+            "tensor '{name}': {n_dims} dimensions (1 to 4 allowed)"
+        ));
+    }
+    let mut dims = Vec::with_capacity(n_dims as usize);
+    for _ in 0..n_dims {
+        dims.push(c.u64(&name)?);
+    }
+    let type_id = c.u32(&name)?;
+    let dtype = ggml_dtype(type_id).ok_or_else(|| {
+        format!("tensor '{name}': ggml type {type_id} is not supported by chatforge")
+    })?;
+    let offset = c.u64(&name)?;
+    Ok((name, dims, dtype, offset))
+}
+
+/// A tensor entry checked against the data section (`alignment`, `data_len` bytes): a possible
+/// shape, whole blocks per row, an aligned offset, and data inside the file.
+fn placed(
+    name: &str,
+    dims: &[u64],
+    dtype: GgmlDType,
+    offset: u64,
+    (alignment, data_len): (u64, u64),
+) -> Result<TensorInfo, String> {
+    let elems = dims
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .filter(|&n| n > 0 && n <= MAX_TENSOR_ELEMENTS)
+        .ok_or_else(|| format!("tensor '{name}': impossible shape {dims:?}"))?;
+    if !dims[0].is_multiple_of(dtype.block_size() as u64) {
+        return Err(format!(
+            "tensor '{name}': rows of {} elements do not divide into {dtype:?} blocks of {}",
+            dims[0],
+            dtype.block_size()
+        ));
+    }
+    if !offset.is_multiple_of(alignment) {
+        return Err(format!(
+            "tensor '{name}': offset {offset} is not a multiple of the alignment {alignment}"
+        ));
+    }
+    let size = tensor_bytes(dtype, elems);
+    if offset.checked_add(size).is_none_or(|end| end > data_len) {
+        return Err(format!(
+            "tensor '{name}': {size} bytes at data offset {offset} run past the end of the file (truncated?)"
+        ));
+    }
+    // ggml lists dimensions innermost first; candle's shapes are outermost first.
+    let shape: Vec<usize> = dims.iter().rev().map(|&d| d as usize).collect();
+    Ok(TensorInfo {
+        ggml_dtype: dtype,
+        shape: shape.into(),
+        offset,
     })
 }

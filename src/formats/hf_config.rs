@@ -68,84 +68,8 @@ pub fn parse_hf_config(v: &Value, path: &Path) -> Result<ModelConfig> {
         f.err("missing field 'model_type' (expected \"gpt2\" or \"llama\")".into())
     })?;
     let mut cfg = match model_type {
-        "gpt2" => {
-            let n_embd = f.usize_or("n_embd", Some(768))?;
-            let mut c = ModelConfig::gpt2(
-                f.usize_or("n_layer", Some(12))?,
-                f.usize_or("n_head", Some(12))?,
-                n_embd,
-                f.usize_or("vocab_size", None)?,
-                f.usize_or("n_positions", Some(1024))?,
-            );
-            c.intermediate = f.usize_or("n_inner", Some(4 * n_embd))?;
-            c.norm_eps = f.f64_or("layer_norm_epsilon", 1e-5)?;
-            c.tie_embeddings = f.bool_or("tie_word_embeddings", true)?;
-            let act = f.str_or("activation_function", "gelu_new")?;
-            if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
-                return Err(f.err(format!(
-                    "activation_function '{act}' is not supported; chatforge implements GPT-2's tanh GELU (\"gelu_new\")"
-                )));
-            }
-            if f.bool_or("scale_attn_by_inverse_layer_idx", false)? {
-                return Err(f.err("scale_attn_by_inverse_layer_idx = true is not supported".into()));
-            }
-            if !f.bool_or("scale_attn_weights", true)? {
-                return Err(f.err("scale_attn_weights = false is not supported".into()));
-            }
-            c
-        }
-        "llama" => {
-            let hidden = f.usize_or("hidden_size", None)?;
-            let heads = f.usize_or("num_attention_heads", None)?;
-            let mut c = ModelConfig::llama(
-                f.usize_or("num_hidden_layers", None)?,
-                heads,
-                f.usize_or("num_key_value_heads", Some(heads))?,
-                hidden,
-                f.usize_or("intermediate_size", None)?,
-                f.usize_or("vocab_size", None)?,
-                f.usize_or("max_position_embeddings", Some(2048))?,
-                f.bool_or("tie_word_embeddings", false)?,
-            );
-            if heads == 0 {
-                return Err(f.err("num_attention_heads must be positive".into()));
-            }
-            c.head_dim = f.usize_or("head_dim", Some(hidden / heads))?;
-            c.norm_eps = f.f64_or("rms_norm_eps", 1e-6)?;
-            c.attn_bias = f.bool_or("attention_bias", false)?;
-            c.mlp_bias = f.bool_or("mlp_bias", false)?;
-            // transformers 5 moved rope_theta into rope_parameters.
-            let rope = v
-                .get("rope_parameters")
-                .or_else(|| v.get("rope_scaling"))
-                .filter(|r| !r.is_null());
-            c.rope_theta = match rope
-                .and_then(|r| r.get("rope_theta"))
-                .and_then(Value::as_f64)
-            {
-                Some(t) => t,
-                None => f.f64_or("rope_theta", 10_000.0)?,
-            };
-            if let Some(r) = rope {
-                let kind = r
-                    .get("rope_type")
-                    .or_else(|| r.get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
-                if kind != "default" {
-                    return Err(f.err(format!(
-                        "rope scaling type '{kind}' is not supported; only plain RoPE (\"default\") is"
-                    )));
-                }
-            }
-            let act = f.str_or("hidden_act", "silu")?;
-            if act != "silu" {
-                return Err(f.err(format!(
-                    "hidden_act '{act}' is not supported; Llama models use \"silu\""
-                )));
-            }
-            c
-        }
+        "gpt2" => gpt2_config(&f)?,
+        "llama" => llama_config(&f, v)?,
         other => {
             return Err(f.err(format!(
             "model_type '{other}' is not supported; chatforge loads \"gpt2\" and \"llama\" models"
@@ -233,4 +157,86 @@ pub fn to_hf_config(cfg: &ModelConfig) -> Value {
             "use_cache": true,
         }),
     }
+}
+
+/// A GPT-2 config.json's fields (HF's defaults where it leaves them out).
+fn gpt2_config(f: &Fields) -> Result<ModelConfig> {
+    let n_embd = f.usize_or("n_embd", Some(768))?;
+    let mut c = ModelConfig::gpt2(
+        f.usize_or("n_layer", Some(12))?,
+        f.usize_or("n_head", Some(12))?,
+        n_embd,
+        f.usize_or("vocab_size", None)?,
+        f.usize_or("n_positions", Some(1024))?,
+    );
+    c.intermediate = f.usize_or("n_inner", Some(4 * n_embd))?;
+    c.norm_eps = f.f64_or("layer_norm_epsilon", 1e-5)?;
+    c.tie_embeddings = f.bool_or("tie_word_embeddings", true)?;
+    let act = f.str_or("activation_function", "gelu_new")?;
+    if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
+        return Err(f.err(format!(
+            "activation_function '{act}' is not supported; chatforge implements GPT-2's tanh GELU (\"gelu_new\")"
+        )));
+    }
+    if f.bool_or("scale_attn_by_inverse_layer_idx", false)? {
+        return Err(f.err("scale_attn_by_inverse_layer_idx = true is not supported".into()));
+    }
+    if !f.bool_or("scale_attn_weights", true)? {
+        return Err(f.err("scale_attn_weights = false is not supported".into()));
+    }
+    Ok(c)
+}
+
+/// A Llama config.json's fields, with the rope parameters where transformers 4 or 5 put them.
+fn llama_config(f: &Fields, v: &Value) -> Result<ModelConfig> {
+    let hidden = f.usize_or("hidden_size", None)?;
+    let heads = f.usize_or("num_attention_heads", None)?;
+    let mut c = ModelConfig::llama(
+        f.usize_or("num_hidden_layers", None)?,
+        heads,
+        f.usize_or("num_key_value_heads", Some(heads))?,
+        hidden,
+        f.usize_or("intermediate_size", None)?,
+        f.usize_or("vocab_size", None)?,
+        f.usize_or("max_position_embeddings", Some(2048))?,
+        f.bool_or("tie_word_embeddings", false)?,
+    );
+    if heads == 0 {
+        return Err(f.err("num_attention_heads must be positive".into()));
+    }
+    c.head_dim = f.usize_or("head_dim", Some(hidden / heads))?;
+    c.norm_eps = f.f64_or("rms_norm_eps", 1e-6)?;
+    c.attn_bias = f.bool_or("attention_bias", false)?;
+    c.mlp_bias = f.bool_or("mlp_bias", false)?;
+    // transformers 5 moved rope_theta into rope_parameters.
+    let rope = v
+        .get("rope_parameters")
+        .or_else(|| v.get("rope_scaling"))
+        .filter(|r| !r.is_null());
+    c.rope_theta = match rope
+        .and_then(|r| r.get("rope_theta"))
+        .and_then(Value::as_f64)
+    {
+        Some(t) => t,
+        None => f.f64_or("rope_theta", 10_000.0)?,
+    };
+    if let Some(r) = rope {
+        let kind = r
+            .get("rope_type")
+            .or_else(|| r.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        if kind != "default" {
+            return Err(f.err(format!(
+                "rope scaling type '{kind}' is not supported; only plain RoPE (\"default\") is"
+            )));
+        }
+    }
+    let act = f.str_or("hidden_act", "silu")?;
+    if act != "silu" {
+        return Err(f.err(format!(
+            "hidden_act '{act}' is not supported; Llama models use \"silu\""
+        )));
+    }
+    Ok(c)
 }

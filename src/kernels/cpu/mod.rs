@@ -34,6 +34,8 @@ pub mod parallel;
 pub mod rope;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;
+#[cfg(target_arch = "x86_64")]
+mod sgemm_pack;
 pub mod softmax;
 pub mod storage;
 pub mod view;
