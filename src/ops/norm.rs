@@ -53,7 +53,11 @@ pub fn norm(
 ) -> CResult<Tensor> {
     let applies = cpu::features::applies;
     if applies(x) && applies(w) && b.is_none_or(applies) {
-        return cpu::norm::norm(x, w, b, eps, centered);
+        let stats = cpu::norm::Stats {
+            centered,
+            eps: eps as f32,
+        };
+        return cpu::norm::norm(x, w, b, stats);
     }
     portable(x, w, b, eps, centered)
 }

@@ -124,6 +124,25 @@ fn sampling(k: &SamplingFields) -> Result<SamplingParams, ApiError> {
     Ok(params)
 }
 
+/// The options a request decodes with: its sampling, the model's stop tokens and the request's
+/// stop strings; the budget is set by [`submit`].
+fn generate_options(
+    sampling: SamplingParams,
+    stop_ids: Vec<u32>,
+    fields: &SamplingFields,
+) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens: 0,
+        sampling,
+        stop_ids,
+        stop_strings: fields
+            .stop
+            .clone()
+            .map(StringOrList::into_vec)
+            .unwrap_or_default(),
+    }
+}
+
 /// Checks the budget against the context and hands the request to the engine.
 fn submit(
     s: &AppState,
@@ -230,17 +249,7 @@ fn prepare_chat(
             Some("top_logprobs"),
         ));
     }
-    let opts = GenerateOptions {
-        max_new_tokens: 0,
-        sampling,
-        stop_ids: format.stop_ids.clone(),
-        stop_strings: req
-            .sampling
-            .stop
-            .clone()
-            .map(StringOrList::into_vec)
-            .unwrap_or_default(),
-    };
+    let opts = generate_options(sampling, format.stop_ids.clone(), &req.sampling);
     Ok((req, prompt, opts))
 }
 
@@ -340,17 +349,11 @@ fn prepare_completion(
             Some("logprobs"),
         ));
     }
-    let opts = GenerateOptions {
-        max_new_tokens: 0,
+    let opts = generate_options(
         sampling,
-        stop_ids: s.tok.eot_id().into_iter().collect(),
-        stop_strings: req
-            .sampling
-            .stop
-            .clone()
-            .map(StringOrList::into_vec)
-            .unwrap_or_default(),
-    };
+        s.tok.eot_id().into_iter().collect(),
+        &req.sampling,
+    );
     Ok((req, prompt, opts))
 }
 

@@ -4,8 +4,8 @@
 
 use super::exp::exp_shifted_sum;
 use super::parallel::{filled, for_each_chunk_mut};
-use super::storage::{f32_data, with_f32, CResult};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use super::storage::{f32_data, with_f32, CResult, ZipBackward};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 const GELU_K: f32 = 0.797_884_6; // sqrt(2 / pi)
 const GELU_A: f32 = 0.044_715;
@@ -127,32 +127,15 @@ impl CustomOp1 for Gelu {
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {
         Ok(Some(
             arg.contiguous()?
-                .apply_op2(&grad_res.contiguous()?, GeluBackward)?,
+                .apply_op2(&grad_res.contiguous()?, GELU_BACKWARD)?,
         ))
     }
 }
 
-struct GeluBackward;
-
-impl CustomOp2 for GeluBackward {
-    fn name(&self) -> &'static str {
-        "gelu-tanh-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        let x = f32_data(s1, l1, self.name())?;
-        let dy = f32_data(s2, l2, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        gelu_backward(x, dy, &mut out);
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
+const GELU_BACKWARD: ZipBackward = ZipBackward {
+    name: "gelu-tanh-backward",
+    f: |x, dy, _, out| gelu_backward(x, dy, out),
+};
 
 /// GPT-2's GELU of an f32 CPU tensor.
 pub fn gelu(x: &Tensor) -> CResult<Tensor> {

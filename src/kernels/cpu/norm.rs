@@ -12,11 +12,12 @@ use super::parallel::{filled, parallel_map, SharedMut};
 use super::storage::{f32_data, with_f32, CResult};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
+/// Which norm and its epsilon.
 #[derive(Clone, Copy)]
-pub(super) struct Stats {
+pub struct Stats {
     /// LayerNorm (subtract the mean) rather than RMSNorm.
-    pub(super) centered: bool,
-    pub(super) eps: f32,
+    pub centered: bool,
+    pub eps: f32,
 }
 
 impl Stats {
@@ -219,17 +220,7 @@ impl CustomOp2 for Norm {
 
 /// LayerNorm (`centered`) or RMSNorm of f32 CPU rows x (..., C) over C, times `w`, plus `b`
 /// (`ops::norm` chooses).
-pub fn norm(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    eps: f64,
-    centered: bool,
-) -> CResult<Tensor> {
-    let stats = Stats {
-        centered,
-        eps: eps as f32,
-    };
+pub fn norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stats: Stats) -> CResult<Tensor> {
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, NormBias(stats)),

@@ -3,8 +3,13 @@
 
 use super::exp::exp_shifted_sum;
 use super::parallel::for_each_chunk_mut;
-use super::storage::{f32_data, CResult};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use super::storage::{f32_data, CResult, ZipBackward};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+
+const SOFTMAX_BACKWARD: ZipBackward = ZipBackward {
+    name: "softmax-backward",
+    f: softmax_backward,
+};
 
 /// Row r of the scores sees keys 0..=past + (r mod t), with past = S - t.
 struct CausalSoftmax {
@@ -36,39 +41,20 @@ impl CustomOp1 for CausalSoftmax {
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> CResult<Option<Tensor>> {
         Ok(Some(
-            res.apply_op2(&grad_res.contiguous()?, SoftmaxBackward)?,
+            res.apply_op2(&grad_res.contiguous()?, SOFTMAX_BACKWARD)?,
         ))
     }
 }
 
-/// dx = y * (dy - sum_j(dy_j * y_j)) for y = softmax(x), row by row.
-struct SoftmaxBackward;
-
-impl CustomOp2 for SoftmaxBackward {
-    fn name(&self) -> &'static str {
-        "softmax-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        let s = l1.shape().dims()[l1.shape().rank() - 1];
-        let y = f32_data(s1, l1, self.name())?;
-        let dy = f32_data(s2, l2, self.name())?;
-        let mut out = vec![0f32; y.len()];
-        for_each_chunk_mut(&mut out, s, |r, o| {
-            let (y, dy) = (&y[r * s..(r + 1) * s], &dy[r * s..(r + 1) * s]);
-            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-            for ((oj, &yj), &dyj) in o.iter_mut().zip(y).zip(dy) {
-                *oj = yj * (dyj - dot);
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
+/// dx = y * (dy - sum_j(dy_j * y_j)) for y = softmax(x), row by row (rows of `s`).
+fn softmax_backward(y: &[f32], dy: &[f32], s: usize, out: &mut [f32]) {
+    for_each_chunk_mut(out, s, |r, o| {
+        let (y, dy) = (&y[r * s..(r + 1) * s], &dy[r * s..(r + 1) * s]);
+        let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
+        for ((oj, &yj), &dyj) in o.iter_mut().zip(y).zip(dy) {
+            *oj = yj * (dyj - dot);
+        }
+    });
 }
 
 /// Softmax of f32 CPU scores (..., R, S) whose row r is new token r mod t of t after S - t cached

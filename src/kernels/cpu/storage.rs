@@ -1,6 +1,6 @@
 //! Reading candle's CPU storage as f32 slices, the input side of every kernel here.
 
-use candle_core::{CpuStorage, Layout, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Storage, Tensor};
 
 pub(crate) type CResult<T> = candle_core::Result<T>;
 
@@ -68,4 +68,34 @@ pub(crate) fn with_f32_list<R>(
         }
     }
     Ok(f(&slices))
+}
+
+/// A backward pass that turns two f32 CPU tensors of one shape (the forward's input or result,
+/// and the incoming gradient) into a gradient of that shape: `f(a, b, row length, out)`.
+pub(crate) struct ZipBackward {
+    pub name: &'static str,
+    pub f: fn(&[f32], &[f32], usize, &mut [f32]),
+}
+
+impl CustomOp2 for ZipBackward {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let row = l1.shape().dims().last().copied().unwrap_or(1);
+        let (a, b) = (f32_data(s1, l1, self.name)?, f32_data(s2, l2, self.name)?);
+        if a.len() != b.len() {
+            candle_core::bail!("{}: {} and {} elements", self.name, a.len(), b.len())
+        }
+        let mut out = vec![0f32; a.len()];
+        (self.f)(a, b, row, &mut out);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
 }
