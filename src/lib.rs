@@ -18,6 +18,7 @@ pub mod ops;
 pub mod progress;
 pub mod serve;
 pub mod speedrun;
+pub mod threads;
 pub mod tokenizer;
 pub mod train;
 

@@ -20,6 +20,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Threads for the CPU kernels (default: the physical cores; also CHATFORGE_THREADS).
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    threads: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -60,6 +63,11 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
 fn main() {
     let cli = Cli::parse();
+    // Before any pool starts: every pool sizes itself from this.
+    if let Err(e) = chatforge::threads::configure(cli.threads.map(|n| n as usize)) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     // Training reuses the same large buffers every step: keep them. A server or a chat session
     // returns memory after a large request instead.
     if matches!(
