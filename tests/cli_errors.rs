@@ -199,3 +199,22 @@ fn sampling_flags_out_of_range_are_named() {
         );
     }
 }
+
+#[test]
+fn a_closed_stdout_is_an_error_not_a_panic() {
+    let model = fixtures().join("gpt2-tiny-eval");
+    let mut child = std::process::Command::new(bin())
+        .args(["bench", "--model", model.to_str().unwrap(), "--json"])
+        .args(["--prompt-tokens", "8", "--new-tokens", "4", "--runs", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the result is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("stdout"), "{err}");
+}

@@ -19,14 +19,22 @@ fn bench(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         .output()
         .unwrap();
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
 }
 
 #[test]
 fn the_flag_and_the_variable_set_the_threads() {
     for (args, env, want) in [
         (vec!["--threads", "1"], vec![], "1 threads"),
-        (vec!["--threads=3"], vec![("CHATFORGE_THREADS", "2")], "3 threads"),
+        (
+            vec!["--threads=3"],
+            vec![("CHATFORGE_THREADS", "2")],
+            "3 threads",
+        ),
         (vec![], vec![("CHATFORGE_THREADS", "2")], "2 threads"),
         (vec![], vec![("RAYON_NUM_THREADS", "1")], "1 threads"),
     ] {

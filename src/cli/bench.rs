@@ -37,10 +37,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let model = m.transformer_with(a.weights)?;
     let r = chatforge::infer::speed::measure(&model, a.prompt_tokens, a.new_tokens, a.runs)?;
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        super::output::line(serde_json::to_string(&r)?)?;
         return Ok(());
     }
-    println!(
+    super::output::line(format!(
         "{}: prompt processing (pp{}) {:.1} tok/s | generation (tg{}) {:.1} tok/s | median of {} runs after a warm-up, {} threads",
         a.model.display(),
         r.prompt_tokens,
@@ -49,6 +49,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         r.decode_tokens_per_sec,
         r.runs,
         rayon::current_num_threads()
-    );
+    ))?;
     Ok(())
 }

@@ -48,9 +48,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     };
     let (json, line) = chatforge::eval::run_task(a.task, &model, tok, &opts)?;
     if a.json {
-        println!("{json}");
+        super::output::line(json)?;
     } else {
-        println!("{line} ({:.1}s)", t0.elapsed().as_secs_f64());
+        super::output::line(format!("{line} ({:.1}s)", t0.elapsed().as_secs_f64()))?;
     }
     Ok(())
 }

@@ -58,7 +58,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         opts.stop_ids.extend(tok.eot_id());
         chatforge::infer::generate_text(&model, tok, &ids, &opts, &mut print)?
     };
-    println!();
+    super::output::line("")?;
     let secs = t0.elapsed().as_secs_f64();
     let ttft = first.unwrap_or(secs);
     eprintln!(

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod output;
 pub mod sampling;
 pub mod serve;
 pub mod speedrun;

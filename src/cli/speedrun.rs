@@ -45,6 +45,6 @@ pub fn run(a: SpeedrunArgs) -> Result<()> {
     };
     let report =
         chatforge::speedrun::speedrun(a.corpus.as_deref(), &a.out, a.vocab_size, &a.set, &stage)?;
-    println!("report: {}", report.display());
+    super::output::line(format!("report: {}", report.display()))?;
     Ok(())
 }

@@ -84,13 +84,13 @@ pub fn run(cmd: TokenizerCmd) -> Result<()> {
         }
         TokenizerCmd::Encode { tokenizer, text } => {
             let tok = Tokenizer::load(&tokenizer)?;
-            println!("{}", serde_json::to_string(&tok.encode(&text)?)?);
+            super::output::line(serde_json::to_string(&tok.encode(&text)?)?)?;
         }
         TokenizerCmd::Decode { tokenizer, ids } => {
             let tok = Tokenizer::load(&tokenizer)?;
             let ids: Vec<u32> =
                 serde_json::from_str(&ids).context("--ids must be a JSON array of token ids")?;
-            println!("{}", tok.decode(&ids)?);
+            super::output::line(tok.decode(&ids)?)?;
         }
     }
     Ok(())
