@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# chatforge when the cores are shared: decoding (`chatforge bench`, prompt 128 then 64 tokens) on
-# SmolLM2-135M Q4_1 and on the tiny GPT-2 fixture, and training tokens/s on the `tiny` preset, each
+# chatforge when the cores are shared: decoding (`chatforge bench`: prompt 128 then 64 tokens on
+# SmolLM2-135M Q4_1, 64 then 32 on the tiny GPT-2 fixture of context 128), and training tokens/s on the `tiny` preset, each
 # with 1 and 2 threads, first on a quiet machine, then beside one CPU-bound process per core
 # (`yes > /dev/null`, started and ended by this script). With llama.cpp's llama-bench built by
 # bench/cpu.sh (bench/.llama), it runs under the same conditions. The goal: with the cores shared,
@@ -27,8 +27,8 @@ echo "== CPU:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) | SIMD: ${simd
 "$CF" tokenizer train --input $DATA/tinyshakespeare.txt --vocab-size 2048 --out "$WORK/tok" >/dev/null
 "$CF" data prepare --tokenizer "$WORK/tok" --input $DATA/tinyshakespeare.txt --out "$WORK/data" >/dev/null 2>&1
 
-decode() { # model threads -> "pp tg"
-  "$CF" --threads "$2" bench --model "$1" --runs "$RUNS" --json | python3 -c \
+decode() { # model threads [bench args] -> "pp tg"
+  "$CF" --threads "$2" bench --model "$1" --runs "$RUNS" --json "${@:3}" | python3 -c \
     'import json,sys; r=json.load(sys.stdin); print("%.1f %.1f" % (r["prompt_tokens_per_sec"], r["decode_tokens_per_sec"]))'
 }
 train() { # threads -> median tokens/s after the first two steps
@@ -49,7 +49,7 @@ llama() { # threads -> "pp tg", or "- -" without llama-bench
     'import json,sys; r=json.load(sys.stdin); d={("pp" if x["n_gen"]==0 else "tg"): x["avg_ts"] for x in r}; print("%.1f %.1f" % (d["pp"], d["tg"]))'
 }
 
-echo "| load | threads | SmolLM2 pp128 | SmolLM2 tg64 | tiny GPT-2 pp128 | tiny GPT-2 tg64 | training tiny (tok/s) | llama.cpp SmolLM2 pp128 | llama.cpp tg64 |"
+echo "| load | threads | SmolLM2 pp128 | SmolLM2 tg64 | tiny GPT-2 pp64 | tiny GPT-2 tg32 | training tiny (tok/s) | llama.cpp SmolLM2 pp128 | llama.cpp tg64 |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for load in quiet busy; do
   if [ $load = busy ]; then
@@ -58,7 +58,7 @@ for load in quiet busy; do
   fi
   for t in 1 2; do
     read -r spp stg < <(decode "$SMOL" "$t")
-    read -r tpp ttg < <(decode "$TINY" "$t")
+    read -r tpp ttg < <(decode "$TINY" "$t" --prompt-tokens 64 --new-tokens 32)
     tr=$(train "$t")
     read -r lpp ltg < <(llama "$t")
     echo "| $load | $t | $spp | $stg | $tpp | $ttg | $tr | $lpp | $ltg |"

@@ -31,6 +31,7 @@ pub mod matvec;
 pub mod nll;
 pub mod norm;
 pub mod parallel;
+mod pool;
 pub mod rope;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;

@@ -1,48 +1,17 @@
-//! Running a kernel over the cores: candle's CPU worker pool, shared output buffers, and the
-//! small reductions the kernels need.
+//! Running a kernel over the cores (the kernels' worker pool, `pool.rs`), shared output buffers,
+//! and the small reductions the kernels need.
 
-thread_local! {
-    /// Set while this thread runs a task of [`parallel_for`].
-    static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
+pub(crate) use super::pool::in_task;
 
-/// Runs f(i) for every i < n over candle's CPU worker pool, the threads candle's own ops run on
-/// (the calling thread among them), in chunks taken from a shared cursor. One pool for our kernels
-/// and candle's ops: with the GEMM on rayon's pool, candle's idle worker spun on the same cores
-/// while rayon's worked, and the other way round; moving the GEMM here made SmolLM2's prompt
-/// processing 37% faster and the training step about 6%. Called from inside a task (ours or
-/// rayon's), it runs inline on that thread.
+/// Runs f(i) for every i < n over the kernels' worker pool (`pool.rs`), the calling thread among
+/// them, each task taken from a shared cursor: the caller never waits for a worker that has not
+/// started. Called from inside a task (ours or rayon's), it runs inline on that thread.
 pub(crate) fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
     if n <= 1 || in_task() {
         (0..n).for_each(f);
         return;
     }
-    candle_core::utils::barrier_pool().execute_chunked(n, |r| {
-        let _task = TaskMark::enter();
-        r.for_each(&f);
-    });
-}
-
-/// Marks this thread as inside a task until dropped (also when the task panics, which candle's
-/// pool passes on to the caller).
-struct TaskMark(bool);
-
-impl TaskMark {
-    fn enter() -> Self {
-        TaskMark(IN_TASK.with(|t| t.replace(true)))
-    }
-}
-
-impl Drop for TaskMark {
-    fn drop(&mut self) {
-        IN_TASK.with(|t| t.set(self.0));
-    }
-}
-
-/// Whether the caller is inside a parallel task (of [`parallel_for`] or of rayon), where a kernel
-/// uses one thread.
-pub(crate) fn in_task() -> bool {
-    IN_TASK.with(|t| t.get()) || rayon::current_thread_index().is_some()
+    super::pool::run(n, &f);
 }
 
 /// f(i) for every i < n over the pool ([`parallel_for`]), the results in index order.
