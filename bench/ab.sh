@@ -32,11 +32,7 @@ train() { # binary out -> median tokens/s of the steps after the first two
     --set train.context=256 --set train.batch_size=8 --set train.max_steps="$STEPS" \
     --set train.warmup_steps=2 --set train.log_every=1 --set eval.every=0 --set eval.tokens=4096 \
     --set eval.sample_every=0 --set eval.sample_tokens=4 --set checkpoint.every=0 >/dev/null 2>&1
-  python3 - "$2/metrics.jsonl" <<'EOF'
-import json, statistics, sys
-tps = [r["tokens_per_sec"] for r in map(json.loads, open(sys.argv[1])) if r.get("kind") == "train"][2:]
-print(statistics.median(tps))
-EOF
+  python3 bench/train_tps.py "$2/metrics.jsonl"
 }
 
 decode() { # binary -> "pp tg" tokens/s

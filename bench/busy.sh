@@ -37,11 +37,7 @@ train() { # threads -> median tokens/s after the first two steps
     --set train.max_steps="$STEPS" --set train.warmup_steps=2 --set train.log_every=1 \
     --set eval.every=0 --set eval.tokens=4096 --set eval.sample_every=0 --set eval.sample_tokens=4 \
     --set checkpoint.every=0 >/dev/null 2>&1
-  python3 - "$out/metrics.jsonl" <<'EOF'
-import json, statistics, sys
-tps = [r["tokens_per_sec"] for r in map(json.loads, open(sys.argv[1])) if r.get("kind") == "train"][2:]
-print(f"{statistics.median(tps):.0f}")
-EOF
+  python3 bench/train_tps.py "$out/metrics.jsonl"
 }
 llama() { # threads -> "pp tg", or "- -" without llama-bench
   if [ ! -x $LLAMA ]; then echo "- -"; return; fi

@@ -3,8 +3,8 @@
 //! tasks — ending in `report.md` with the report card (scores before and after fine-tuning).
 
 use crate::config::RunConfig;
-use crate::data::chat::{save_conversations, Conversation};
-use crate::data::synthetic::{generate, ALL_TASKS};
+use crate::data::chat::Conversation;
+use crate::data::synthetic::{save_task_files, ALL_TASKS};
 use crate::data::{prepare, PrepareOptions};
 use crate::error::{Error, Result};
 use crate::eval::tasks::chat_exact_match;
@@ -186,16 +186,12 @@ fn sft_stage(out: &Path, base: &Path, stage: &SftStage, seed: u64) -> Result<Sft
     let t0 = Instant::now();
     let dir = out.join("sft-data");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let mut train = Vec::new();
-    let mut tests = Vec::new();
-    for task in ALL_TASKS {
-        let (tr, te) = generate(task, stage.train_per_task, stage.test_per_task, seed);
-        save_conversations(&dir.join(format!("test_{}.jsonl", task.name())), &te)?;
-        train.extend(tr);
-        tests.push((task.name().to_string(), te));
-    }
+    let counts = (stage.train_per_task, stage.test_per_task);
+    let tests: Vec<(String, Vec<Conversation>)> = save_task_files(&dir, &ALL_TASKS, counts, seed)?
+        .into_iter()
+        .map(|(t, _, te)| (t.name().to_string(), te))
+        .collect();
     let train_file = dir.join("train.jsonl");
-    save_conversations(&train_file, &train)?;
     eprintln!(
         "      scoring the base model on {} held-out questions",
         3 * stage.test_per_task

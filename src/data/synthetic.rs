@@ -266,20 +266,34 @@ pub fn write_task_files(
 ) -> Result<()> {
     crate::fsutil::check_output(out, "--out", &[], force)?;
     crate::fsutil::write_dir_atomic(out, |dir| {
-        let mut all = Vec::new();
-        for &t in tasks {
-            let (tr, te) = generate(t, train, test, seed);
-            let name = format!("test_{}.jsonl", t.name());
-            save_conversations(&dir.join(&name), &te)?;
+        for (t, trained, held_out) in save_task_files(dir, tasks, (train, test), seed)? {
             eprintln!(
-                "{}: {} train, {} held out -> {}",
+                "{}: {trained} train, {} held out -> {}",
                 t.name(),
-                tr.len(),
-                te.len(),
-                out.join(name).display()
+                held_out.len(),
+                out.join(format!("test_{}.jsonl", t.name())).display()
             );
-            all.extend(tr);
         }
-        save_conversations(&dir.join("train.jsonl"), &all)
+        Ok(())
     })
+}
+
+/// Writes `dir/train.jsonl` (every task's training conversations) and `dir/test_TASK.jsonl`
+/// (each task's held-out ones); returns each task's training count and held-out set.
+pub fn save_task_files(
+    dir: &Path,
+    tasks: &[SyntheticTask],
+    (train, test): (usize, usize),
+    seed: u64,
+) -> Result<Vec<(SyntheticTask, usize, Vec<Conversation>)>> {
+    let mut all = Vec::new();
+    let mut held_out = Vec::new();
+    for &t in tasks {
+        let (tr, te) = generate(t, train, test, seed);
+        save_conversations(&dir.join(format!("test_{}.jsonl", t.name())), &te)?;
+        held_out.push((t, tr.len(), te));
+        all.extend(tr);
+    }
+    save_conversations(&dir.join("train.jsonl"), &all)?;
+    Ok(held_out)
 }
