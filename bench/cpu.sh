@@ -38,17 +38,7 @@ if [ -z "$PY" ]; then
   }
   PY=bench/.venv-torch/bin/python
 fi
-LLAMA=bench/.llama
-if [ ! -x $LLAMA/build/bin/llama-bench ]; then
-  mkdir -p $LLAMA
-  [ -x $LLAMA/venv/bin/cmake ] || { python3 -m venv $LLAMA/venv && $LLAMA/venv/bin/pip install -q cmake; }
-  $LLAMA/venv/bin/pip download -q --no-deps --no-binary :all: llama-cpp-python==0.3.16 -d $LLAMA
-  tar xzf $LLAMA/llama_cpp_python-0.3.16.tar.gz -C $LLAMA
-  $LLAMA/venv/bin/cmake -S $LLAMA/llama_cpp_python-0.3.16/vendor/llama.cpp -B $LLAMA/build \
-    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
-    -DCMAKE_BUILD_TYPE=Release >$LLAMA/cmake.log
-  $LLAMA/venv/bin/cmake --build $LLAMA/build --target llama-bench -j"$THREADS" >$LLAMA/build.log
-fi
+LLAMA_BENCH=$(bash bench/build_llama.sh "$THREADS")
 cargo build --release --bin chatforge --example gemm_gflops
 CF=target/release/chatforge
 echo "== CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) | $THREADS threads"
@@ -91,12 +81,12 @@ for w in auto q8_0 f32; do
   $CF bench --model $SMOL --weights $w --runs 5 --json | sed "s/^{/{\"impl\": \"chatforge ($label)\", /" >>"$WORK/decode.jsonl"
 done
 $PY bench/cpu/hf_decode.py --model "$WORK/smollm2" --runs 5 --threads "$THREADS" >>"$WORK/decode.jsonl"
-$LLAMA/build/bin/llama-bench -m $SMOL -t "$THREADS" -p 128 -n 64 -r 5 -o json 2>/dev/null >"$WORK/llama.json"
+$LLAMA_BENCH -m $SMOL -t "$THREADS" -p 128 -n 64 -r 5 -o json 2>/dev/null >"$WORK/llama.json"
 echo "== decoding SmolLM2-135M after a 1024-token prompt"
 $CF bench --model $SMOL --prompt-tokens 1024 --runs 3 --json \
   | sed "s/^{/{\"impl\": \"chatforge (the file's 4-bit blocks, 8-bit output)\", /" >"$WORK/decode_long.jsonl"
 $PY bench/cpu/hf_decode.py --model "$WORK/smollm2" --prompt-tokens 1024 --runs 3 --threads "$THREADS" >>"$WORK/decode_long.jsonl"
-$LLAMA/build/bin/llama-bench -m $SMOL -t "$THREADS" -p 0 -n 64 -d 1024 -r 3 -o json 2>/dev/null >"$WORK/llama_long.json"
+$LLAMA_BENCH -m $SMOL -t "$THREADS" -p 0 -n 64 -d 1024 -r 3 -o json 2>/dev/null >"$WORK/llama_long.json"
 
 mkdir -p "$RESULTS"
 $PY bench/cpu/report.py "$RESULTS" "$WORK"

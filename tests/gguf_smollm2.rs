@@ -218,8 +218,9 @@ fn quantized_decoding_follows_the_f32_model() {
     for case in cases() {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["greedy_ids"]);
-        // One decoding step through the 4-bit weights (the file's own, so exact up to rounding)
-        // and the f16 output projection against the f32 weights.
+        // One decoding step through the 4-bit weights (the file's own) times 8-bit activations,
+        // as llama.cpp multiplies them, and the file's 8-bit output projection against the f32
+        // weights.
         let (mut c1, _) = dense.prefill(&prompt).unwrap();
         let (mut c2, _) = quant.prefill(&prompt).unwrap();
         let x = candle_core::Tensor::new(&[[want[0]]], &Device::Cpu).unwrap();
@@ -234,8 +235,10 @@ fn quantized_decoding_follows_the_f32_model() {
             .to_scalar::<f32>()
             .unwrap();
         let rel = max_abs_diff(&l1, &l2) / scale;
+        // 8-bit activations cost most where one channel dwarfs the rest of its block of 32
+        // (SmolLM2's hidden states have such channels): up to 6e-2 of the largest logit here.
         assert!(
-            rel < 2e-3,
+            rel < 0.1,
             "4-bit logits differ from f32 by {rel} of the largest"
         );
         assert!(rel > 0.0, "the 4-bit weights were not used");
