@@ -21,7 +21,7 @@ pub struct ConvertArgs {
 pub fn run(a: ConvertArgs) -> Result<()> {
     chatforge::fsutil::check_output(&a.output, "--output", &[&a.input], a.force)?;
     let m = LoadedModel::load(&a.input, &candle_core::Device::Cpu)?;
-    save_model_dir(&a.output, &m.cfg, &m.weights, m.tokenizer.as_ref())?;
+    save_model_dir(&a.output, &m.cfg, &m.f32_weights()?, m.tokenizer.as_ref())?;
     eprintln!("wrote {}", a.output.display());
     Ok(())
 }

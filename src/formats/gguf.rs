@@ -1,15 +1,16 @@
 //! GGUF files (llama.cpp's format) with the `llama` architecture: metadata into the model config,
-//! tensors dequantised to f32 under our names, the tokenizer rebuilt from the vocabulary and merges,
-//! and the chat template.
+//! tensors under our names (dequantised to f32, or on the CPU Q4_1 and Q8_0 ones kept in blocks,
+//! `gguf_blocks`), the tokenizer rebuilt from the vocabulary and merges, and the chat template.
 //!
 //! llama.cpp's converter permutes the rows of the query and key projections so that RoPE rotates
 //! interleaved pairs; our RoPE (like transformers') rotates the two halves of each head, so those
 //! rows are permuted back here.
 
 use super::gguf_header::{read_header, tensor_bytes};
-use super::hf::weights_from_hf;
+use super::hf::weights_from_hf_except;
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
+use crate::ops::linear::BlockWeights;
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -23,9 +24,9 @@ use tokenizers::AddedToken;
 
 /// An opened GGUF file: its checked header and the file's bytes, memory-mapped.
 pub struct GgufFile {
-    path: std::path::PathBuf,
-    content: Content,
-    bytes: memmap2::Mmap,
+    pub(super) path: std::path::PathBuf,
+    pub(super) content: Content,
+    pub(super) bytes: memmap2::Mmap,
 }
 
 impl GgufFile {
@@ -236,14 +237,15 @@ impl GgufFile {
         Ok(t)
     }
 
-    /// All weights under our internal names, as f32.
+    /// The weights under our internal names, as f32, except those `held` holds in blocks.
     pub fn weights(
         &mut self,
         cfg: &ModelConfig,
+        held: &BlockWeights,
         device: &Device,
     ) -> Result<BTreeMap<String, Tensor>> {
         let path = self.path.clone();
-        weights_from_hf(cfg, |hf_name, shape| {
+        weights_from_hf_except(cfg, held, |hf_name, shape| {
             let (name, permute_heads) = gguf_name(hf_name, cfg)
                 .ok_or_else(|| Error::bad_file(&path, format!("no GGUF tensor for '{hf_name}'")))?;
             let t = self.tensor(&name, device)?;
@@ -317,7 +319,7 @@ impl GgufFile {
 }
 
 /// The GGUF name of an HF Llama tensor, and for q/k the head count whose rows to un-permute.
-fn gguf_name(hf: &str, cfg: &ModelConfig) -> Option<(String, Option<usize>)> {
+pub(super) fn gguf_name(hf: &str, cfg: &ModelConfig) -> Option<(String, Option<usize>)> {
     let fixed = match hf {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
@@ -355,11 +357,12 @@ fn unpermute_rope_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((rows, cols))?)
 }
 
-/// A GGUF file's contents: config, weights (f32), tokenizer, and the format its layers were
-/// quantized in.
+/// A GGUF file's contents: config, weights (f32) and, on the CPU, the weights it stores as Q4_1
+/// or Q8_0 blocks kept so instead, tokenizer, and the format its layers were quantized in.
 pub struct GgufModel {
     pub cfg: ModelConfig,
     pub weights: BTreeMap<String, Tensor>,
+    pub blocks: BlockWeights,
     pub tokenizer: Tokenizer,
     pub quantized: Option<GgmlDType>,
 }
@@ -368,10 +371,15 @@ pub struct GgufModel {
 pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufModel> {
     let mut f = GgufFile::open(path)?;
     let cfg = f.config()?;
-    let weights = f.weights(&cfg, device)?;
+    let blocks = match device.is_cpu() {
+        true => f.block_weights(&cfg)?,
+        false => BlockWeights::new(),
+    };
+    let weights = f.weights(&cfg, &blocks, device)?;
     Ok(GgufModel {
         cfg,
         weights,
+        blocks,
         tokenizer: f.tokenizer()?,
         quantized: f.quantization(),
     })

@@ -7,8 +7,10 @@
 use super::hf_config::{parse_hf_config, to_hf_config};
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::kernels::cpu::blockq::BlockWeight;
 use crate::model::config::{Family, ModelConfig};
 use crate::model::params::{check_finite, check_weights};
+use crate::ops::linear::BlockWeights;
 use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
@@ -287,10 +289,22 @@ fn llama_sources(cfg: &ModelConfig) -> Sources {
 /// Converts HF-named tensors (looked up through `get(name, shape)`) into internal weights.
 pub fn weights_from_hf(
     cfg: &ModelConfig,
+    get: impl FnMut(&str, &[usize]) -> Result<Tensor>,
+) -> Result<BTreeMap<String, Tensor>> {
+    weights_from_hf_except(cfg, &BlockWeights::new(), get)
+}
+
+/// [`weights_from_hf`] without the weights that `held` holds in blocks.
+pub fn weights_from_hf_except(
+    cfg: &ModelConfig,
+    held: &BlockWeights,
     mut get: impl FnMut(&str, &[usize]) -> Result<Tensor>,
 ) -> Result<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
     for (ours, src, shapes) in hf_sources(cfg) {
+        if held.contains_key(&ours) {
+            continue;
+        }
         let t = match src {
             Source::Same(n) => get(&n, &shapes[0])?,
             Source::Transposed(n) => get(&n, &shapes[0])?.t()?.contiguous()?,
@@ -304,6 +318,34 @@ pub fn weights_from_hf(
             }
         };
         out.insert(ours, t);
+    }
+    Ok(out)
+}
+
+/// The internal weights whose every HF part `get` gives as quantized blocks (of the HF shape;
+/// None for a tensor not stored so), the parts of a joined weight (query, key, value) joined by
+/// rows. Weights stored transposed (GPT-2's Conv1D) are never held in blocks.
+pub fn blocks_from_hf(
+    cfg: &ModelConfig,
+    mut get: impl FnMut(&str, &[usize]) -> Result<Option<BlockWeight>>,
+) -> Result<BlockWeights> {
+    let mut out = BlockWeights::new();
+    for (ours, src, shapes) in hf_sources(cfg) {
+        let q = match src {
+            Source::Same(n) => get(&n, &shapes[0])?,
+            Source::Transposed(_) => None,
+            Source::Concat(ns) => {
+                let parts = ns
+                    .iter()
+                    .zip(&shapes)
+                    .map(|(n, s)| get(n, s))
+                    .collect::<Result<Option<Vec<_>>>>()?;
+                parts.map(|p| BlockWeight::concat_rows(&p)).transpose()?
+            }
+        };
+        if let Some(q) = q {
+            out.insert(ours, std::sync::Arc::new(q));
+        }
     }
     Ok(out)
 }

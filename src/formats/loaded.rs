@@ -4,6 +4,7 @@
 use super::{gguf, hf, peft};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, Transformer};
+use crate::ops::linear::BlockWeights;
 use crate::tokenizer::Tokenizer;
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
@@ -14,7 +15,11 @@ use std::path::Path;
 /// and tokenizer.
 pub struct LoadedModel {
     pub cfg: ModelConfig,
+    /// The weights as tensors, except those held in `blocks`.
     pub weights: BTreeMap<String, Tensor>,
+    /// The weights a GGUF file stores as Q4_1 or Q8_0, on the CPU: kept in those blocks, as they
+    /// lie (inference runs on them; [`LoadedModel::f32_weights`] expands them).
+    pub blocks: BlockWeights,
     pub tokenizer: Option<Tokenizer>,
     /// Loaded from a GGUF file whose layers are quantized: their format (inference keeps them
     /// quantized, see [`LoadedModel::inference_transformer`]).
@@ -41,6 +46,7 @@ impl LoadedModel {
                 return Ok(LoadedModel {
                     cfg: g.cfg,
                     weights: g.weights,
+                    blocks: g.blocks,
                     tokenizer: Some(g.tokenizer),
                     quantized: g.quantized,
                 });
@@ -66,6 +72,7 @@ impl LoadedModel {
         Ok(LoadedModel {
             cfg,
             weights,
+            blocks: BlockWeights::new(),
             tokenizer,
             quantized: None,
         })
@@ -84,7 +91,7 @@ impl LoadedModel {
         }
         let base = Self::load(&base_path, device)?;
         let (lcfg, _, adapter) = peft::load_adapter(dir, &base.cfg, device)?;
-        let weights = crate::model::lora::merge(&base.cfg, &lcfg, &base.weights, &adapter)?;
+        let weights = crate::model::lora::merge(&base.cfg, &lcfg, &base.f32_weights()?, &adapter)?;
         let tokenizer = if dir.join("tokenizer.json").exists() {
             Some(Tokenizer::load(dir)?)
         } else {
@@ -93,21 +100,39 @@ impl LoadedModel {
         Ok(LoadedModel {
             cfg: base.cfg,
             weights,
+            blocks: BlockWeights::new(),
             tokenizer,
             quantized: None,
         })
     }
 
-    pub fn transformer(&self) -> Result<Transformer> {
-        Transformer::new(&self.cfg, &self.weights)
+    /// Every weight as an f32 tensor: `weights`, and the blocks expanded (exactly the values the
+    /// file holds).
+    pub fn f32_weights(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut all = self.weights.clone();
+        let device = self.weights["ln_f.weight"].device();
+        for (name, q) in &self.blocks {
+            all.insert(
+                name.clone(),
+                Tensor::from_vec(q.dequantize(), q.dims(), device)?,
+            );
+        }
+        Ok(all)
     }
 
-    /// The model for generation: on the CPU, a file stored quantized stays so for decoding. Q4_1
-    /// files get chatforge's 4-bit blocks, which hold their values exactly (`kernels::cpu::blockq`),
-    /// multiplied with f32 activations; other formats get 8-bit (Q8_0) weights, which hold every
-    /// Q4/Q5/Q6 value of the file to within half an 8-bit step, on candle's SIMD kernels.
+    /// The model in f32 (training, scoring, evaluation, `--weights f32`).
+    pub fn transformer(&self) -> Result<Transformer> {
+        Transformer::new(&self.cfg, &self.f32_weights()?)
+    }
+
+    /// The model for generation: on the CPU, a file stored quantized stays so. Its Q4_1 and Q8_0
+    /// tensors are used as they lie, never expanded to f32 (`kernels::cpu::blockq`: Q4_1 layers
+    /// times 8-bit activations, as llama.cpp multiplies them, a Q8_0 output projection times f32
+    /// ones), for prompts as for decoding; layers in other formats get 8-bit (Q8_0) copies for
+    /// decoding, which hold every Q4/Q5/Q6 value of the file to within half an 8-bit step, on
+    /// candle's SIMD kernels, and keep their f32 weights for prompts.
     pub fn inference_transformer(&self) -> Result<Transformer> {
-        let mut t = self.transformer()?;
+        let mut t = Transformer::with_blocks(&self.cfg, &self.weights, &self.blocks)?;
         if let (Some(q), true) = (self.quantized, t.device().is_cpu()) {
             t.quantize(match q {
                 GgmlDType::Q4_1 => GgmlDType::Q4_1,

@@ -1,8 +1,9 @@
 //! Everything that reads or writes files other tools read: Hugging Face model directories and their
-//! config.json (`hf`, `hf_config`), GGUF files (`gguf`, `gguf_header`), PEFT adapters (`peft`), and
+//! config.json (`hf`, `hf_config`), GGUF files (`gguf`, `gguf_header`, `gguf_blocks`), PEFT adapters (`peft`), and
 //! [`LoadedModel`], a model from any of them.
 
 pub mod gguf;
+mod gguf_blocks;
 pub mod gguf_header;
 pub mod hf;
 pub mod hf_config;

@@ -7,6 +7,7 @@
 
 use super::config::{MlpKind, ModelConfig, NormKind, Positions};
 use crate::error::{Error, Result};
+use crate::ops::linear::BlockWeights;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -120,21 +121,30 @@ pub fn check_weights(
     weights: &BTreeMap<String, Tensor>,
     origin: &str,
 ) -> Result<()> {
+    check_weights_and_blocks(cfg, weights, &BlockWeights::new(), origin)
+}
+
+/// [`check_weights`] for a model some of whose weights are held in quantized `blocks` instead.
+pub fn check_weights_and_blocks(
+    cfg: &ModelConfig,
+    weights: &BTreeMap<String, Tensor>,
+    blocks: &BlockWeights,
+    origin: &str,
+) -> Result<()> {
     for (name, shape) in param_shapes(cfg) {
-        match weights.get(&name) {
-            None => {
+        let dims = match (weights.get(&name), blocks.get(&name)) {
+            (_, Some(q)) => vec![q.dims().0, q.dims().1],
+            (Some(t), None) => t.dims().to_vec(),
+            (None, None) => {
                 return Err(Error::Mismatch(format!(
                     "{origin}: missing tensor for '{name}' that the config needs"
                 )))
             }
-            Some(t) if t.dims() != shape.as_slice() => {
-                return Err(Error::Mismatch(format!(
-                    "{origin}: tensor '{name}' has shape {:?} but config.json implies {:?}",
-                    t.dims(),
-                    shape
-                )))
-            }
-            _ => {}
+        };
+        if dims != shape {
+            return Err(Error::Mismatch(format!(
+                "{origin}: tensor '{name}' has shape {dims:?} but config.json implies {shape:?}"
+            )));
         }
     }
     Ok(())

@@ -6,12 +6,14 @@
 use super::config::{MlpKind, ModelConfig, NormKind, Positions};
 use super::kv_cache::{KvCache, LayerKv};
 use super::lora::Adapter;
-use super::params::check_weights;
+use super::params::check_weights_and_blocks;
 use crate::error::Result;
 use crate::kernels::cpu::block::{BlockKind, BlockParams, GradSink};
 use crate::ops::attention::{self, Heads};
-use crate::ops::linear::{Linear, OutputHead};
+use crate::ops::embedding::TokenEmbedding;
+use crate::ops::linear::{BlockWeights, Linear};
 use crate::ops::norm::Norm;
+use crate::ops::output_head::OutputHead;
 use crate::ops::rope::Rope;
 use crate::ops::{activation, embedding, loss};
 use candle_core::backprop::GradStore;
@@ -20,6 +22,8 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 
 type Adapters = BTreeMap<String, Adapter>;
+/// A model's tensors by internal name, and the weights among them held only in quantized blocks.
+type Weights<'a> = (&'a BTreeMap<String, Tensor>, &'a BlockWeights);
 
 pub struct CausalSelfAttention {
     qkv: Linear,
@@ -28,10 +32,10 @@ pub struct CausalSelfAttention {
 }
 
 impl CausalSelfAttention {
-    fn new(w: &BTreeMap<String, Tensor>, p: &str, cfg: &ModelConfig, ad: &mut Adapters) -> Self {
+    fn new(w: &Weights, p: &str, cfg: &ModelConfig, ad: &mut Adapters) -> Self {
         CausalSelfAttention {
-            qkv: Linear::new(w, &format!("{p}.qkv"), ad),
-            proj: Linear::new(w, &format!("{p}.proj"), ad),
+            qkv: Linear::new(w.0, w.1, &format!("{p}.qkv"), ad),
+            proj: Linear::new(w.0, w.1, &format!("{p}.proj"), ad),
             heads: Heads {
                 n_head: cfg.n_head,
                 n_kv_head: cfg.n_kv_head,
@@ -78,11 +82,11 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn new(w: &BTreeMap<String, Tensor>, p: &str, cfg: &ModelConfig, ad: &mut Adapters) -> Self {
+    fn new(w: &Weights, p: &str, cfg: &ModelConfig, ad: &mut Adapters) -> Self {
         Mlp {
             kind: cfg.mlp,
-            fc: Linear::new(w, &format!("{p}.fc"), ad),
-            proj: Linear::new(w, &format!("{p}.proj"), ad),
+            fc: Linear::new(w.0, w.1, &format!("{p}.fc"), ad),
+            proj: Linear::new(w.0, w.1, &format!("{p}.proj"), ad),
             intermediate: cfg.intermediate,
         }
     }
@@ -158,7 +162,7 @@ impl Block {
     fn fused_params(&self, rope: Option<&Rope>) -> Option<(BlockParams, BlockKind)> {
         let norm = |n: &Norm| (n.weight.clone(), n.bias.clone());
         let lin = |l: &Linear| match &l.lora {
-            None => Some((l.w.clone(), l.b.clone())),
+            None => Some((l.w.clone()?, l.b.clone())),
             Some(_) => None,
         };
         let params = [
@@ -184,7 +188,7 @@ impl Block {
 
 pub struct Transformer {
     pub cfg: ModelConfig,
-    wte: Tensor,
+    wte: TokenEmbedding,
     wpe: Option<Tensor>,
     rope: Option<Rope>,
     blocks: Vec<Block>,
@@ -205,17 +209,33 @@ impl Transformer {
     pub fn with_adapters(
         cfg: &ModelConfig,
         weights: &BTreeMap<String, Tensor>,
-        mut ad: Adapters,
+        ad: Adapters,
     ) -> Result<Self> {
+        Self::build(cfg, (weights, &BlockWeights::new()), ad)
+    }
+
+    /// The model for inference over `weights` and, for the weights named there, the quantized
+    /// `blocks` as they lie (a GGUF file's; no f32 copy of them is made). Linear layers held in
+    /// blocks run every step on them; a token embedding held in blocks is dequantized row by row
+    /// as tokens are looked up. Training such a model is an error.
+    pub fn with_blocks(
+        cfg: &ModelConfig,
+        weights: &BTreeMap<String, Tensor>,
+        blocks: &BlockWeights,
+    ) -> Result<Self> {
+        Self::build(cfg, (weights, blocks), BTreeMap::new())
+    }
+
+    fn build(cfg: &ModelConfig, w: Weights, mut ad: Adapters) -> Result<Self> {
+        let (weights, held) = w;
         cfg.validate()?;
-        check_weights(cfg, weights, "model weights")?;
-        let device = weights["wte.weight"].device().clone();
+        check_weights_and_blocks(cfg, weights, held, "model weights")?;
         let blocks = (0..cfg.n_layer)
             .map(|i| Block {
                 ln_1: Norm::new(weights, &format!("h.{i}.ln_1"), cfg),
-                attn: CausalSelfAttention::new(weights, &format!("h.{i}.attn"), cfg, &mut ad),
+                attn: CausalSelfAttention::new(&w, &format!("h.{i}.attn"), cfg, &mut ad),
                 ln_2: Norm::new(weights, &format!("h.{i}.ln_2"), cfg),
-                mlp: Mlp::new(weights, &format!("h.{i}.mlp"), cfg, &mut ad),
+                mlp: Mlp::new(&w, &format!("h.{i}.mlp"), cfg, &mut ad),
                 sink: None,
             })
             .collect();
@@ -224,11 +244,19 @@ impl Transformer {
                 "an adapter for '{name}', which is not a linear layer of this model"
             )));
         }
-        let wte = weights["wte.weight"].clone();
-        let lm_head = if cfg.tie_embeddings {
-            wte.clone()
+        let device = weights["ln_f.weight"].device().clone();
+        let wte = match held.get("wte.weight") {
+            Some(q) => TokenEmbedding::Blocks(q.clone(), device.clone()),
+            None => TokenEmbedding::Dense(weights["wte.weight"].clone()),
+        };
+        let head = if cfg.tie_embeddings {
+            "wte.weight"
         } else {
-            weights["lm_head.weight"].clone()
+            "lm_head.weight"
+        };
+        let lm_head = match held.get(head) {
+            Some(q) => OutputHead::from_blocks(q.clone()),
+            None => OutputHead::new(weights[head].clone()),
         };
         Ok(Transformer {
             cfg: cfg.clone(),
@@ -239,7 +267,7 @@ impl Transformer {
             },
             blocks,
             ln_f: Norm::new(weights, "ln_f", cfg),
-            lm_head: OutputHead::new(lm_head),
+            lm_head,
             grad_sink: GradSink::default(),
             wte,
         })
@@ -297,7 +325,7 @@ impl Transformer {
         let h = self.forward_hidden(idx, 0, None)?;
         let (b, t, c) = h.dims3()?;
         let h = h.reshape((b * t, c))?;
-        loss::projected_cross_entropy(&h, &self.lm_head.w, targets)
+        loss::projected_cross_entropy(&h, self.lm_head.weight()?, targets)
     }
 
     /// The gradients of `loss`, a function of this model's outputs: candle's backward, plus the
@@ -398,6 +426,9 @@ impl Transformer {
     }
 
     pub fn dtype(&self) -> DType {
-        self.wte.dtype()
+        match &self.wte {
+            TokenEmbedding::Dense(t) => t.dtype(),
+            TokenEmbedding::Blocks(..) => DType::F32,
+        }
     }
 }

@@ -11,6 +11,7 @@ use crate::model::lora::Adapter;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -92,45 +93,57 @@ pub fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> CResult<Tensor> 
     y.reshape(dims)
 }
 
+/// Weights kept in quantized blocks by internal name (`{layer}.weight`): a GGUF file's, which
+/// inference uses as they lie instead of an f32 copy.
+pub type BlockWeights = BTreeMap<String, Arc<BlockWeight>>;
+
 /// A linear layer's weight `[out, in]`, bias, and LoRA adapter; for inference, optionally a
-/// quantized copy of the weight (see [`Linear::quantize`]).
+/// quantized copy of the weight (see [`Linear::quantize`]), or only the quantized weight.
 pub struct Linear {
-    pub w: Tensor,
+    /// The weight as a tensor; None where the layer holds only its quantized blocks.
+    pub w: Option<Tensor>,
     pub b: Option<Tensor>,
     pub lora: Option<Adapter>,
     q: Option<Quantized>,
 }
 
 impl Linear {
-    /// The layer `name` (`{name}.weight`, `{name}.bias`) of a model's weights, taking its adapter
-    /// out of `adapters`.
+    /// The layer `name` (`{name}.weight`, `{name}.bias`) of a model's weights, its weight from
+    /// `blocks` where it is there, taking its adapter out of `adapters`.
     pub fn new(
         w: &BTreeMap<String, Tensor>,
+        blocks: &BlockWeights,
         name: &str,
         adapters: &mut BTreeMap<String, Adapter>,
     ) -> Self {
+        let key = format!("{name}.weight");
+        let q = blocks.get(&key).map(|q| Quantized::Blocks(q.clone()));
         Linear {
-            w: w[&format!("{name}.weight")].clone(),
+            w: q.is_none().then(|| w[&key].clone()),
             b: w.get(&format!("{name}.bias")).cloned(),
             lora: adapters.remove(name),
-            q: None,
+            q,
         }
     }
 
     /// x: (B, T, in) -> (B, T, out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.q {
-            Some(q) if use_quantized(x) => q.linear(x, self.b.as_ref()),
-            _ => linear_with(x, &self.w, self.b.as_ref(), self.lora.as_ref()),
+        match (&self.q, &self.w) {
+            (Some(q), Some(_)) if use_quantized(x) => q.linear(x, self.b.as_ref()),
+            (Some(q), None) => q.linear(x, self.b.as_ref()),
+            (_, Some(w)) => linear_with(x, w, self.b.as_ref(), self.lora.as_ref()),
+            (None, None) => unreachable!("a layer holds its weight or its blocks"),
         }
     }
 
     /// gelu(forward(x)): one fused op where the layer has a bias, no adapter and no quantized copy
     /// and x is not a decoding step (training, scoring, prompts).
     pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        let decoding = decoding_rows(x) && !self.w.track_op();
-        if let (None, None, Some(b), false) = (&self.lora, &self.q, &self.b, decoding) {
-            return Ok(linear_gelu(x, &self.w, b)?);
+        let decoding = decoding_rows(x) && !self.w.as_ref().is_some_and(|w| w.track_op());
+        if let (None, None, Some(b), Some(w), false) =
+            (&self.lora, &self.q, &self.b, &self.w, decoding)
+        {
+            return Ok(linear_gelu(x, w, b)?);
         }
         Ok(super::activation::gelu(&self.forward(x)?)?)
     }
@@ -138,8 +151,8 @@ impl Linear {
     /// Gives the layer a `dtype` copy of its weight for decoding steps, unless it carries a LoRA
     /// adapter or its width is not a multiple of the block size.
     pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
-        if self.lora.is_none() {
-            self.q = quantize_weight(&self.w, dtype)?;
+        if let (None, Some(w)) = (&self.lora, &self.w) {
+            self.q = quantize_weight(w, dtype)?;
         }
         Ok(())
     }
@@ -181,8 +194,8 @@ enum Quantized {
     /// candle's quantized matmul: x is quantized to 8 bits per block and dotted with the weight's
     /// blocks, never expanding the weight to f32.
     Ggml(QMatMul),
-    /// chatforge's blocks multiplied with f32 activations (`kernels::cpu::blockq`).
-    Blocks(BlockWeight),
+    /// chatforge's blocks in GGML's layout (`kernels::cpu::blockq`).
+    Blocks(Arc<BlockWeight>),
 }
 
 impl Quantized {
@@ -215,58 +228,9 @@ fn quantize_weight(w: &Tensor, dtype: GgmlDType) -> Result<Option<Quantized>> {
         return Ok(None);
     }
     if dtype == GgmlDType::Q4_1 {
-        return Ok(BlockWeight::quantize(w, Format::Q4)?.map(Quantized::Blocks));
+        let q = BlockWeight::quantize(w, Format::Q4)?;
+        return Ok(q.map(|q| Quantized::Blocks(Arc::new(q))));
     }
     let q = QTensor::quantize(&w.to_dtype(DType::F32)?, dtype)?;
     Ok(Some(Quantized::Ggml(QMatMul::from_qtensor(q)?)))
-}
-
-/// The output projection to the vocabulary, (V, C), with the copies decoding steps read instead
-/// (see [`OutputHead::quantize`]).
-pub struct OutputHead {
-    pub w: Tensor,
-    /// An f16 copy for decoding steps.
-    half: Option<Tensor>,
-    /// The weight in 8-bit blocks for decoding steps, where those hold it exactly (a file's Q8_0
-    /// tensor), instead of the f16 copy.
-    q8: Option<BlockWeight>,
-}
-
-impl OutputHead {
-    pub fn new(w: Tensor) -> Self {
-        OutputHead {
-            w,
-            half: None,
-            q8: None,
-        }
-    }
-
-    /// Hidden states (B, T, C) -> f32 logits (B, T, V).
-    pub fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        if let (Some(q), true) = (&self.q8, decoding_rows(h) && !h.track_op()) {
-            return q.matmul_t(h);
-        }
-        if let Some(w) = &self.half {
-            let (b, t, c) = h.dims3()?;
-            if let Some(y) = small_matmul_t(&h.reshape((b * t, c))?, w)? {
-                return Ok(y.reshape((b, t, ()))?);
-            }
-        }
-        Ok(linear(h, &self.w, None)?.to_dtype(DType::F32)?)
-    }
-
-    /// Copies for decoding, never quantized further than the file did: the next token is an
-    /// argmax over the logits, and 8-bit activations there flip close calls (SmolLM2's first
-    /// answer token among them). Where 8-bit blocks hold the weight exactly (a file's Q8_0 tensor)
-    /// decoding steps use those with f32 activations; otherwise an f16 copy, half the bytes of
-    /// f32. CPU and f32 weights only.
-    pub fn quantize(&mut self) -> Result<()> {
-        if self.w.device().is_cpu() && self.w.dtype() == DType::F32 {
-            self.q8 = BlockWeight::quantize_exact(&self.w, Format::Q8)?;
-            if self.q8.is_none() {
-                self.half = Some(self.w.to_dtype(DType::F16)?.contiguous()?);
-            }
-        }
-        Ok(())
-    }
 }

@@ -50,5 +50,6 @@ pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod ones;
+pub mod output_head;
 pub mod rope;
 pub mod softmax;

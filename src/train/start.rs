@@ -87,7 +87,7 @@ fn sft_start(cfg: &RunConfig, lm: LoadedModel, base: &Path, device: &Device) -> 
     let tokenizer = lm.tokenizer.clone();
     if cfg.lora.rank == 0 {
         return Ok(Start {
-            params: Params::from_tensors(&lm.weights)?,
+            params: Params::from_tensors(&lm.f32_weights()?)?,
             model: lm.cfg,
             lora: None,
             tokenizer,
@@ -100,7 +100,7 @@ fn sft_start(cfg: &RunConfig, lm: LoadedModel, base: &Path, device: &Device) -> 
         params: Params::from_tensors(&adapter)?,
         lora: Some(LoraRun::new(
             lcfg,
-            lm.weights,
+            lm.f32_weights()?,
             absolute(base),
             cfg.train.dtype,
         )?),
@@ -147,8 +147,8 @@ pub(super) fn fresh(cfg: &mut RunConfig, device: &Device) -> Result<Start> {
         )));
     }
     Ok(Start {
+        params: Params::from_tensors(&lm.f32_weights()?)?,
         model: lm.cfg,
-        params: Params::from_tensors(&lm.weights)?,
         lora: None,
         tokenizer: None,
     })
@@ -178,7 +178,7 @@ pub(super) fn resumed(
                 params,
                 lora: Some(LoraRun::new(
                     lora_config(cfg),
-                    lm.weights,
+                    lm.f32_weights()?,
                     absolute(&p),
                     cfg.train.dtype,
                 )?),

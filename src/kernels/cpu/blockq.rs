@@ -3,10 +3,11 @@
 //!
 //! - [`Format::Q4`] (Q4_1): an f16 scale d, an f16 minimum m, 16 bytes of 4-bit codes q (value
 //!   t < 16 in the low nibble of byte t, 16 + t in its high one), value = d q + m; 20 bytes a block.
-//!   Multiplied with 8-bit activations, as llama.cpp does (`blockq_int8`).
 //! - [`Format::Q8`] (Q8_0): an f16 scale d and 32 signed 8-bit codes, value = d q; 34 bytes a
-//!   block. Multiplied with f32 activations: it holds the output projection, where the next token
-//!   is an argmax and 8-bit activations flip close calls (SmolLM2's first answer token among them).
+//!   block.
+//!
+//! Both multiply 8-bit activations, as llama.cpp does (`blockq_int8`), so a GGUF file decodes here
+//! as it does in llama.cpp.
 //!
 //! Why: decoding reads every weight once per token and is bound by memory; candle's Q4_1 kernel is
 //! scalar. A model loaded as f32 quantizes into the same blocks ([`BlockWeight::quantize`]); a GGUF
@@ -69,6 +70,17 @@ impl BlockWeight {
                 "{format:?} blocks of {} bytes for a ({rows}, {cols}) weight",
                 bytes.len()
             )));
+        }
+        let scales = match format {
+            Format::Q4 => 2,
+            Format::Q8 => 1,
+        };
+        for (b, block) in bytes.chunks_exact(format.block_bytes()).enumerate() {
+            if (0..scales).any(|s| !f16_at(block, 2 * s).is_finite()) {
+                return Err(Error::Mismatch(format!(
+                    "block {b} holds NaN or infinity; the file is damaged"
+                )));
+            }
         }
         Ok(BlockWeight {
             format,
@@ -140,7 +152,7 @@ impl BlockWeight {
         Ok((worst <= 1e-6 * top).then_some(q))
     }
 
-    /// The weight as f32 (rows, cols): what [`BlockWeight::matmul_t`] multiplies with.
+    /// The weight as f32 (rows, cols): the values [`BlockWeight::matmul_t`] multiplies.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.rows * self.cols);
         for b in self.blocks.chunks_exact(self.format.block_bytes()) {
@@ -157,14 +169,82 @@ impl BlockWeight {
         out
     }
 
+    /// (rows, cols).
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// The rows of `parts` one after the other: one weight for projections that run together
+    /// (query, key and value). They must share a format and a width.
+    pub fn concat_rows(parts: &[BlockWeight]) -> Result<Self> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::Mismatch("no weights to join".into()))?;
+        if let Some(p) = parts
+            .iter()
+            .find(|p| p.format != first.format || p.cols != first.cols)
+        {
+            return Err(Error::Mismatch(format!(
+                "joining {:?} blocks of width {} with {:?} blocks of width {}",
+                first.format, first.cols, p.format, p.cols
+            )));
+        }
+        Ok(BlockWeight {
+            format: first.format,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols: first.cols,
+            blocks: parts
+                .iter()
+                .flat_map(|p| p.blocks.iter().copied())
+                .collect(),
+        })
+    }
+
+    /// The weight whose row i is this one's row order[i] (order a permutation of the rows).
+    pub fn permute_rows(&self, order: &[usize]) -> Self {
+        assert_eq!(order.len(), self.rows, "a permutation of every row");
+        BlockWeight {
+            format: self.format,
+            rows: self.rows,
+            cols: self.cols,
+            blocks: order
+                .iter()
+                .flat_map(|&j| self.row(j).iter().copied())
+                .collect(),
+        }
+    }
+
+    /// Rows `ids` as f32, one after the other (an embedding lookup); an id past the last row is an
+    /// error.
+    pub fn rows_f32(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(ids.len() * self.cols);
+        for &id in ids {
+            let id = id as usize;
+            if id >= self.rows {
+                return Err(Error::Mismatch(format!(
+                    "token id {id} is past the embedding's {} rows",
+                    self.rows
+                )));
+            }
+            let row = BlockWeight {
+                format: self.format,
+                rows: 1,
+                cols: self.cols,
+                blocks: self.row(id).to_vec(),
+            };
+            out.extend(row.dequantize());
+        }
+        Ok(out)
+    }
+
     /// Row j's blocks.
     fn row(&self, j: usize) -> &[u8] {
         let len = self.cols / QK * self.format.block_bytes();
         &self.blocks[j * len..][..len]
     }
 
-    /// x (..., cols) f32 times the weight's transpose -> (..., rows) f32, for a few rows of x
-    /// (decoding): the output rows split over the cores, each weight row read from memory once for
+    /// x (..., cols) f32 times the weight's transpose -> (..., rows) f32, x quantized to 8 bits
+    /// per block: the output rows split over the cores, each weight row read from memory once for
     /// all rows of x (it stays in cache between them).
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let k = self.cols;
@@ -178,68 +258,26 @@ impl BlockWeight {
         let r = xs.len() / k;
         let n = self.rows;
         // out is (n, r), row j holding output column j for every row of x; transposed at the end.
-        let out = match self.format {
-            Format::Q4 => {
-                let x8 = super::blockq_int8::Int8Rows::of(&xs);
-                super::parallel::filled(n * r, 64 * r, |ci, chunk| {
-                    for (jj, o) in chunk.chunks_exact_mut(r).enumerate() {
-                        super::blockq_int8::row_dot_q4(self.row(ci * 64 + jj), &x8, o);
+        let x8 = super::blockq_int8::Int8Rows::of(&xs);
+        let out = super::parallel::filled(n * r, 64 * r, |ci, chunk| {
+            for (jj, o) in chunk.chunks_exact_mut(r).enumerate() {
+                super::blockq_int8::row_dot(self.format, self.row(ci * 64 + jj), &x8, o);
+            }
+        });
+        let y = match r {
+            1 => out,
+            _ => {
+                let mut y = vec![0f32; r * n];
+                for (j, o) in out.chunks_exact(r).enumerate() {
+                    for (i, v) in o.iter().enumerate() {
+                        y[i * n + j] = *v;
                     }
-                })
-            }
-            Format::Q8 => super::parallel::filled(n * r, 64 * r, |ci, chunk| {
-                for (jj, o) in chunk.chunks_exact_mut(r).enumerate() {
-                    row_dot_q8(self.row(ci * 64 + jj), &xs, o);
                 }
-            }),
-        };
-        let mut y = vec![0f32; r * n];
-        for (j, o) in out.chunks_exact(r).enumerate() {
-            for (i, v) in o.iter().enumerate() {
-                y[i * n + j] = *v;
+                y
             }
-        }
+        };
         let mut dims = x.dims().to_vec();
         *dims.last_mut().expect("checked above") = n;
         Ok(Tensor::from_vec(y, dims, x.device())?)
-    }
-}
-
-/// o[i] = one weight row of Q8 blocks . row i of xs (f32), for every row i of xs.
-fn row_dot_q8(row: &[u8], xs: &[f32], o: &mut [f32]) {
-    const BB: usize = Format::Q8.block_bytes();
-    let cols = row.len() / BB * QK;
-    assert!(xs.len() >= o.len() * cols);
-    #[cfg(target_arch = "x86_64")]
-    if super::blockq_x86::avx2() {
-        for (g, og) in o.chunks_mut(super::blockq_x86::ROWS).enumerate() {
-            let x = &xs[g * super::blockq_x86::ROWS * cols..];
-            // SAFETY: AVX2, FMA and F16C are available; og.len() <= ROWS rows of cols values
-            // follow in x (checked above), and each arm's R is og.len().
-            unsafe {
-                match og.len() {
-                    1 => super::blockq_x86::row_dot_q8::<1>(row, x, og),
-                    2 => super::blockq_x86::row_dot_q8::<2>(row, x, og),
-                    3 => super::blockq_x86::row_dot_q8::<3>(row, x, og),
-                    _ => super::blockq_x86::row_dot_q8::<4>(row, x, og),
-                }
-            }
-        }
-        return;
-    }
-    for (i, oi) in o.iter_mut().enumerate() {
-        let x = &xs[i * cols..][..cols];
-        *oi = row
-            .chunks_exact(BB)
-            .zip(x.chunks_exact(QK))
-            .map(|(b, xb)| {
-                let dot: f32 = b[2..]
-                    .iter()
-                    .zip(xb)
-                    .map(|(&c, v)| c as i8 as f32 * v)
-                    .sum();
-                f16_at(b, 0) * dot
-            })
-            .sum();
     }
 }

@@ -23,8 +23,6 @@ pub mod attention;
 pub mod block;
 pub mod blockq;
 mod blockq_int8;
-#[cfg(target_arch = "x86_64")]
-mod blockq_x86;
 pub mod exp;
 pub mod features;
 pub mod gemm;
