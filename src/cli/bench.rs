@@ -21,9 +21,9 @@ pub struct BenchArgs {
     pub runs: usize,
     #[arg(long, default_value = "cpu")]
     pub device: chatforge::DeviceChoice,
-    /// Weights for the linear layers: f32, q8_0, q4_1 (chatforge's 4-bit blocks, f32 activations),
-    /// or auto (as generate, chat and serve use them: q4_1 for a Q4_1 GGUF file, q8_0 for
-    /// other quantized ones, f32 otherwise).
+    /// How the linear layers' weights are held, as generate, chat and serve take it: auto (a GGUF
+    /// file's Q4_1/Q8_0 tensors as they lie, times 8-bit activations; other quantized files as
+    /// 8-bit copies; f32 otherwise), f32, q8_0 or q4_1.
     #[arg(long, default_value = "auto")]
     pub weights: WeightFormat,
     /// Print the report as JSON.

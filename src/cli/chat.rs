@@ -22,7 +22,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
     let opts = a.sampling.options()?;
     let device = a.sampling.device.open()?;
     let m = LoadedModel::load(&a.model, &device)?;
-    let model = m.inference_transformer()?;
+    let model = m.transformer_with(a.sampling.weights)?;
     let chat = chatforge::chat::ChatModel::new(&model, m.tokenizer(&a.model)?)?;
     let stdin = std::io::stdin();
     chatforge::chat::repl(

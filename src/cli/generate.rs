@@ -30,7 +30,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let device = a.sampling.device.open()?;
     let m = LoadedModel::load(&a.model, &device)?;
     let tok = m.tokenizer(&a.model)?;
-    let model = m.inference_transformer()?;
+    let model = m.transformer_with(a.sampling.weights)?;
     let prompt = if a.prompt == "-" {
         std::io::read_to_string(std::io::stdin()).context("reading the prompt from stdin")?
     } else {

@@ -1,4 +1,5 @@
-//! The sampling flags `generate` and `chat` share, checked into generation options.
+//! The sampling flags `generate` and `chat` share, checked into generation options, and how
+//! they run the model (device, weights).
 
 use anyhow::{bail, Result};
 use chatforge::infer::SamplingParams;
@@ -36,6 +37,11 @@ pub struct SamplingArgs {
     pub stop: Vec<String>,
     #[arg(long, default_value = "cpu")]
     pub device: chatforge::DeviceChoice,
+    /// How the linear layers' weights are held: auto (a GGUF file's Q4_1/Q8_0 tensors as they
+    /// lie, times 8-bit activations as llama.cpp multiplies them; other quantized files as 8-bit
+    /// copies; f32 otherwise), f32 (exact, as transformers computes), q8_0 or q4_1.
+    #[arg(long, default_value = "auto")]
+    pub weights: chatforge::formats::WeightFormat,
 }
 
 impl SamplingArgs {

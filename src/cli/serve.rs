@@ -31,6 +31,11 @@ pub struct ServeArgs {
     pub max_body_bytes: usize,
     #[arg(long, default_value = "cpu")]
     pub device: chatforge::DeviceChoice,
+    /// How the linear layers' weights are held: auto (a GGUF file's Q4_1/Q8_0 tensors as they
+    /// lie, times 8-bit activations as llama.cpp multiplies them; other quantized files as 8-bit
+    /// copies; f32 otherwise), f32 (exact, as transformers computes), q8_0 or q4_1.
+    #[arg(long, default_value = "auto")]
+    pub weights: chatforge::formats::WeightFormat,
     /// Also accept requests whose Host header names this (repeatable). On loopback only
     /// localhost, 127.0.0.1 and [::1] are accepted otherwise, which keeps web pages out.
     #[arg(long = "allowed-host", value_name = "NAME")]
@@ -56,6 +61,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_queue: a.max_queue,
         body_limit: a.max_body_bytes,
         device: a.device,
+        weights: a.weights,
         allowed_hosts: a.allowed_hosts,
         timeouts: chatforge::serve::listen::Timeouts {
             header: Duration::from_secs(a.header_timeout.max(1)),

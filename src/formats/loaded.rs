@@ -197,13 +197,12 @@ pub fn save_model_dir(
 /// How the linear layers' weights are held for decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
-    /// As generate, chat and serve hold them: q4_1 for a Q4_1 GGUF file, q8_0 for other quantized
-    /// ones, f32 otherwise.
+    /// As generate, chat and serve hold them by default ([`LoadedModel::inference_transformer`]).
     Auto,
     F32,
     /// 8-bit blocks on candle's quantized matmul.
     Q8_0,
-    /// chatforge's 4-bit blocks with f32 activations.
+    /// chatforge's 4-bit blocks (GGML's Q4_1) times 8-bit activations.
     Q4_1,
 }
 

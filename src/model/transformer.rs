@@ -17,7 +17,6 @@ use crate::ops::output_head::OutputHead;
 use crate::ops::rope::Rope;
 use crate::ops::{activation, embedding, loss};
 use candle_core::backprop::GradStore;
-use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 
@@ -113,7 +112,7 @@ pub struct Block {
 }
 
 impl Block {
-    fn linears_mut(&mut self) -> [&mut Linear; 4] {
+    pub(super) fn linears_mut(&mut self) -> [&mut Linear; 4] {
         [
             &mut self.attn.qkv,
             &mut self.attn.proj,
@@ -143,7 +142,7 @@ impl Block {
         Ok((&x + self.mlp.forward(&self.ln_2.forward(&x)?)?)?)
     }
 
-    fn forward_ragged(
+    pub(super) fn forward_ragged(
         &self,
         x: &Tensor,
         rope: Option<&Rope>,
@@ -188,12 +187,12 @@ impl Block {
 
 pub struct Transformer {
     pub cfg: ModelConfig,
-    wte: TokenEmbedding,
-    wpe: Option<Tensor>,
-    rope: Option<Rope>,
-    blocks: Vec<Block>,
-    ln_f: Norm,
-    lm_head: OutputHead,
+    pub(super) wte: TokenEmbedding,
+    pub(super) wpe: Option<Tensor>,
+    pub(super) rope: Option<Rope>,
+    pub(super) blocks: Vec<Block>,
+    pub(super) ln_f: Norm,
+    pub(super) lm_head: OutputHead,
     /// Weight gradients of the blocks that ran as fused nodes (training mode).
     grad_sink: GradSink,
 }
@@ -345,70 +344,8 @@ impl Transformer {
     }
 
     /// Hidden states (B, T, C) -> f32 logits (B, T, V).
-    fn logits(&self, h: &Tensor) -> Result<Tensor> {
+    pub(super) fn logits(&self, h: &Tensor) -> Result<Tensor> {
         self.lm_head.logits(h)
-    }
-
-    /// Inference with quantized weights: every linear layer of the blocks gets a `dtype` copy of its
-    /// weight that decoding steps use (see `ops::linear`); the f32 weights stay for prompts and
-    /// training. `Q4_1` runs on chatforge's own 4-bit blocks with f32 activations
-    /// (`kernels::cpu::blockq`; candle's Q4_1 kernel is scalar), the other formats on candle's
-    /// quantized matmul. The output projection keeps the file's precision
-    /// ([`OutputHead::quantize`]). CPU only; layers that carry a LoRA adapter or whose width is not
-    /// a multiple of the block size stay f32.
-    pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
-        self.lm_head.quantize()?;
-        for b in &mut self.blocks {
-            for l in b.linears_mut() {
-                l.quantize(dtype)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Logits for the last position only, (B, V): what generation needs, without the (B, T, V) tensor.
-    pub fn forward_last(
-        &self,
-        idx: &Tensor,
-        start: usize,
-        cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
-        let h = self.forward_hidden(idx, start, cache)?;
-        let t = h.dim(1)?;
-        let last = h.narrow(1, t - 1, 1)?;
-        Ok(self.logits(&last)?.squeeze(1)?)
-    }
-
-    /// Runs a prompt (1, T) through the model into a fresh KV cache: the cache and the next-token
-    /// logits (1, V), where every decoding loop starts.
-    pub fn prefill(&self, prompt: &[u32]) -> Result<(KvCache, Tensor)> {
-        let cfg = &self.cfg;
-        let mut cache = KvCache::new(cfg.n_layer, 1, cfg.n_kv_head, cfg.head_dim, self.device())?;
-        let x = Tensor::from_slice(prompt, (1, prompt.len()), self.device())?;
-        let logits = self.forward_last(&x, 0, Some(&mut cache))?;
-        Ok((cache, logits))
-    }
-
-    /// Next-token logits for B independent sequences that each add one token at the end of their
-    /// own cache (continuous batching in a server). tokens: B ids -> (B, V).
-    pub fn forward_step_batch(&self, tokens: &[u32], caches: &mut [KvCache]) -> Result<Tensor> {
-        let positions: Vec<usize> = caches.iter().map(|c| c.len()).collect();
-        if let Some(&p) = positions.iter().find(|&&p| p >= self.cfg.context) {
-            return Err(crate::error::Error::Mismatch(format!(
-                "position {p} is past the model's context of {}",
-                self.cfg.context
-            )));
-        }
-        let mut x = embedding::embed_ragged(&self.wte, self.wpe.as_ref(), tokens, &positions)?;
-        for (i, block) in self.blocks.iter().enumerate() {
-            let mut layer: Vec<&mut LayerKv> = caches.iter_mut().map(|c| c.layer_mut(i)).collect();
-            x = block.forward_ragged(&x, self.rope.as_ref(), &positions, &mut layer)?;
-        }
-        for c in caches.iter_mut() {
-            c.advance(1);
-        }
-        let h = self.ln_f.forward(&x)?;
-        Ok(self.logits(&h)?.squeeze(1)?)
     }
 
     /// Switches training mode on or off (evaluation, generation): LoRA dropout, and, on the CPU in

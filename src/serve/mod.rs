@@ -31,6 +31,8 @@ pub struct ServeOptions {
     pub max_queue: usize,
     pub body_limit: usize,
     pub device: crate::DeviceChoice,
+    /// How the linear layers' weights are held (`LoadedModel::transformer_with`).
+    pub weights: crate::formats::WeightFormat,
     /// `Host` names accepted besides localhost when listening on loopback.
     pub allowed_hosts: Vec<String>,
     pub timeouts: listen::Timeouts,
@@ -45,7 +47,7 @@ pub struct App {
 
 /// Builds the router over a loaded model and starts its engine.
 pub fn app(m: LoadedModel, model_path: &Path, opts: &ServeOptions) -> Result<App> {
-    let device_model = m.inference_transformer()?;
+    let device_model = m.transformer_with(opts.weights)?;
     let tok = Arc::new(m.tokenizer(model_path)?.clone());
     let format = ChatFormat::new(&tok, m.cfg.eos_token_id).ok();
     let model_id = opts.model_name.clone().unwrap_or_else(|| {

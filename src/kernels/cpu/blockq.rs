@@ -19,30 +19,8 @@ use crate::error::{Error, Result};
 use candle_core::{DType, Tensor};
 use half::f16;
 
-/// Values per block.
-pub(super) const QK: usize = 32;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Q4,
-    Q8,
-}
-
-impl Format {
-    /// Bytes per block: the f16 scales, then the codes.
-    pub const fn block_bytes(self) -> usize {
-        match self {
-            Format::Q4 => 4 + QK / 2,
-            Format::Q8 => 2 + QK,
-        }
-    }
-}
-
-/// The f16 at bytes i, i + 1 of b, as f32.
-#[inline(always)]
-pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-}
+pub use super::blockq_int8::Format;
+use super::blockq_int8::{f16_at, QK};
 
 /// A weight (rows, cols) in blocks of 32 along its rows.
 pub struct BlockWeight {

@@ -1,12 +1,37 @@
-//! Weight blocks times 8-bit activations, as llama.cpp multiplies Q4_1 and Q8_0 weights on the
+//! The block formats (GGML's Q4_1 and Q8_0 layouts, see `blockq`) and their products with 8-bit
+//! activations, as llama.cpp multiplies Q4_1 and Q8_0 weights on the
 //! CPU: each row of activations is quantized per block of 32 (llama.cpp's Q8_1 and Q8_0: a scale
 //! dx = max|x| / 127 kept in f16, codes round(x / dx), and for Q8_1 dx times their sum), and a
 //! block's dot product is one integer multiply-add of 32 byte pairs (`vpmaddubsw` on AVX2):
 //! Q4_1: d dx sum(q qx) + m dx sum(qx); Q8_0: d dx sum(q qx). The weight is read as it lies and
 //! the arithmetic is a quarter of an f32 product's.
 
-use super::blockq::{f16_at, Format, QK};
 use half::f16;
+
+/// Values per block.
+pub(super) const QK: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Q4,
+    Q8,
+}
+
+impl Format {
+    /// Bytes per block: the f16 scales, then the codes.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            Format::Q4 => 4 + QK / 2,
+            Format::Q8 => 2 + QK,
+        }
+    }
+}
+
+/// The f16 at bytes i, i + 1 of b, as f32.
+#[inline(always)]
+pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
 
 /// Rows of activations in 8-bit blocks.
 pub(super) struct Int8Rows {
