@@ -11,7 +11,7 @@
 //! with s = 1 / sqrt(D). Each task writes only its own heads' columns of y (or of dqkv).
 
 use super::gemm::{matmul, matmul_ptr};
-use super::parallel::{parallel_for, SharedMut};
+use super::parallel::{parallel_for, parallel_for_sized, SharedMut};
 use super::storage::{f32_data, with_f32, with_f32_rows, CResult};
 use super::view::View;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
@@ -221,7 +221,8 @@ pub fn cached_attention(qkv: &Tensor, keys: &Tensor, values: &Tensor, h: usize) 
             with_f32_rows(values, "cached-attention", |vc, vs| {
                 let mut y = vec![0f32; b * t * hd];
                 let out = SharedMut(y.as_mut_ptr());
-                parallel_for(b * h, |task| {
+                // Per (sequence, head): T rows of S scores and S values of D channels.
+                parallel_for_sized(b * h, 2 * t * s * d, |task| {
                     let (bi, hq) = (task / h, task % h);
                     let kv = hq / rep;
                     let kk = Rows::new(kc, ks, bi, kv, s, d);

@@ -237,9 +237,11 @@ impl BlockWeight {
         let n = self.rows;
         // out is (n, r), row j holding output column j for every row of x; transposed at the end.
         let x8 = super::blockq_int8::Int8Rows::of(&xs);
-        let out = super::parallel::filled(n * r, 64 * r, |ci, chunk| {
+        let per_task = super::parallel::items_per_task(n, r * k, 8);
+        let out = super::parallel::filled(n * r, per_task * r, |ci, chunk| {
             for (jj, o) in chunk.chunks_exact_mut(r).enumerate() {
-                super::blockq_int8::row_dot(self.format, self.row(ci * 64 + jj), &x8, o);
+                let j = ci * per_task + jj;
+                super::blockq_int8::row_dot(self.format, self.row(j), &x8, o);
             }
         });
         let y = match r {

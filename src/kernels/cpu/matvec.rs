@@ -53,9 +53,7 @@ fn matvec<W: Sync>(
     dot: impl Fn(&[f32], &[W]) -> f32 + Sync,
 ) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
-    let chunk = n
-        .div_ceil(candle_core::utils::get_num_threads() * 8)
-        .max(64);
+    let chunk = super::parallel::items_per_task(n, m * k, 8);
     let cols = parallel_map(n.div_ceil(chunk), |c| {
         let (lo, hi) = (c * chunk, ((c + 1) * chunk).min(n));
         let mut part = vec![0f32; m * (hi - lo)];

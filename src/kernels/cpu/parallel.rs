@@ -14,6 +14,30 @@ pub(crate) fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
     super::pool::run(n, &f);
 }
 
+/// Multiply-adds (or element steps of like cost) below which work is not worth handing to another
+/// thread: waking a worker and meeting it again costs a few microseconds, about this much work.
+pub(crate) const MIN_TASK_WORK: usize = 1 << 16;
+
+/// [`parallel_for`] over n items of `work` each, on the calling thread alone when all of them
+/// together are less than two tasks' worth (a tiny model's decoding step).
+pub(crate) fn parallel_for_sized(n: usize, work: usize, f: impl Fn(usize) + Sync) {
+    if n.saturating_mul(work) < 2 * MIN_TASK_WORK {
+        (0..n).for_each(f);
+        return;
+    }
+    parallel_for(n, f);
+}
+
+/// Items a task, for n items of `work` each: at least [`MIN_TASK_WORK`] a task, and no more than
+/// `per_thread` tasks a thread (the slack that lets idle threads take over a descheduled one's
+/// share).
+pub(crate) fn items_per_task(n: usize, work: usize, per_thread: usize) -> usize {
+    let threads = candle_core::utils::get_num_threads().max(1);
+    n.div_ceil(threads * per_thread)
+        .max(MIN_TASK_WORK.div_ceil(work.max(1)))
+        .max(1)
+}
+
 /// f(i) for every i < n over the pool ([`parallel_for`]), the results in index order.
 pub(crate) fn parallel_map<R: Send>(n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
     let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
