@@ -635,3 +635,36 @@ fn block_weights_hold_a_files_q4_1_and_q8_0_exactly_and_multiply_like_f32() {
     assert_eq!(&rows[..96], &q.dequantize()[69 * 96..70 * 96]);
     assert!(q.rows_f32(&[70]).is_err());
 }
+
+#[test]
+fn joined_weights_are_held_in_blocks_only_where_their_parts_share_a_format() {
+    use chatforge::kernels::cpu::blockq::{BlockWeight, Format};
+    let cfg = chatforge::formats::hf::load_config(&common::fixtures().join("llama-tiny")).unwrap();
+    // Every tensor as 8-bit blocks, except the key projections as 4-bit ones (a file that mixes
+    // formats): the query/key/value weight of every layer stays f32, the rest are blocks.
+    let blocks = chatforge::formats::hf::blocks_from_hf(&cfg, |name, shape| {
+        if shape.len() != 2 || shape[1] % 32 != 0 {
+            return Ok(None);
+        }
+        let format = if name.contains("k_proj") {
+            Format::Q4
+        } else {
+            Format::Q8
+        };
+        let bytes = vec![0u8; shape[0] * shape[1] / 32 * format.block_bytes()];
+        Ok(Some(
+            BlockWeight::from_ggml(format, &bytes, shape[0], shape[1]).unwrap(),
+        ))
+    })
+    .unwrap();
+    for l in 0..cfg.n_layer {
+        assert!(!blocks.contains_key(&format!("h.{l}.attn.qkv.weight")));
+        assert!(blocks.contains_key(&format!("h.{l}.attn.proj.weight")));
+        let fc = &blocks[&format!("h.{l}.mlp.fc.weight")];
+        assert_eq!(
+            fc.dims(),
+            (2 * cfg.intermediate, cfg.n_embd),
+            "gate and up joined"
+        );
+    }
+}

@@ -235,7 +235,8 @@ pub fn weights_from_hf_except(
 
 /// The internal weights whose every HF part `get` gives as quantized blocks (of the HF shape;
 /// None for a tensor not stored so), the parts of a joined weight (query, key, value) joined by
-/// rows. Weights stored transposed (GPT-2's Conv1D) are never held in blocks.
+/// rows where they share a format. Weights stored transposed (GPT-2's Conv1D) are never held in
+/// blocks.
 pub fn blocks_from_hf(
     cfg: &ModelConfig,
     mut get: impl FnMut(&str, &[usize]) -> Result<Option<BlockWeight>>,
@@ -251,7 +252,13 @@ pub fn blocks_from_hf(
                     .zip(&shapes)
                     .map(|(n, s)| get(n, s))
                     .collect::<Result<Option<Vec<_>>>>()?;
-                parts.map(|p| BlockWeight::concat_rows(&p)).transpose()?
+                // Parts in different formats (a file that mixes them) stay f32.
+                match parts {
+                    Some(p) if p.iter().all(|q| q.format() == p[0].format()) => {
+                        Some(BlockWeight::concat_rows(&p)?)
+                    }
+                    _ => None,
+                }
             }
         };
         if let Some(q) = q {

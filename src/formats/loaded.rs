@@ -110,11 +110,13 @@ impl LoadedModel {
     /// file holds).
     pub fn f32_weights(&self) -> Result<BTreeMap<String, Tensor>> {
         let mut all = self.weights.clone();
-        let device = self.weights["ln_f.weight"].device();
+        let Some(device) = self.weights.values().next().map(|t| t.device().clone()) else {
+            return Ok(all);
+        };
         for (name, q) in &self.blocks {
             all.insert(
                 name.clone(),
-                Tensor::from_vec(q.dequantize(), q.dims(), device)?,
+                Tensor::from_vec(q.dequantize(), q.dims(), &device)?,
             );
         }
         Ok(all)

@@ -147,6 +147,10 @@ impl BlockWeight {
         out
     }
 
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
     /// (rows, cols).
     pub fn dims(&self) -> (usize, usize) {
         (self.rows, self.cols)
