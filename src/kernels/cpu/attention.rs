@@ -280,8 +280,7 @@ fn attend_row(q: &[f32], keys: &Rows, values: &Rows, scale: f32, p: &mut [f32], 
                 _ => {}
             }
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if super::features::avx2() {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { attend_row_avx2(q, keys, values, scale, p, y) };
         }

@@ -133,17 +133,7 @@ impl BlockWeight {
     /// The weight as f32 (rows, cols): the values [`BlockWeight::matmul_t`] multiplies.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.rows * self.cols);
-        for b in self.blocks.chunks_exact(self.format.block_bytes()) {
-            let d = f16_at(b, 0);
-            match self.format {
-                Format::Q4 => {
-                    let (m, q) = (f16_at(b, 2), &b[4..]);
-                    out.extend(q.iter().map(|c| d * (c & 15) as f32 + m));
-                    out.extend(q.iter().map(|c| d * (c >> 4) as f32 + m));
-                }
-                Format::Q8 => out.extend(b[2..].iter().map(|&c| d * c as i8 as f32)),
-            }
-        }
+        dequantize_into(self.format, &self.blocks, &mut out);
         out
     }
 
@@ -208,13 +198,7 @@ impl BlockWeight {
                     self.rows
                 )));
             }
-            let row = BlockWeight {
-                format: self.format,
-                rows: 1,
-                cols: self.cols,
-                blocks: self.row(id).to_vec(),
-            };
-            out.extend(row.dequantize());
+            dequantize_into(self.format, self.row(id), &mut out);
         }
         Ok(out)
     }
@@ -263,5 +247,20 @@ impl BlockWeight {
         let mut dims = x.dims().to_vec();
         *dims.last_mut().expect("checked above") = n;
         Ok(Tensor::from_vec(y, dims, x.device())?)
+    }
+}
+
+/// Appends the values of `blocks` (whole blocks of `format`) to `out`.
+fn dequantize_into(format: Format, blocks: &[u8], out: &mut Vec<f32>) {
+    for b in blocks.chunks_exact(format.block_bytes()) {
+        let d = f16_at(b, 0);
+        match format {
+            Format::Q4 => {
+                let (m, q) = (f16_at(b, 2), &b[4..]);
+                out.extend(q.iter().map(|c| d * (c & 15) as f32 + m));
+                out.extend(q.iter().map(|c| d * (c >> 4) as f32 + m));
+            }
+            Format::Q8 => out.extend(b[2..].iter().map(|&c| d * c as i8 as f32)),
+        }
     }
 }

@@ -45,7 +45,7 @@ impl Int8Rows {
     /// xs (rows * cols, cols a multiple of 32) quantized per block of 32.
     pub(super) fn of(xs: &[f32]) -> Self {
         #[cfg(target_arch = "x86_64")]
-        if avx2() {
+        if super::features::avx2_f16c() {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { Self::of_avx2(xs) };
         }
@@ -83,7 +83,7 @@ pub(super) fn row_dot(format: Format, row: &[u8], x: &Int8Rows, o: &mut [f32]) {
     let nb = row.len() / format.block_bytes();
     assert!(x.scales.len() >= o.len() * nb && x.codes.len() >= o.len() * nb * QK);
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
+    if super::features::avx2_f16c() {
         // Groups of 8, 4, 2 and 1 rows, each one kernel call with its accumulators in registers.
         let mut first = 0;
         while first < o.len() {
@@ -140,14 +140,6 @@ pub(super) fn row_dot(format: Format, row: &[u8], x: &Int8Rows, o: &mut [f32]) {
         }
         *oi = acc;
     }
-}
-
-/// Whether this CPU has AVX2, FMA and F16C (AVX-512 CPUs have them too).
-#[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
-    is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -13,6 +13,22 @@ pub(crate) fn avx512() -> bool {
     false
 }
 
+/// Whether this CPU has AVX2 and FMA (the AVX2 forms of the decoding kernels).
+pub(crate) fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// [`avx2`] and F16C (kernels that read f16 weights or block scales). AVX-512 CPUs have all three.
+pub(crate) fn avx2_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return avx2() && is_x86_feature_detected!("f16c");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Whether the fused kernels apply: f32 on the CPU, unless they are switched off.
 pub fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && fused_switch().load(Ordering::Relaxed)

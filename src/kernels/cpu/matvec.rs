@@ -35,8 +35,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if super::features::avx2() {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { dot_avx2(a, b) };
         }
@@ -78,10 +77,7 @@ fn matvec<W: Sync>(
 fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
+        if super::features::avx2_f16c() {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { dot_f16_avx2(a, b) };
         }
