@@ -85,7 +85,7 @@ impl ChatFormat {
         stop_ids.dedup();
         let eos = tok
             .eot_id()
-            .and_then(|i| tok.inner.id_to_token(i))
+            .and_then(|i| tok.hf().id_to_token(i))
             .unwrap_or_default();
         Ok(ChatFormat {
             template,

@@ -311,10 +311,10 @@ impl GgufFile {
             .map(|(s, _)| AddedToken::from(s.clone(), true))
             .collect();
         inner.add_special_tokens(&specials);
-        Ok(Tokenizer {
+        Ok(Tokenizer::new(
             inner,
-            chat_template: self.string("tokenizer.chat_template"),
-        })
+            self.string("tokenizer.chat_template"),
+        ))
     }
 }
 
