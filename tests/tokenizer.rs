@@ -8,14 +8,7 @@ use proptest::prelude::*;
 use std::sync::OnceLock;
 
 fn gpt2() -> &'static Tokenizer {
-    static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| {
-        Tokenizer::from_gpt2_files(
-            &shared_data().join("gpt2_encoder.json"),
-            &shared_data().join("gpt2_vocab.bpe"),
-        )
-        .unwrap()
-    })
+    gpt2_tokenizer()
 }
 
 #[test]

@@ -22,6 +22,18 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// `../shared/data` next to the checkout (CI lays it there too).
+/// GPT-2's tokenizer from ../shared/data's encoder.json + vocab.bpe, built once per test binary.
+pub fn gpt2_tokenizer() -> &'static chatforge::tokenizer::Tokenizer {
+    static TOK: std::sync::OnceLock<chatforge::tokenizer::Tokenizer> = std::sync::OnceLock::new();
+    TOK.get_or_init(|| {
+        chatforge::tokenizer::Tokenizer::from_gpt2_files(
+            &shared_data().join("gpt2_encoder.json"),
+            &shared_data().join("gpt2_vocab.bpe"),
+        )
+        .unwrap()
+    })
+}
+
 pub fn shared_data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
 }
