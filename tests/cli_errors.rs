@@ -203,7 +203,7 @@ fn sampling_flags_out_of_range_are_named() {
 #[test]
 fn a_closed_stdout_is_an_error_not_a_panic() {
     let model = fixtures().join("gpt2-tiny-eval");
-    let mut child = std::process::Command::new(bin())
+    let mut child = chatforge_command()
         .args(["bench", "--model", model.to_str().unwrap(), "--json"])
         .args(["--prompt-tokens", "8", "--new-tokens", "4", "--runs", "1"])
         .stdout(std::process::Stdio::piped())

@@ -35,7 +35,7 @@ fn config(steps: usize) -> Vec<String> {
 }
 
 fn pretrain(run: &Path, set: &[String]) -> Child {
-    let mut cmd = Command::new(bin());
+    let mut cmd = chatforge_command();
     if run.join("config.toml").exists() {
         cmd.args(["pretrain", "--resume"]).arg(run);
     } else {
@@ -205,7 +205,7 @@ fn sigterm_checkpoints_and_says_how_to_resume_and_a_second_signal_exits_at_once(
     // SIGTERM between checkpoints: the step finishes, a checkpoint is written at it, and the run
     // continues from there to the same weights.
     let run_dir = tmp.path().join("run");
-    let mut child = Command::new(bin())
+    let mut child = chatforge_command()
         .args(["pretrain", "--out"])
         .arg(&run_dir)
         .args(set.iter().flat_map(|s| ["--set", s.as_str()]))
@@ -235,7 +235,7 @@ fn sigterm_checkpoints_and_says_how_to_resume_and_a_second_signal_exits_at_once(
     // Two SIGINTs: the first asks for a checkpoint (held up here by the test's pause), the
     // second ends the process at once; the checkpoint before stays whole.
     let run_dir = tmp.path().join("twice");
-    let mut child = Command::new(bin())
+    let mut child = chatforge_command()
         .args(["pretrain", "--out"])
         .arg(&run_dir)
         .args(set.iter().flat_map(|s| ["--set", s.as_str()]))

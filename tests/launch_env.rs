@@ -154,7 +154,7 @@ fn a_launch_that_does_not_add_up_fails_on_both_sides() {
 #[test]
 fn a_build_without_nccl_refuses_a_torchrun_style_launch() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(common::bin())
+    let out = common::chatforge_command()
         .args(["pretrain", "--out"])
         .arg(tmp.path().join("run"))
         .env("RANK", "0")

@@ -50,7 +50,7 @@ fn mpirun() -> PathBuf {
 /// do the same arithmetic in the same order and two ranks fit on a small machine.
 fn chatforge(ranks: usize, args: &[String]) -> Output {
     let mut cmd = if ranks == 0 {
-        Command::new(bin())
+        chatforge_command()
     } else {
         let mut c = Command::new(mpirun());
         c.args([

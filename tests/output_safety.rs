@@ -6,10 +6,9 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::Command;
 
 fn run_in(dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(bin())
+    let out = chatforge_command()
         .args(args)
         .current_dir(dir)
         .output()

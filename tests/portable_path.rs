@@ -51,7 +51,7 @@ fn portable_training_follows_the_fused_loss_curve_in_f32_and_bf16() {
     let data = shakespeare_shards(300_000);
     let curve = |dtype: &str, portable: bool| {
         let out = tmp.path().join(format!("{dtype}-{portable}"));
-        let mut cmd = std::process::Command::new(bin());
+        let mut cmd = chatforge_command();
         cmd.arg("pretrain").arg("--out").arg(&out);
         for s in [
             format!("data.dir={}", data.display()),

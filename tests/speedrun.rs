@@ -85,7 +85,7 @@ fn speedrun_runs_the_pipeline_and_writes_a_report() {
 #[test]
 fn speedrun_without_network_or_corpus_says_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(bin())
+    let out = chatforge_command()
         .args([
             "speedrun",
             "--out",

@@ -4,12 +4,11 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 
 /// `chatforge bench` on the tiny fixture with `args` and `env`: (exit code, stdout, stderr).
 fn bench(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let model = fixtures().join("gpt2-tiny-eval");
-    let out = Command::new(bin())
+    let out = chatforge_command()
         .args(args)
         .args(["bench", "--model", model.to_str().unwrap()])
         .args(["--prompt-tokens", "8", "--new-tokens", "4", "--runs", "1"])

@@ -38,7 +38,7 @@ fn chatforge_pretrain(
     set: &[String],
     extra_env: &[(&str, &str)],
 ) -> std::process::Child {
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = chatforge_command();
     cmd.arg("pretrain").arg("--out").arg(out);
     for s in set {
         cmd.arg("--set").arg(s);

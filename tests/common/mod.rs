@@ -69,9 +69,25 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_chatforge"))
 }
 
+/// A command that starts the chatforge binary built for the tests: directly, or through the
+/// program named in `CHATFORGE_TEST_RUNNER` (with its arguments, split at spaces), as cargo's
+/// target runner starts the test binaries: tests/aarch64.sh sets it to qemu-aarch64.
+pub fn chatforge_command() -> std::process::Command {
+    let runner = std::env::var("CHATFORGE_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut c = std::process::Command::new(program);
+            c.args(words).arg(bin());
+            c
+        }
+        None => std::process::Command::new(bin()),
+    }
+}
+
 /// Runs chatforge with `args`; returns (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(bin())
+    let out = chatforge_command()
         .args(args)
         .output()
         .expect("chatforge runs");

@@ -1,6 +1,6 @@
 //! Starting `chatforge serve` for tests.
 
-use super::{bin, fixtures};
+use super::{chatforge_command, fixtures};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,7 +38,7 @@ impl Drop for Server {
 
 /// Starts `chatforge serve` on a free port and waits until it listens.
 pub fn start(model: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(bin())
+    let mut child = chatforge_command()
         .args([
             "serve",
             "--model",

@@ -6,27 +6,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 /// Whether this CPU runs the AVX-512 kernels (avx512f, and `CHATFORGE_NO_AVX512` unset).
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return super::sgemm::available();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    super::sgemm::available()
 }
 
-/// Whether this CPU has AVX2 and FMA (the AVX2 forms of the decoding kernels).
+/// Whether this CPU has AVX2 and FMA (the AVX2 forms of the kernels). Elsewhere than x86_64 these
+/// checks do not exist: the x86 kernels are not compiled in at all.
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
 /// [`avx2`] and F16C (kernels that read f16 weights or block scales). AVX-512 CPUs have all three.
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn avx2_f16c() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return avx2() && is_x86_feature_detected!("f16c");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    avx2() && is_x86_feature_detected!("f16c")
 }
 
 /// Whether the fused kernels apply: f32 on the CPU, unless they are switched off.
