@@ -32,13 +32,18 @@ pub struct EvalArgs {
     pub json: bool,
     #[arg(long, default_value = "cpu")]
     pub device: chatforge::DeviceChoice,
+    /// How the linear layers' weights are held: f32 (the default: scores as transformers computes
+    /// them), or as generate, chat and serve hold them (auto: a GGUF file's 4-bit blocks times
+    /// 8-bit activations), q8_0 or q4_1, to see what quantization costs on the task.
+    #[arg(long, default_value = "f32")]
+    pub weights: chatforge::formats::WeightFormat,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let device = a.device.open()?;
     let m = LoadedModel::load(&a.model, &device)?;
     let tok = m.tokenizer(&a.model)?;
-    let model = m.transformer()?;
+    let model = m.transformer_with(a.weights)?;
     let t0 = std::time::Instant::now();
     let opts = EvalOptions {
         data: a.data,
