@@ -1,17 +1,25 @@
 #!/usr/bin/env python3
-"""Tables of bench/cpu.sh from its work directory; writes RESULTS/cpu_{train,gemm,decode}.json.
+"""Tables of bench/cpu.sh from one pass's work directory; writes RESULTS/cpu_{train,gemm,decode}SUFFIX.json
+(SUFFIX from the environment: "" for the CPU as it is, "_avx2" for the AVX2 pass on an AVX-512 CPU),
+each with the CPU and the SIMD the pass used (CPU, SIMD_USED).
 
 Training tokens/s of one run is the median over its steps after 3 warm-up steps; the figure of a
 configuration is the median over runs. MFU counts 6 x (matmul parameters incl. the output
 projection) + 12 L T C FLOPs per token (chatforge's `flops_per_token`) against the fp32 peak of the
-threads used: 2 AVX-512 FMA units (64 FLOP/cycle) per core at the 2.3 GHz base clock."""
+threads used: 2 FMA units per core at PEAK_GHZ (bench/cpu.sh: the nominal clock of /proc/cpuinfo;
+a core that boosts above it shows a higher MFU than it has), 64 FLOP/cycle with AVX-512 and 32 with
+AVX2."""
 import json
 import os
 import statistics
 import sys
 
 SHAPES = {"reference": dict(L=6, C=384, V=8192, T=256), "gpt2-124m": dict(L=12, C=768, V=50304, T=128)}
-PEAK_PER_THREAD = 64 * 2.3e9
+SIMD = os.environ.get("SIMD_USED", "avx512")
+SUFFIX = os.environ.get("SUFFIX", "")
+CPU = os.environ.get("CPU", "")
+PEAK_GHZ = float(os.environ.get("PEAK_GHZ", "2.3"))
+PEAK_PER_THREAD = (64 if SIMD == "avx512" else 32) * PEAK_GHZ * 1e9
 
 
 def flops_per_token(L, C, V, T):
@@ -36,7 +44,9 @@ def main(results, work):
         r = json.loads(line)
         pt.setdefault(r["model"], []).append(r)
     rows = []
-    print(f"\nTraining (fp32, AdamW, {threads} threads): tokens/s, median of steps after warm-up, median of runs")
+    print(f"\n== {CPU}, kernels: {SIMD}")
+    print(f"\nTraining (fp32, AdamW, {threads} threads): tokens/s, median of steps after warm-up, median of runs; "
+          f"MFU at {PEAK_GHZ} GHz")
     print("| model | chatforge | PyTorch | chatforge / PyTorch | chatforge MFU | PyTorch MFU | runs |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, runs in cf.items():
@@ -50,18 +60,21 @@ def main(results, work):
                      "flops_per_token": fpt, "chatforge_mfu": c * fpt / peak, "pytorch_mfu": p * fpt / peak})
         print(f"| {name} | {c:,.0f} | {p:,.0f} | {c / p:.2f}x | {100 * c * fpt / peak:.1f}% | {100 * p * fpt / peak:.1f}% "
               f"| {len(runs)} |")
-    json.dump({"threads": threads, "peak_flops": peak, "rows": rows}, open(f"{results}/cpu_train.json", "w"), indent=2)
+    json.dump({"cpu": CPU, "simd": SIMD, "threads": threads, "peak_flops": peak, "rows": rows},
+              open(f"{results}/cpu_train{SUFFIX}.json", "w"), indent=2)
 
     gemm = [json.loads(l) for l in open(f"{work}/gemm.jsonl")]
     print(f"\nGEMM GFLOP/s on the reference model's products ({threads} threads), median of 7")
     impls = ["chatforge", "gemm crate", "pytorch"]
-    print("| product (m x n x k) | chatforge (AVX-512) | gemm crate (before) | PyTorch (MKL) |")
+    ours = "chatforge (AVX-512)" if SIMD == "avx512" else "chatforge (the gemm crate)"
+    print(f"| product (m x n x k) | {ours} | gemm crate (before) | PyTorch (MKL) |")
     print("| --- | --- | --- | --- |")
     for what in dict.fromkeys(g["what"] for g in gemm):
         by = {g["impl"]: g for g in gemm if g["what"] == what}
         g0 = by["chatforge"]
         print(f"| {what} ({g0['m']} x {g0['n']} x {g0['k']}) | " + " | ".join(f"{by[i]['gflops']:.0f}" for i in impls) + " |")
-    json.dump({"threads": threads, "rows": gemm}, open(f"{results}/cpu_gemm.json", "w"), indent=2)
+    json.dump({"cpu": CPU, "simd": SIMD, "threads": threads, "rows": gemm},
+              open(f"{results}/cpu_gemm{SUFFIX}.json", "w"), indent=2)
 
     dec = decode_rows(work, "decode.jsonl", "llama.json")
     print(f"\nSmolLM2-135M: prompt processing (128 tokens) and generation (64 tokens), tokens/s, {threads} threads")
@@ -69,8 +82,8 @@ def main(results, work):
     long = decode_rows(work, "decode_long.jsonl", "llama_long.json")
     print(f"\nSmolLM2-135M: generation (64 tokens) after a 1024-token prompt, tokens/s, {threads} threads")
     decode_table(long, False)
-    json.dump({"threads": threads, "rows": dec, "after_1024_token_prompt": long},
-              open(f"{results}/cpu_decode.json", "w"), indent=2)
+    json.dump({"cpu": CPU, "simd": SIMD, "threads": threads, "rows": dec, "after_1024_token_prompt": long},
+              open(f"{results}/cpu_decode{SUFFIX}.json", "w"), indent=2)
 
 
 def decode_rows(work, ours, llama):
