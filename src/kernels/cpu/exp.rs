@@ -5,6 +5,25 @@
 //! so that n = 128 and n = -126 stay exact). Both give the same value per element; elsewhere, and
 //! for the tail, the scalar `exp`.
 
+/// Below this the result is 0 (or denormal), above the next it overflows: both kernels clamp.
+#[cfg(target_arch = "x86_64")]
+const X_MIN: f32 = -87.3;
+#[cfg(target_arch = "x86_64")]
+const X_MAX: f32 = 88.7;
+/// ln 2 split in two for precision: r = x - n LN2_HI - n LN2_LO.
+#[cfg(target_arch = "x86_64")]
+const LN2: [f32; 2] = [0.693_359_4, -2.121_944_4e-4];
+/// exp(r) = 1 + r + r^2 (((((P0 r + P1) r + P2) r + P3) r + P4) r + P5).
+#[cfg(target_arch = "x86_64")]
+const POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
 /// xs[i] = exp(xs[i] - shift); returns the sum of the results.
 pub fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -39,6 +58,7 @@ pub fn exp_shifted_total(xs: &[f32], shift: f32) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::{LN2, POLY, X_MAX, X_MIN};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f")]
@@ -62,26 +82,18 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f")]
     unsafe fn exp16(x: __m512) -> __m512 {
-        // Below -87.3 the result is 0 (or denormal); above 88.7 it overflows: clamp.
         let x = _mm512_min_ps(
-            _mm512_max_ps(x, _mm512_set1_ps(-87.3)),
-            _mm512_set1_ps(88.7),
+            _mm512_max_ps(x, _mm512_set1_ps(X_MIN)),
+            _mm512_set1_ps(X_MAX),
         );
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
         );
-        // r = x - n ln2, ln2 split in two for precision.
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2[0]), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2[1]), r);
+        let mut p = _mm512_set1_ps(POLY[0]);
+        for c in &POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
         }
         let r2 = _mm512_mul_ps(r, r);
         let e = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0));
@@ -91,6 +103,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::{LN2, POLY, X_MAX, X_MIN};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2,fma")]
@@ -128,23 +141,17 @@ mod avx2 {
     unsafe fn exp8(x: __m256) -> __m256 {
         // The AVX-512 kernel's steps, lane for lane.
         let x = _mm256_min_ps(
-            _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
-            _mm256_set1_ps(88.7),
+            _mm256_max_ps(x, _mm256_set1_ps(X_MIN)),
+            _mm256_set1_ps(X_MAX),
         );
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
         );
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2[0]), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2[1]), r);
+        let mut p = _mm256_set1_ps(POLY[0]);
+        for c in &POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
         }
         let r2 = _mm256_mul_ps(r, r);
         let e = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0));
