@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # ARM: builds chatforge for aarch64-unknown-linux-gnu (Graviton, Ampere, Raspberry Pi 4/5, Linux on
 # Apple Silicon) with Debian's cross compiler and runs the tests that check numbers under
-# qemu-aarch64 (Debian's qemu-user): the CPU kernels against candle, the models against transformers,
-# the quantized decoding against llama.cpp, the tokenizers, data, LoRA, the command line's errors. On ARM no x86 kernel
-# is compiled in; what runs is the portable code and the gemm crate's NEON kernels. Speed on ARM
-# cannot be measured under emulation; correctness can.
+# qemu-aarch64 (Debian's qemu-user): the CPU kernels against candle, the models against
+# transformers, the quantized decoding against llama.cpp, the tokenizers, data, LoRA, the command
+# line's errors. On ARM no x86 kernel is compiled in; what runs is the portable code and the gemm
+# crate's NEON kernels. Speed on ARM cannot be measured under emulation; correctness can.
 #
 # The tests that start the chatforge binary run it through qemu-aarch64 too (CHATFORGE_TEST_RUNNER,
 # tests/common's chatforge_command): cargo's runner starts only the test binaries. Left out: the
