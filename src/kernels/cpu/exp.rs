@@ -10,7 +10,7 @@
 const X_MIN: f32 = -87.3;
 #[cfg(target_arch = "x86_64")]
 const X_MAX: f32 = 88.7;
-/// ln 2 split in two for precision: r = x - n LN2_HI - n LN2_LO.
+/// ln 2 split in two for precision: r = x - n LN2[0] - n LN2[1].
 #[cfg(target_arch = "x86_64")]
 const LN2: [f32; 2] = [0.693_359_4, -2.121_944_4e-4];
 /// exp(r) = 1 + r + r^2 (((((P0 r + P1) r + P2) r + P3) r + P4) r + P5).
