@@ -117,7 +117,11 @@ impl Tokenizer {
         tk.train_from_files(&mut trainer, names).map_err(tk_err)?;
         let json = tk.to_string(false).map_err(tk_err)?;
         let inner: tokenizers::Tokenizer = json.parse().map_err(tk_err)?;
-        Ok(Tokenizer::new(inner, Some(CHATML_TEMPLATE.into())))
+        Ok(Tokenizer::parsed_from(
+            json,
+            inner,
+            Some(CHATML_TEMPLATE.into()),
+        ))
     }
 
     /// GPT-2's tokenizer from its `vocab.json` (a.k.a. `encoder.json`) and `merges.txt` (`vocab.bpe`).
@@ -180,9 +184,19 @@ impl Tokenizer {
                 .map(String::from),
             None => None,
         };
+        Ok(Tokenizer::parsed_from(text, inner, chat_template))
+    }
+
+    /// [`Tokenizer::new`] for `inner` parsed from `text`, its tokenizer.json: the fast encoder
+    /// reads the merges from that text instead of serializing the crate's model again.
+    fn parsed_from(
+        text: String,
+        inner: tokenizers::Tokenizer,
+        chat_template: Option<String>,
+    ) -> Self {
         let tok = Tokenizer::new(inner, chat_template);
         *tok.source.lock().expect("not poisoned") = Some(text);
-        Ok(tok)
+        tok
     }
 
     pub fn vocab_size(&self) -> usize {
