@@ -1,6 +1,7 @@
 //! GGUF files (llama.cpp's format) with the `llama` architecture: metadata into the model config,
 //! tensors under our names (dequantised to f32, or on the CPU Q4_1 and Q8_0 ones kept in blocks,
-//! `gguf_blocks`), the tokenizer rebuilt from the vocabulary and merges, and the chat template.
+//! `gguf_blocks`), the tokenizer rebuilt from the vocabulary and merges (`gguf_tokenizer`), and
+//! the chat template.
 //!
 //! llama.cpp's converter permutes the rows of the query and key projections so that RoPE rotates
 //! interleaved pairs; our RoPE (like transformers') rotates the two halves of each head, so those
@@ -18,9 +19,6 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
-use tokenizers::models::bpe::{Vocab, BPE};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::AddedToken;
 
 /// An opened GGUF file: its checked header and the file's bytes, memory-mapped.
 pub struct GgufFile {
@@ -56,7 +54,7 @@ impl GgufFile {
         .then_some(t.ggml_dtype)
     }
 
-    fn err(&self, msg: impl std::fmt::Display) -> Error {
+    pub(super) fn err(&self, msg: impl std::fmt::Display) -> Error {
         Error::bad_file(&self.path, msg)
     }
 
@@ -98,14 +96,14 @@ impl GgufFile {
         }
     }
 
-    fn string(&self, key: &str) -> Option<String> {
+    pub(super) fn string(&self, key: &str) -> Option<String> {
         self.content
             .metadata
             .get(key)
             .and_then(|v| v.to_string().ok().cloned())
     }
 
-    fn strings(&self, key: &str) -> Result<Vec<String>> {
+    pub(super) fn strings(&self, key: &str) -> Result<Vec<&str>> {
         let arr = self
             .get(key)?
             .to_vec()
@@ -113,7 +111,7 @@ impl GgufFile {
         arr.iter()
             .map(|v| {
                 v.to_string()
-                    .cloned()
+                    .map(String::as_str)
                     .map_err(|_| self.err(format!("metadata '{key}' holds a non-string")))
             })
             .collect()
@@ -262,60 +260,6 @@ impl GgufFile {
             }
         })
     }
-
-    /// The byte-level BPE tokenizer stored in the file (`tokenizer.ggml.model` = "gpt2"), with
-    /// control tokens as special tokens and the file's chat template.
-    pub fn tokenizer(&self) -> Result<Tokenizer> {
-        let model = self.string("tokenizer.ggml.model").unwrap_or_default();
-        if model != "gpt2" {
-            return Err(self.err(format!(
-                "tokenizer model '{model}' is not supported; chatforge reads byte-level BPE (\"gpt2\") GGUF tokenizers"
-            )));
-        }
-        let tokens = self.strings("tokenizer.ggml.tokens")?;
-        let merges: Vec<(String, String)> = self
-            .strings("tokenizer.ggml.merges")?
-            .iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| self.err(format!("malformed merge '{m}'")))
-            })
-            .collect::<Result<_>>()?;
-        let types: Vec<i32> = match self.content.metadata.get("tokenizer.ggml.token_type") {
-            Some(v) => v
-                .to_vec()
-                .map_err(|_| self.err("tokenizer.ggml.token_type is not an array"))?
-                .iter()
-                .map(|t| t.to_i32().unwrap_or(1))
-                .collect(),
-            None => vec![1; tokens.len()],
-        };
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| self.err(format!("cannot build the BPE tokenizer: {e}")))?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
-        inner.with_decoder(Some(ByteLevel::default()));
-        // Token type 3 is "control" (<|im_start|> and the like), 4 "user defined".
-        let specials: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(_, &t)| t == 3 || t == 4)
-            .map(|(s, _)| AddedToken::from(s.clone(), true))
-            .collect();
-        inner.add_special_tokens(&specials);
-        Ok(Tokenizer::new(
-            inner,
-            self.string("tokenizer.chat_template"),
-        ))
-    }
 }
 
 /// The GGUF name of an HF Llama tensor, and for q/k the head count whose rows to un-permute.
@@ -371,6 +315,18 @@ pub struct GgufModel {
 pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufModel> {
     let mut f = GgufFile::open(path)?;
     let cfg = f.config()?;
+    // The tokenizer and its fast encoder come first, and the file's token lists are let go once
+    // they are built: what that allocates and frees is then reused by the weights instead of
+    // adding to the peak beside them.
+    let tokenizer = f.tokenizer()?;
+    let _ = tokenizer.fast_encoding();
+    for key in [
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.token_type",
+    ] {
+        f.content.metadata.remove(key);
+    }
     let blocks = match device.is_cpu() {
         true => f.block_weights(&cfg)?,
         false => BlockWeights::new(),
@@ -380,7 +336,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufModel> {
         cfg,
         weights,
         blocks,
-        tokenizer: f.tokenizer()?,
+        tokenizer,
         quantized: f.quantization(),
     })
 }

@@ -187,9 +187,10 @@ impl Tokenizer {
         Ok(Tokenizer::parsed_from(text, inner, chat_template))
     }
 
-    /// [`Tokenizer::new`] for `inner` parsed from `text`, its tokenizer.json: the fast encoder
-    /// reads the merges from that text instead of serializing the crate's model again.
-    fn parsed_from(
+    /// [`Tokenizer::new`] for `inner` parsed from `text`, its tokenizer.json (or a JSON text with
+    /// at least its `model.merges`): the fast encoder reads the merges from that text instead of
+    /// serializing the crate's model again.
+    pub(crate) fn parsed_from(
         text: String,
         inner: tokenizers::Tokenizer,
         chat_template: Option<String>,

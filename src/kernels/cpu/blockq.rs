@@ -167,8 +167,9 @@ impl BlockWeight {
             cols: first.cols,
             blocks: parts
                 .iter()
-                .flat_map(|p| p.blocks.iter().copied())
-                .collect(),
+                .map(|p| p.blocks.as_slice())
+                .collect::<Vec<_>>()
+                .concat(),
         })
     }
 
@@ -181,8 +182,9 @@ impl BlockWeight {
             cols: self.cols,
             blocks: order
                 .iter()
-                .flat_map(|&j| self.row(j).iter().copied())
-                .collect(),
+                .map(|&j| self.row(j))
+                .collect::<Vec<_>>()
+                .concat(),
         }
     }
 
