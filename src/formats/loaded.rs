@@ -158,13 +158,20 @@ impl LoadedModel {
     }
 
     pub fn tokenizer(&self, path: &Path) -> Result<&Tokenizer> {
-        self.tokenizer.as_ref().ok_or_else(|| {
-            Error::bad_file(
-                path,
-                "this model directory has no tokenizer (tokenizer.json or vocab.json + merges.txt)",
-            )
-        })
+        self.tokenizer.as_ref().ok_or_else(|| no_tokenizer(path))
     }
+
+    /// The tokenizer, moved out (a clone would copy its vocabulary and merges).
+    pub fn take_tokenizer(&mut self, path: &Path) -> Result<Tokenizer> {
+        self.tokenizer.take().ok_or_else(|| no_tokenizer(path))
+    }
+}
+
+fn no_tokenizer(path: &Path) -> Error {
+    Error::bad_file(
+        path,
+        "this model directory has no tokenizer (tokenizer.json or vocab.json + merges.txt)",
+    )
 }
 
 /// The tokenizer may not produce ids the model has no embedding for.

@@ -46,9 +46,9 @@ pub struct App {
 }
 
 /// Builds the router over a loaded model and starts its engine.
-pub fn app(m: LoadedModel, model_path: &Path, opts: &ServeOptions) -> Result<App> {
+pub fn app(mut m: LoadedModel, model_path: &Path, opts: &ServeOptions) -> Result<App> {
     let device_model = m.transformer_with(opts.weights)?;
-    let tok = Arc::new(m.tokenizer(model_path)?.clone());
+    let tok = Arc::new(m.take_tokenizer(model_path)?);
     let format = ChatFormat::new(&tok, m.cfg.eos_token_id).ok();
     let model_id = opts.model_name.clone().unwrap_or_else(|| {
         let name = model_path
