@@ -12,9 +12,10 @@ use crate::chat_template::ChatFormat;
 use crate::chat_template::Message;
 use crate::error::{Error, Result};
 use crate::infer::{generate_text, GenerateOptions, SamplingParams};
+use crate::kernels::cpu::nll::logsumexp;
 use crate::model::Transformer;
 use crate::tokenizer::Tokenizer;
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use serde::Serialize;
 use serde_json::Value;
 use std::path::Path;
@@ -147,30 +148,26 @@ pub fn score_continuations(
         .max(1);
     let ctx_ids = &ctx_ids[ctx_ids.len() - keep..];
     let (cache, last) = model.prefill(ctx_ids)?;
-    let first = candle_nn::ops::log_softmax(&last, D::Minus1)?.squeeze(0)?;
+    let first: Vec<f32> = last.flatten_all()?.to_vec1()?;
+    // log softmax(row)[t], and whether t is the row's most likely token.
+    let score = |row: &[f32], t: u32| {
+        let ll = f64::from(row[t as usize] - logsumexp(row));
+        (ll, crate::infer::sampler::argmax(row) == t)
+    };
     let mut out = Vec::new();
     for c in &conts {
-        // Row j of `rows` predicts c[j]: the context's last position, then the continuation's own.
-        let mut rows = vec![first.clone()];
+        // The context's last position predicts c[0]; the continuation's own positions (all but
+        // its last token, run on a copy of the context's cache) predict the rest.
+        let (mut sum, mut greedy) = score(&first, c[0]);
         if c.len() > 1 {
             let mut cc = cache.clone();
             let y = Tensor::from_slice(&c[..c.len() - 1], (1, c.len() - 1), model.device())?;
-            let l = candle_nn::ops::log_softmax(
-                &model.forward(&y, cc.len(), Some(&mut cc))?,
-                D::Minus1,
-            )?
-            .squeeze(0)?;
-            rows.extend(
-                (0..c.len() - 1)
-                    .map(|j| l.get(j))
-                    .collect::<candle_core::Result<Vec<_>>>()?,
-            );
-        }
-        let (mut sum, mut greedy) = (0f64, true);
-        for (row, &t) in rows.iter().zip(c) {
-            let r: Vec<f32> = row.to_vec1()?;
-            sum += r[t as usize] as f64;
-            greedy &= crate::infer::sampler::argmax(&r) == t;
+            let h = model.forward_hidden(&y, cc.len(), Some(&mut cc))?;
+            model.for_each_logits_row(&h, |j, row| {
+                let (ll, g) = score(row, c[j + 1]);
+                sum += ll;
+                greedy &= g;
+            })?;
         }
         out.push((sum, greedy));
     }

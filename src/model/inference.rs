@@ -40,6 +40,25 @@ impl Transformer {
         Ok(self.logits(&last)?.squeeze(1)?)
     }
 
+    /// The logits of hidden states h (1, T, C) row by row, `f(position, row)`, computed a few
+    /// positions at a time so that the (T, V) logits are never all held (scoring a continuation).
+    pub fn for_each_logits_row(&self, h: &Tensor, mut f: impl FnMut(usize, &[f32])) -> Result<()> {
+        const ROWS: usize = 8;
+        let t = h.dim(1)?;
+        for start in (0..t).step_by(ROWS) {
+            let n = ROWS.min(t - start);
+            let logits: Vec<f32> = self
+                .logits(&h.narrow(1, start, n)?)?
+                .flatten_all()?
+                .to_vec1()?;
+            let v = logits.len() / n;
+            for (i, row) in logits.chunks_exact(v).enumerate() {
+                f(start + i, row);
+            }
+        }
+        Ok(())
+    }
+
     /// Runs a prompt (1, T) through the model into a fresh KV cache: the cache and the next-token
     /// logits (1, V), where every decoding loop starts.
     pub fn prefill(&self, prompt: &[u32]) -> Result<(KvCache, Tensor)> {

@@ -87,16 +87,17 @@ impl LayerKv {
     }
 
     /// Writes new keys and values (B, K, T, D) after the ones held, into new buffers of twice the
-    /// capacity when these are full, or of the same capacity when another cache shares them.
+    /// capacity when these are full; when another cache shares them, into a copy with the room
+    /// they had, or just enough room (the scoring of continuations appends once to each copy).
     pub(crate) fn append(&mut self, keys: &Tensor, values: &Tensor) -> Result<()> {
         let t = keys.dim(2)?;
         let capacity = self.keys.dim(2)?;
         let full = self.len + t > capacity;
         let shared = Arc::strong_count(&self.holders) > 1;
         if full || shared || self.keys.dtype() != keys.dtype() {
-            let capacity = match full {
-                true => (self.len + t).max(2 * capacity).max(MIN_CAPACITY),
-                false => capacity,
+            let capacity = match (full, shared) {
+                (true, false) => (self.len + t).max(2 * capacity).max(MIN_CAPACITY),
+                _ => capacity.max(self.len + t),
             };
             self.keys = grown(&self.keys, self.len, capacity, keys)?;
             self.values = grown(&self.values, self.len, capacity, values)?;
