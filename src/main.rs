@@ -53,14 +53,6 @@ enum Command {
     Serve(cli::serve::ServeArgs),
 }
 
-// mimalloc's C API (bundled v2 header, `mi_option_e`): never return freed memory to the OS, so
-// the same buffers are reused step after step instead of being faulted in afresh.
-extern "C" {
-    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-}
-const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
-const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-
 fn main() {
     let cli = Cli::parse();
     // Before any pool starts: every pool sizes itself from this.
@@ -68,18 +60,7 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
-    // Training reuses the same large buffers every step: keep them. A server or a chat session
-    // returns memory after a large request instead.
-    if matches!(
-        cli.command,
-        Command::Pretrain(_) | Command::Sft(_) | Command::Speedrun(_)
-    ) {
-        // SAFETY: plain setters of mimalloc options, called before any threads exist.
-        unsafe {
-            mi_option_set(MI_OPTION_PURGE_DELAY, -1);
-            mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 1);
-        }
-    }
+    cli::allocator::configure_in_main();
     if matches!(cli.command, Command::Pretrain(_) | Command::Sft(_)) {
         if let Err(e) = chatforge::train::interrupt::install() {
             eprintln!("warning: cannot catch SIGINT/SIGTERM ({e}): a signal will stop training without a checkpoint");

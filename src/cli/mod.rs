@@ -1,6 +1,7 @@
 //! The subcommands of the `chatforge` binary, one file each: its clap arguments and a call into
 //! the library.
 
+pub mod allocator;
 pub mod bench;
 pub mod chat;
 pub mod convert;
