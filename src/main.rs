@@ -5,7 +5,7 @@ mod cli;
 use anyhow::Result;
 
 // candle allocates a fresh buffer for every op; glibc hands large ones back to the kernel each time
-// (page faults on every step), mimalloc keeps them.
+// (page faults on every step), mimalloc reuses them (its options per subcommand: cli/allocator.rs).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use chatforge::dist::Collective;

@@ -1,7 +1,7 @@
 //! Everything that reads or writes files other tools read: Hugging Face model directories, their
 //! config.json and tensor names (`hf`, `hf_config`, `hf_names`), GGUF files (`gguf`,
-//! `gguf_header`, `gguf_blocks`, `gguf_tokenizer`), PEFT adapters (`peft`), and [`LoadedModel`], a model from any of
-//! them.
+//! `gguf_header`, `gguf_blocks`, `gguf_tokenizer`), PEFT adapters (`peft`), and [`LoadedModel`],
+//! a model from any of them.
 
 pub mod gguf;
 mod gguf_blocks;
