@@ -106,8 +106,7 @@ impl LaunchEnv {
                 self.port
             ))
         };
-        let listener =
-            TcpListener::bind(("0.0.0.0", self.port)).map_err(|e| io("could not listen", e))?;
+        let listener = bind_retrying(self.port, timeout).map_err(|e| io("could not listen", e))?;
         listener
             .set_nonblocking(true)
             .map_err(|e| io("could not listen", e))?;
@@ -189,6 +188,12 @@ impl LaunchEnv {
                     // Rank 0 is not listening yet.
                     Err(_) => return Ok(None),
                 };
+                // On one host, a connect to a port in the ephemeral range that nothing listens
+                // on can be given that very port as its source and connect to itself (TCP
+                // simultaneous open); it would read its own hello and hold rank 0's port.
+                if s.local_addr().ok() == s.peer_addr().ok() {
+                    return Ok(None);
+                }
                 s.set_read_timeout(Some(Duration::from_secs(30)))?;
                 let mut hello = MAGIC.to_vec();
                 hello.extend((self.rank as u32).to_le_bytes());
@@ -226,6 +231,20 @@ impl LaunchEnv {
                     )))
                 }
             }
+        }
+    }
+}
+
+/// Rank 0's listener. A port that is busy for a moment (a rank's connect that met itself, see
+/// `fetch`) is tried again for up to a tenth of the timeout, at most 2 s.
+fn bind_retrying(port: u16, timeout: Duration) -> std::io::Result<TcpListener> {
+    let deadline = Instant::now() + (timeout / 10).min(Duration::from_secs(2));
+    loop {
+        match TcpListener::bind(("0.0.0.0", port)) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            r => return r,
         }
     }
 }
