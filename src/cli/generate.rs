@@ -55,7 +55,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         chat.reply(&msgs, &opts, &mut print)?
     } else {
         let ids = tok.encode(&prompt)?;
-        opts.stop_ids.extend(tok.eot_id());
+        opts.stop_ids.extend(chatforge::infer::completion_stop_ids(
+            tok,
+            m.cfg.eos_token_id,
+        ));
         chatforge::infer::generate_text(&model, tok, &ids, &opts, &mut print)?
     };
     super::output::line("")?;

@@ -7,6 +7,15 @@ use crate::model::Transformer;
 use crate::tokenizer::Tokenizer;
 use candle_core::{DType, Tensor};
 
+/// The tokens a plain completion (no chat template) stops at: the end of a document
+/// (`<|endoftext|>`) and the model's end-of-sequence token (an instruct model's `<|im_end|>`), as
+/// transformers' `generate` stops at `eos_token_id` and llama.cpp at its end-of-generation tokens.
+pub fn completion_stop_ids(tok: &Tokenizer, eos_token_id: Option<u32>) -> Vec<u32> {
+    let mut ids: Vec<u32> = tok.eot_id().into_iter().chain(eos_token_id).collect();
+    ids.dedup();
+    ids
+}
+
 /// Generates text, calling `on_text` with each piece as soon as it is safe to show (see
 /// [`TextOutput`](super::stream::TextOutput)): the prompt runs once into a KV cache, then one
 /// token at a time through a [`Decoder`].

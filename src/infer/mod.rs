@@ -8,5 +8,5 @@ pub mod speed;
 pub mod stream;
 
 pub use decoder::{token_budget, Decoder, FinishReason, GenerateOptions, Generation};
-pub use generate::generate_text;
+pub use generate::{completion_stop_ids, generate_text};
 pub use sampler::{Sampler, SamplingParams};

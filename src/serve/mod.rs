@@ -60,11 +60,13 @@ pub fn app(mut m: LoadedModel, model_path: &Path, opts: &ServeOptions) -> Result
     let admission = admission::Admission::new(opts.max_batch, opts.max_queue);
     let (cut, cut_rx) = tokio::sync::watch::channel(false);
     let longest_token_bytes = tok.longest_token_bytes();
+    let completion_stop_ids = crate::infer::completion_stop_ids(&tok, m.cfg.eos_token_id);
     let state = Arc::new(state::AppState {
         engine: engine::Engine::start(device_model, tok.clone(), opts.max_batch),
         tok,
         format,
         model_id,
+        completion_stop_ids,
         context: m.cfg.context,
         api_key: opts.api_key.clone(),
         created: std::time::SystemTime::now()

@@ -349,11 +349,7 @@ fn prepare_completion(
             Some("logprobs"),
         ));
     }
-    let opts = generate_options(
-        sampling,
-        s.tok.eot_id().into_iter().collect(),
-        &req.sampling,
-    );
+    let opts = generate_options(sampling, s.completion_stop_ids.clone(), &req.sampling);
     Ok((req, prompt, opts))
 }
 

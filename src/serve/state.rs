@@ -13,6 +13,8 @@ pub struct AppState {
     pub tok: Arc<Tokenizer>,
     pub format: Option<ChatFormat>,
     pub model_id: String,
+    /// What a plain completion stops at (`infer::completion_stop_ids`).
+    pub completion_stop_ids: Vec<u32>,
     pub context: usize,
     pub api_key: Option<String>,
     pub created: u64,
