@@ -32,7 +32,7 @@ enum Command {
     Tokenizer(cli::tokenizer::TokenizerCmd),
     /// Score a model on a task.
     Eval(cli::eval::EvalArgs),
-    /// Write a model (HF directory or .gguf file) as a Hugging Face model directory.
+    /// Write a model (HF directory, adapter or .gguf file) as a Hugging Face directory or a GGUF file.
     Convert(cli::convert::ConvertArgs),
     /// Turn corpora into token shards.
     #[command(subcommand)]

@@ -1,13 +1,10 @@
-//! GGUF files (llama.cpp's format) with the `llama` architecture: metadata into the model config,
-//! tensors under our names (dequantised to f32, or on the CPU Q4_1 and Q8_0 ones kept in blocks,
-//! `gguf_blocks`), the tokenizer rebuilt from the vocabulary and merges (`gguf_tokenizer`), and
-//! the chat template.
-//!
-//! llama.cpp's converter permutes the rows of the query and key projections so that RoPE rotates
-//! interleaved pairs; our RoPE (like transformers') rotates the two halves of each head, so those
-//! rows are permuted back here.
+//! GGUF files (llama.cpp's format) with the `llama` or `gpt2` architecture: metadata into the
+//! model config, tensors under our names (`gguf_names`: llama.cpp's names and layouts; dequantised
+//! to f32, or on the CPU Q4_1 and Q8_0 ones kept in blocks, `gguf_blocks`), the tokenizer rebuilt
+//! from the vocabulary and merges (`gguf_tokenizer`), and the chat template.
 
 use super::gguf_header::{read_header, tensor_bytes};
+use super::gguf_names::{from_gguf_layout, gguf_name, Layout};
 use super::hf::weights_from_hf_except;
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
@@ -85,12 +82,14 @@ impl GgufFile {
         })
     }
 
+    /// A number; an f32 is read as the decimal it was written from (1e-5, not 9.99999974e-6), so
+    /// that a config converted from the file says what the model's own says.
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.content.metadata.get(key) {
             None => Ok(default),
             Some(v) => v
                 .to_f32()
-                .map(f64::from)
+                .map(|x| x.to_string().parse().unwrap_or(f64::from(x)))
                 .or_else(|_| v.to_f64())
                 .map_err(|_| self.err(format!("metadata '{key}' is not a number"))),
         }
@@ -117,40 +116,48 @@ impl GgufFile {
             .collect()
     }
 
-    /// The model config from `llama.*` metadata.
+    /// The model config from the architecture's metadata (`llama.*` or `gpt2.*`).
     pub fn config(&self) -> Result<ModelConfig> {
         let arch = self.string("general.architecture").unwrap_or_default();
-        if arch != "llama" {
+        if arch != "llama" && arch != "gpt2" {
             return Err(self.err(format!(
-                "architecture '{arch}' is not supported; chatforge reads llama-architecture GGUF files"
+                "architecture '{arch}' is not supported; chatforge reads the llama and gpt2 \
+                 architectures of GGUF files"
             )));
         }
-        let heads = self.usize("llama.attention.head_count")?;
-        let embd = self.usize("llama.embedding_length")?;
-        let vocab = match self.usize("llama.vocab_size") {
+        let key = |k: &str| format!("{arch}.{k}");
+        let heads = self.usize(&key("attention.head_count"))?;
+        let embd = self.usize(&key("embedding_length"))?;
+        let vocab = match self.usize(&key("vocab_size")) {
             Ok(v) => v,
             Err(_) => self.strings("tokenizer.ggml.tokens")?.len(),
         };
         let tied = !self.content.tensor_infos.contains_key("output.weight");
-        let mut cfg = ModelConfig::llama(
-            self.usize("llama.block_count")?,
-            heads,
-            self.usize("llama.attention.head_count_kv").unwrap_or(heads),
-            embd,
-            self.usize("llama.feed_forward_length")?,
-            vocab,
-            self.usize("llama.context_length")?,
-            tied,
+        let (layers, ff) = (
+            self.usize(&key("block_count"))?,
+            self.usize(&key("feed_forward_length"))?,
         );
-        if self
-            .content
-            .metadata
-            .contains_key("llama.attention.key_length")
-        {
-            cfg.head_dim = self.usize("llama.attention.key_length")?;
-        }
-        cfg.norm_eps = self.f64_or("llama.attention.layer_norm_rms_epsilon", 1e-5)?;
-        cfg.rope_theta = self.f64_or("llama.rope.freq_base", 10_000.0)?;
+        let context = self.usize(&key("context_length"))?;
+        let mut cfg = if arch == "gpt2" {
+            let mut c = ModelConfig::gpt2(layers, heads, embd, vocab, context);
+            c.intermediate = ff;
+            c.tie_embeddings = tied;
+            c.norm_eps = self.f64_or(&key("attention.layer_norm_epsilon"), 1e-5)?;
+            c
+        } else {
+            let kv_heads = self.usize(&key("attention.head_count_kv")).unwrap_or(heads);
+            let mut c = ModelConfig::llama(layers, heads, kv_heads, embd, ff, vocab, context, tied);
+            if self
+                .content
+                .metadata
+                .contains_key(&key("attention.key_length"))
+            {
+                c.head_dim = self.usize(&key("attention.key_length"))?;
+            }
+            c.norm_eps = self.f64_or(&key("attention.layer_norm_rms_epsilon"), 1e-5)?;
+            c.rope_theta = self.f64_or(&key("rope.freq_base"), 10_000.0)?;
+            c
+        };
         cfg.bos_token_id = self
             .usize("tokenizer.ggml.bos_token_id")
             .ok()
@@ -160,25 +167,25 @@ impl GgufFile {
             .ok()
             .map(|x| x as u32);
         if let Err((field, value, max)) = cfg.check_sizes() {
-            let key = match field {
-                "vocab_size" => "llama.vocab_size (or tokenizer.ggml.tokens)",
-                "context" => "llama.context_length",
-                "n_layer" => "llama.block_count",
-                "n_head" => "llama.attention.head_count",
-                "n_kv_head" => "llama.attention.head_count_kv",
-                "n_embd" => "llama.embedding_length",
-                "head_dim" => "llama.attention.key_length",
-                _ => "llama.feed_forward_length",
+            let name = match field {
+                "vocab_size" => "vocab_size (or tokenizer.ggml.tokens)",
+                "context" => "context_length",
+                "n_layer" => "block_count",
+                "n_head" => "attention.head_count",
+                "n_kv_head" => "attention.head_count_kv",
+                "n_embd" => "embedding_length",
+                "head_dim" => "attention.key_length",
+                _ => "feed_forward_length",
             };
             return Err(self.err(format!(
-                "metadata '{key}' = {value} is outside 1..={max}; is this file damaged?"
+                "metadata '{arch}.{name}' = {value} is outside 1..={max}; is this file damaged?"
             )));
         }
         cfg.validate().map_err(|e| self.err(e))?;
-        let layers = self.layers_in_file();
-        if layers != cfg.n_layer {
+        let in_file = self.layers_in_file();
+        if in_file != cfg.n_layer {
             return Err(self.err(format!(
-                "metadata 'llama.block_count' is {} but the file holds tensors of {layers} layers",
+                "metadata '{arch}.block_count' is {} but the file holds tensors of {in_file} layers",
                 cfg.n_layer
             )));
         }
@@ -244,61 +251,23 @@ impl GgufFile {
     ) -> Result<BTreeMap<String, Tensor>> {
         let path = self.path.clone();
         weights_from_hf_except(cfg, held, |hf_name, shape| {
-            let (name, permute_heads) = gguf_name(hf_name, cfg)
+            let (name, layout) = gguf_name(hf_name, cfg)
                 .ok_or_else(|| Error::bad_file(&path, format!("no GGUF tensor for '{hf_name}'")))?;
             let t = self.tensor(&name, device)?;
-            if t.dims() != shape {
+            let mut want = shape.to_vec();
+            if layout == Layout::Transposed {
+                want.reverse();
+            }
+            if t.dims() != want {
                 return Err(Error::Mismatch(format!(
-                    "{}: tensor '{name}' has shape {:?} but the metadata implies {shape:?}",
+                    "{}: tensor '{name}' has shape {:?} but the metadata implies {want:?}",
                     path.display(),
                     t.dims()
                 )));
             }
-            match permute_heads {
-                Some(heads) => unpermute_rope_rows(&t, heads),
-                None => Ok(t),
-            }
+            from_gguf_layout(t, layout)
         })
     }
-}
-
-/// The GGUF name of an HF Llama tensor, and for q/k the head count whose rows to un-permute.
-pub(super) fn gguf_name(hf: &str, cfg: &ModelConfig) -> Option<(String, Option<usize>)> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some((f.to_string(), None));
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let (name, permute) = match tail {
-        "input_layernorm.weight" => ("attn_norm.weight", None),
-        "post_attention_layernorm.weight" => ("ffn_norm.weight", None),
-        "self_attn.q_proj.weight" => ("attn_q.weight", Some(cfg.n_head)),
-        "self_attn.k_proj.weight" => ("attn_k.weight", Some(cfg.n_kv_head)),
-        "self_attn.v_proj.weight" => ("attn_v.weight", None),
-        "self_attn.o_proj.weight" => ("attn_output.weight", None),
-        "mlp.gate_proj.weight" => ("ffn_gate.weight", None),
-        "mlp.up_proj.weight" => ("ffn_up.weight", None),
-        "mlp.down_proj.weight" => ("ffn_down.weight", None),
-        _ => return None,
-    };
-    Some((format!("blk.{layer}.{name}"), permute))
-}
-
-/// Undoes llama.cpp's `permute`: within each head, rows come as (pair, 2) interleaved; we want the
-/// two halves. w: (heads * D, in) -> same shape.
-fn unpermute_rope_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
-    let (rows, cols) = w.dims2()?;
-    let d = rows / heads;
-    Ok(w.reshape((heads, d / 2, 2, cols))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((rows, cols))?)
 }
 
 /// A GGUF file's contents: config, weights (f32) and, on the CPU, the weights it stores as Q4_1

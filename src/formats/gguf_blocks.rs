@@ -3,8 +3,9 @@
 //! the projections that run together joined, with no f32 copy made. Each tensor's pages of the
 //! map are let go once copied, so the file is never held twice.
 
-use super::gguf::{gguf_name, GgufFile};
+use super::gguf::GgufFile;
 use super::gguf_header::tensor_bytes;
+use super::gguf_names::{gguf_name, Layout};
 use super::hf::blocks_from_hf;
 use crate::error::{Error, Result};
 use crate::kernels::cpu::blockq::{BlockWeight, Format};
@@ -16,7 +17,7 @@ impl GgufFile {
     /// The weights (internal names) the file stores as Q4_1 or Q8_0 blocks, as blocks.
     pub fn block_weights(&self, cfg: &ModelConfig) -> Result<BlockWeights> {
         blocks_from_hf(cfg, |hf_name, shape| {
-            let (name, permute_heads) = gguf_name(hf_name, cfg).ok_or_else(|| {
+            let (name, layout) = gguf_name(hf_name, cfg).ok_or_else(|| {
                 Error::bad_file(&self.path, format!("no GGUF tensor for '{hf_name}'"))
             })?;
             let Some(q) = self.blocks(&name)? else {
@@ -29,9 +30,10 @@ impl GgufFile {
                     self.path.display()
                 )));
             }
-            Ok(Some(match permute_heads {
-                Some(heads) => unpermute_rope_rows(&q, heads),
-                None => q,
+            Ok(Some(match layout {
+                Layout::RopePermuted(heads) => unpermute_rope_rows(&q, heads),
+                // A transposed one is asked for in the (out, in) shape the file has.
+                Layout::Same | Layout::Transposed => q,
             }))
         })
     }
@@ -68,7 +70,7 @@ impl GgufFile {
     }
 }
 
-/// `gguf::unpermute_rope_rows` on blocks: within each head of (heads * D) rows, row (pair p,
+/// `gguf_names::from_gguf_layout` of query and key rows, on blocks: within each head of (heads * D) rows, row (pair p,
 /// half s) of llama.cpp's interleaved order becomes row (s, p) of the two halves.
 fn unpermute_rope_rows(q: &BlockWeight, heads: usize) -> BlockWeight {
     let d = q.dims().0 / heads;

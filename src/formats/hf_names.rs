@@ -233,10 +233,10 @@ pub fn weights_from_hf_except(
     Ok(out)
 }
 
-/// The internal weights whose every HF part `get` gives as quantized blocks (of the HF shape;
-/// None for a tensor not stored so), the parts of a joined weight (query, key, value) joined by
-/// rows where they share a format. Weights stored transposed (GPT-2's Conv1D) are never held in
-/// blocks.
+/// The internal weights whose every HF part `get` gives as quantized blocks (of the shape asked
+/// for; None for a tensor not stored so), the parts of a joined weight (query, key, value) joined
+/// by rows where they share a format. A weight HF stores transposed (GPT-2's Conv1D) is asked for
+/// in our (out, in) shape, as GGUF files store it.
 pub fn blocks_from_hf(
     cfg: &ModelConfig,
     mut get: impl FnMut(&str, &[usize]) -> Result<Option<BlockWeight>>,
@@ -245,7 +245,7 @@ pub fn blocks_from_hf(
     for (ours, src, shapes) in hf_sources(cfg) {
         let q = match src {
             Source::Same(n) => get(&n, &shapes[0])?,
-            Source::Transposed(_) => None,
+            Source::Transposed(n) => get(&n, &[shapes[0][1], shapes[0][0]])?,
             Source::Concat(ns) => {
                 let parts = ns
                     .iter()

@@ -1,16 +1,20 @@
 //! Everything that reads or writes files other tools read: Hugging Face model directories, their
-//! config.json and tensor names (`hf`, `hf_config`, `hf_names`), GGUF files (`gguf`,
-//! `gguf_header`, `gguf_blocks`, `gguf_tokenizer`), PEFT adapters (`peft`), and [`LoadedModel`],
-//! a model from any of them.
+//! config.json and tensor names (`hf`, `hf_config`, `hf_names`), GGUF files read (`gguf`,
+//! `gguf_header`, `gguf_names`, `gguf_blocks`, `gguf_tokenizer`) and written (`gguf_export`, with an Ollama
+//! Modelfile from `ollama`), PEFT adapters (`peft`), and [`LoadedModel`], a model from any of
+//! them.
 
 pub mod gguf;
 mod gguf_blocks;
+pub mod gguf_export;
 pub mod gguf_header;
+mod gguf_names;
 mod gguf_tokenizer;
 pub mod hf;
 pub mod hf_config;
 mod hf_names;
 pub mod loaded;
+pub mod ollama;
 pub mod peft;
 
 pub use loaded::{check_vocab, save_model_dir, LoadedModel, WeightFormat};

@@ -5,26 +5,50 @@
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::borrow::Cow;
+use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::BPE;
 use tokenizers::models::ModelWrapper;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::processors::PostProcessorWrapper;
 
-/// The BPE model of `tokenizer`, or why the fast encoder would not give the crate's ids for it.
-pub(crate) fn gpt2_shaped_bpe(tokenizer: &tokenizers::Tokenizer) -> Result<&BPE, String> {
+/// The BPE model of `tokenizer` and whether its pre-tokenizer splits every digit off before
+/// GPT-2's pattern (SmolLM's), or why the fast encoder would not give the crate's ids for it.
+pub(crate) fn gpt2_shaped_bpe(tokenizer: &tokenizers::Tokenizer) -> Result<(&BPE, bool), String> {
+    let split_digits = match gpt2_pre_tokenizer(tokenizer.get_pre_tokenizer()) {
+        Some(split_digits) => split_digits,
+        None => {
+            return Err(format!(
+                "its pre-tokenizer is not GPT-2's ByteLevel (after single digits, or not): {:?}",
+                tokenizer.get_pre_tokenizer()
+            ))
+        }
+    };
+    Ok((plain_bpe(tokenizer)?, split_digits))
+}
+
+/// For GPT-2's pre-tokenizer (ByteLevel with its pattern, no prefix space), whether it is run
+/// after one that splits every digit off (`Digits(individual_digits)`, as SmolLM's is); None for
+/// other pre-tokenizers.
+pub fn gpt2_pre_tokenizer(pre: Option<&PreTokenizerWrapper>) -> Option<bool> {
+    let gpt2 = |p: &PreTokenizerWrapper| matches!(p, PreTokenizerWrapper::ByteLevel(b) if !b.add_prefix_space && b.use_regex);
+    match pre? {
+        p if gpt2(p) => Some(false),
+        PreTokenizerWrapper::Sequence(s) => match s.as_ref() {
+            [PreTokenizerWrapper::Digits(d), b] if d.individual_digits && gpt2(b) => Some(true),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The BPE model of `tokenizer` if its ids depend only on its pre-tokenizer's pieces, its
+/// vocabulary and its merges; else why not.
+fn plain_bpe(tokenizer: &tokenizers::Tokenizer) -> Result<&BPE, String> {
     if tokenizer.get_normalizer().is_some() {
         return Err("it has a normalizer".into());
     }
     if tokenizer.get_truncation().is_some() || tokenizer.get_padding().is_some() {
         return Err("it truncates or pads".into());
-    }
-    match tokenizer.get_pre_tokenizer() {
-        Some(PreTokenizerWrapper::ByteLevel(b)) if !b.add_prefix_space && b.use_regex => {}
-        other => {
-            return Err(format!(
-                "its pre-tokenizer is not GPT-2's ByteLevel: {other:?}"
-            ))
-        }
     }
     match tokenizer.get_post_processor() {
         None | Some(PostProcessorWrapper::ByteLevel(_)) => {}
@@ -120,4 +144,45 @@ pub(crate) fn for_each_merge(
         f(rank, a, b)?;
     }
     Ok(())
+}
+
+/// A byte-level BPE tokenizer taken apart as GGUF files store one (`tokenizer.ggml.*`).
+pub struct BpeParts {
+    /// Each id's token, in byte-level characters (`Ġthe`); None for an id no token has.
+    pub tokens: Vec<Option<String>>,
+    /// Per id: None for a vocabulary token, Some(special) for an added one.
+    pub added: Vec<Option<bool>>,
+    /// The merges, lowest rank first.
+    pub merges: Vec<(String, String)>,
+}
+
+/// `tokenizer`'s vocabulary, added tokens and merges, or why it is not a plain byte-level BPE
+/// (whatever its pre-tokenizer).
+pub(crate) fn bpe_parts(tokenizer: &tokenizers::Tokenizer) -> Result<BpeParts, String> {
+    let bpe = plain_bpe(tokenizer)?;
+    if !matches!(tokenizer.get_decoder(), Some(DecoderWrapper::ByteLevel(_))) {
+        return Err("its decoder is not byte-level".into());
+    }
+    let vocab = tokenizer.get_vocab(true);
+    let n = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
+    let mut tokens = vec![None; n];
+    for (t, id) in vocab {
+        tokens[id as usize] = Some(t);
+    }
+    let mut added = vec![None; n];
+    for (id, t) in tokenizer.get_added_tokens_decoder() {
+        if let Some(a) = added.get_mut(id as usize) {
+            *a = Some(t.special);
+        }
+    }
+    let mut merges = Vec::new();
+    for_each_merge(bpe, None, |_, a, b| {
+        merges.push((a.to_string(), b.to_string()));
+        Ok(())
+    })?;
+    Ok(BpeParts {
+        tokens,
+        added,
+        merges,
+    })
 }

@@ -39,6 +39,8 @@ pub(crate) struct ByteLevelBpe {
     whole_pieces: Option<FxHashMap<Box<[u8]>, u32>>,
     /// Added tokens matched on the raw text, then those matched after normalization.
     added: [Option<(AhoCorasick, Vec<u32>)>; 2],
+    /// Every digit is a piece of its own, before GPT-2's pattern cuts the rest (SmolLM's).
+    split_digits: bool,
     /// Tells the per-thread caches of different tokenizers apart.
     cache_owner: u64,
 }
@@ -66,7 +68,7 @@ impl ByteLevelBpe {
         tokenizer: &tokenizers::Tokenizer,
         source: Option<&str>,
     ) -> Result<Self, String> {
-        let bpe = bpe_source::gpt2_shaped_bpe(tokenizer)?;
+        let (bpe, split_digits) = bpe_source::gpt2_shaped_bpe(tokenizer)?;
         let vocab = tokenizers::Model::get_vocab(bpe);
         let byte_chars = super::byte_to_char_table();
         let mut byte_ids = [MISSING; 256];
@@ -133,6 +135,7 @@ impl ByteLevelBpe {
             merges,
             whole_pieces,
             added: [trie(false)?, trie(true)?],
+            split_digits,
             cache_owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
         })
     }
@@ -148,9 +151,13 @@ impl ByteLevelBpe {
             }
             self.split_added(0, text, &mut |segment| match segment {
                 Segment::Added(id) => out.push(id),
-                Segment::Text(s) => gpt2_split::for_each_piece(s, |piece| {
-                    self.encode_piece(piece.as_bytes(), cache, &mut out)
-                }),
+                Segment::Text(s) => {
+                    let mut piece = |p: &str| self.encode_piece(p.as_bytes(), cache, &mut out);
+                    match self.split_digits {
+                        true => gpt2_split::for_each_piece_after_digits(s, piece),
+                        false => gpt2_split::for_each_piece(s, &mut piece),
+                    }
+                }
             });
         });
         out

@@ -173,6 +173,24 @@ pub(crate) fn for_each_piece<'t>(text: &'t str, mut f: impl FnMut(&'t str)) {
     }
 }
 
+/// [`for_each_piece`] after every number character has been made a piece of its own, as the
+/// `tokenizers` crate's `Digits(individual_digits)` does: by `char::is_numeric` (whose Unicode
+/// tables can be newer than those of `\p{N}` above).
+pub(crate) fn for_each_piece_after_digits<'t>(text: &'t str, mut f: impl FnMut(&'t str)) {
+    let mut start = 0;
+    let mut i = 0;
+    while i < text.len() {
+        let (c, n) = char_at(text, i);
+        if c.is_numeric() {
+            for_each_piece(&text[start..i], &mut f);
+            f(&text[i..i + n]);
+            start = i + n;
+        }
+        i += n;
+    }
+    for_each_piece(&text[start..], f);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +216,16 @@ mod tests {
             [" ", "\u{3000}", "日本語", " ١٢"]
         );
         assert_eq!(pieces(""), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn digits_split_off_first_as_smollm_splits() {
+        let mut v = Vec::new();
+        for_each_piece_after_digits("In 1599, x42 ١٢!", |p| v.push(p));
+        assert_eq!(
+            v,
+            ["In", " ", "1", "5", "9", "9", ",", " x", "4", "2", " ", "١", "٢", "!"]
+        );
     }
 
     #[test]

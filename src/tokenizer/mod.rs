@@ -12,6 +12,7 @@ mod gpt2_split;
 
 use crate::error::{Error, Result};
 use crate::fsutil;
+pub use bpe_source::{gpt2_pre_tokenizer, BpeParts};
 use byte_bpe::ByteLevelBpe;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -233,6 +234,12 @@ impl Tokenizer {
             .to_vec())
     }
 
+    /// Its vocabulary, added tokens and merges, for a plain byte-level BPE (as GGUF files store
+    /// one); else why it is not one.
+    pub fn bpe_parts(&self) -> std::result::Result<BpeParts, String> {
+        bpe_source::bpe_parts(&self.inner)
+    }
+
     /// The faster encoder, or why this tokenizer is encoded by the `tokenizers` crate.
     fn fast_encoder(&self) -> std::result::Result<&ByteLevelBpe, &str> {
         self.fast
@@ -300,6 +307,14 @@ impl Tokenizer {
             .collect()
     }
 
+    /// The chat template it came with, else ChatML when it has ChatML's tokens.
+    pub fn chat_template_or_chatml(&self) -> Option<String> {
+        self.chat_template.clone().or_else(|| {
+            (self.token_id(IM_START).is_some() && self.token_id(IM_END).is_some())
+                .then(|| CHATML_TEMPLATE.to_string())
+        })
+    }
+
     /// Writes `tokenizer.json`, `tokenizer_config.json` (with the chat template) and
     /// `special_tokens_map.json` into `dir`.
     pub fn save_to_dir(&self, dir: &Path, model_max_length: usize) -> Result<()> {
@@ -320,11 +335,7 @@ impl Tokenizer {
         if self.token_id(IM_END).is_some() {
             cfg["pad_token"] = json!(END_OF_TEXT);
         }
-        let template = self.chat_template.clone().or_else(|| {
-            (self.token_id(IM_START).is_some() && self.token_id(IM_END).is_some())
-                .then(|| CHATML_TEMPLATE.to_string())
-        });
-        if let Some(t) = template {
+        if let Some(t) = self.chat_template_or_chatml() {
             cfg["chat_template"] = json!(t);
         }
         fsutil::write_atomic(
