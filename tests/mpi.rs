@@ -178,6 +178,12 @@ fn two_ranks_train_like_one_process_on_the_combined_batch() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
+    let events = names
+        .iter()
+        .filter(|n| n.starts_with("events.out.tfevents."))
+        .count();
+    assert_eq!(events, 1, "one TensorBoard event file, rank 0's: {names:?}");
+    names.retain(|n| !n.starts_with("events.out.tfevents."));
     assert_eq!(
         names,
         [

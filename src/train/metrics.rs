@@ -1,6 +1,8 @@
 //! `metrics.jsonl`: one JSON object per line, appended as training goes (`kind` is "train", "val"
-//! or "sample"), readable by pandas/jq and by the loss-curve plot.
+//! or "sample"), readable by pandas/jq and by the loss-curve plot; each record is also written
+//! to the run's TensorBoard event file (`tensorboard`).
 
+use super::tensorboard::EventFile;
 use crate::config::RunConfig;
 use crate::error::{Error, Result};
 use candle_core::Device;
@@ -10,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub struct MetricsLog {
     path: PathBuf,
+    /// The same records as TensorBoard events.
+    events: EventFile,
 }
 
 impl MetricsLog {
@@ -31,7 +35,8 @@ impl MetricsLog {
                 crate::fsutil::write_atomic(&path, kept.concat().as_bytes())?;
             }
         }
-        Ok(MetricsLog { path })
+        let events = EventFile::create(run_dir, resume_step)?;
+        Ok(MetricsLog { path, events })
     }
 
     pub fn append(&self, record: Value) -> Result<()> {
@@ -43,11 +48,17 @@ impl MetricsLog {
         // One write of the whole line: a process killed around it leaves the line whole or absent
         // (a partial last line from an older writer is skipped by `read_records`).
         f.write_all(format!("{record}\n").as_bytes())
-            .map_err(|e| Error::io(&self.path, e))
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.events.append(&record)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The TensorBoard event file this run writes.
+    pub fn events_path(&self) -> &Path {
+        self.events.path()
     }
 }
 

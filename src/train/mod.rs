@@ -17,6 +17,7 @@ pub mod schedule;
 pub mod sft;
 mod source;
 mod start;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use chat_source::{load_chat_files, parse_replacements};
