@@ -93,8 +93,9 @@ pub fn save_gguf(
     }
     let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let qs: Vec<(&str, &QTensor)> = quantized.iter().map(|(k, q)| (k.as_str(), q)).collect();
-    write_file_atomic(path, |w| {
-        gguf_file::write(w, &meta, &qs).map_err(|e| Error::Config(e.to_string()))
+    crate::fsutil::write_atomic_with(path, |w| {
+        gguf_file::write(w, &meta, &qs)
+            .map_err(|e| Error::bad_file(path, format!("could not write the GGUF file: {e}")))
     })?;
     Ok(summary)
 }
@@ -179,27 +180,4 @@ fn gguf_tensors(
             Ok((name, to_gguf_layout(t, layout)?))
         })
         .collect()
-}
-
-/// Writes a file through `fill` beside `path`, then renames it into place; on an error the
-/// partial file is removed and `path` is untouched.
-fn write_file_atomic(
-    path: &Path,
-    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
-) -> Result<()> {
-    let tmp = crate::fsutil::temp_sibling(path);
-    let result = (|| {
-        let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut w = std::io::BufWriter::new(f);
-        fill(&mut w)?;
-        let f = w
-            .into_inner()
-            .map_err(|e| Error::io(&tmp, e.into_error()))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
