@@ -70,8 +70,9 @@ impl GgufFile {
     }
 }
 
-/// `gguf_names::from_gguf_layout` of query and key rows, on blocks: within each head of (heads * D) rows, row (pair p,
-/// half s) of llama.cpp's interleaved order becomes row (s, p) of the two halves.
+/// `gguf_names::from_gguf_layout` of query and key rows, on blocks: within each head of
+/// (heads * D) rows, row (pair p, half s) of llama.cpp's interleaved order becomes row (s, p) of
+/// the two halves.
 fn unpermute_rope_rows(q: &BlockWeight, heads: usize) -> BlockWeight {
     let d = q.dims().0 / heads;
     let order: Vec<usize> = (0..heads * d)

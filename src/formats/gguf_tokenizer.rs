@@ -109,10 +109,10 @@ const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
 
 /// The `tokenizer.*` metadata llama.cpp reads, for `tok` on a model of `cfg`: byte-level BPE
-/// ("gpt2") with the pre-tokenizer's llama.cpp name, the vocabulary padded to the model's rows with unused
-/// `[PADn]` tokens (as llama.cpp's converter pads), added tokens as control (special) or
-/// user-defined ones, the merges, the special ids, no BOS added (chatforge adds none), and the
-/// chat template.
+/// ("gpt2") with the pre-tokenizer's llama.cpp name, the vocabulary padded to the model's rows
+/// with unused `[PADn]` tokens (as llama.cpp's converter pads), added tokens as control (special)
+/// or user-defined ones, the merges, the special ids, no BOS added (chatforge adds none), and
+/// the chat template.
 pub(super) fn tokenizer_metadata(
     tok: &Tokenizer,
     cfg: &ModelConfig,

@@ -1,8 +1,8 @@
 //! Everything that reads or writes files other tools read: Hugging Face model directories, their
 //! config.json and tensor names (`hf`, `hf_config`, `hf_names`), GGUF files read (`gguf`,
-//! `gguf_header`, `gguf_names`, `gguf_blocks`, `gguf_tokenizer`) and written (`gguf_export`, with an Ollama
-//! Modelfile from `ollama`), PEFT adapters (`peft`), and [`LoadedModel`], a model from any of
-//! them.
+//! `gguf_header`, `gguf_names`, `gguf_blocks`, `gguf_tokenizer`) and written (`gguf_export`,
+//! with an Ollama Modelfile from `ollama`), PEFT adapters (`peft`), and [`LoadedModel`], a model
+//! from any of them.
 
 pub mod gguf;
 mod gguf_blocks;
