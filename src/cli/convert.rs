@@ -15,8 +15,8 @@ pub struct ConvertArgs {
     /// What to write: a FILE.gguf, else a directory (which must be new or empty).
     #[arg(long)]
     pub output: PathBuf,
-    /// The GGUF file's matrix type: f32, f16, bf16, q8_0, q4_0 or q4_1 (norms and biases stay
-    /// f32; with 4-bit types the embedding and output head take q8_0).
+    /// The GGUF file's matrix type: f32, f16 (the default), bf16, q8_0, q4_0 or q4_1 (norms and
+    /// biases stay f32; with 4-bit types the embedding and output head take q8_0).
     #[arg(long = "type", value_parser = parse_export_type)]
     pub dtype: Option<candle_core::quantized::GgmlDType>,
     /// The GGUF file's general.name (default: the input's name).
