@@ -73,7 +73,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     eprintln!(
         "wrote {} ({} tensors, matrices {dtype:?})",
         a.output.display(),
-        summary.tensors.len()
+        summary.tensors
     );
     if let Some(text) = modelfile_text {
         chatforge::fsutil::write_atomic(&modelfile, text.as_bytes())?;

@@ -48,9 +48,9 @@ fn file_type(t: GgmlDType) -> u32 {
     }
 }
 
-/// What was written: each tensor's name and type, and the matrices that fell back to f16.
+/// What was written: the number of tensors, and the matrices that fell back to f16.
 pub struct GgufSummary {
-    pub tensors: Vec<(String, GgmlDType)>,
+    pub tensors: usize,
     pub fell_back: Vec<String>,
 }
 
@@ -70,7 +70,7 @@ pub fn save_gguf(
     metadata.extend(tokenizer_metadata(tokenizer, cfg)?);
     let mut quantized = Vec::with_capacity(tensors.len());
     let mut summary = GgufSummary {
-        tensors: Vec::new(),
+        tensors: tensors.len(),
         fell_back: Vec::new(),
     };
     for (gname, t) in tensors {
@@ -88,7 +88,6 @@ pub fn save_gguf(
         let dense = Tensor::from_vec(values, t.shape(), &Device::Cpu)?;
         let q = QTensor::quantize(&dense, ty)
             .map_err(|e| Error::Config(format!("tensor '{gname}': {e}")))?;
-        summary.tensors.push((gname.clone(), ty));
         quantized.push((gname, q));
     }
     let meta: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
