@@ -217,12 +217,33 @@ fn sft_stage(out: &Path, base: &Path, stage: &SftStage, seed: u64) -> Result<Sft
         .zip(before.iter().zip(&after))
         .map(|((name, _), (&b, &a))| (name.clone(), b, a))
         .collect();
+    record_scores(&summary, &after, &tests, stage.test_per_task)?;
     Ok(SftResult {
         summary,
         scores,
         items: stage.test_per_task,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Adds the held-out exact-match scores to the fine-tuned model's card.
+fn record_scores(
+    summary: &RunSummary,
+    after: &[f64],
+    tests: &[(String, Vec<Conversation>)],
+    items: usize,
+) -> Result<()> {
+    let mut card = summary.card.clone();
+    for ((name, _), &score) in tests.iter().zip(after) {
+        card.results.push(crate::formats::model_card::CardResult {
+            dataset: format!("chatforge-synthetic-{name}"),
+            dataset_name: format!("{items} held-out synthetic {name} questions"),
+            metric: "exact_match".into(),
+            metric_name: format!("{name} exact match"),
+            value: score,
+        });
+    }
+    crate::formats::model_card::write_card(&summary.model_dir, &card)
 }
 
 /// Runs the pipeline into `out` and returns the path of `report.md`.

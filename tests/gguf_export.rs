@@ -9,7 +9,7 @@ mod common;
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
-use chatforge::formats::{save_model_dir, LoadedModel};
+use chatforge::formats::{save_model_dir, Library, LoadedModel, ModelCard};
 use chatforge::model::params::init_weights;
 use chatforge::model::ModelConfig;
 use chatforge::tokenizer::Tokenizer;
@@ -29,7 +29,8 @@ fn tokenizer(dir: &Path) -> Tokenizer {
 fn model_dir(dir: &Path, name: &str, cfg: &ModelConfig, tok: &Tokenizer) -> PathBuf {
     let w = init_weights(cfg, 7, &Device::Cpu).unwrap();
     let out = dir.join(name);
-    save_model_dir(&out, cfg, &w, Some(tok)).unwrap();
+    let card = ModelCard::new("hf", cfg, Library::Transformers, "A test conversion.");
+    save_model_dir(&out, cfg, &w, Some(tok), &card).unwrap();
     out
 }
 

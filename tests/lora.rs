@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use chatforge::formats::peft;
-use chatforge::formats::LoadedModel;
+use chatforge::formats::{Library, LoadedModel, ModelCard};
 use chatforge::model::lora::{self, LoraConfig};
 use chatforge::model::params::Params;
 use chatforge::model::Transformer;
@@ -185,7 +185,8 @@ fn save_then_load_adapter_round_trips_in_peft_layout() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("adapter");
-    peft::save_adapter(&dir, &m.cfg, &lcfg, &w, "/models/base").unwrap();
+    let card = ModelCard::new("adapter", &m.cfg, Library::Peft, "A test adapter.");
+    peft::save_adapter(&dir, &m.cfg, &lcfg, &w, "/models/base", &card).unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
             .unwrap();

@@ -4,7 +4,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use chatforge::formats::{save_model_dir, LoadedModel};
+use chatforge::formats::{save_model_dir, Library, LoadedModel, ModelCard};
 use chatforge::ops::loss::cross_entropy;
 use common::*;
 
@@ -126,7 +126,8 @@ fn save_then_load_is_bit_exact() {
         let m = LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("saved");
-        save_model_dir(&out, &m.cfg, &m.weights, None).unwrap();
+        let card = ModelCard::new("saved", &m.cfg, Library::Transformers, "A test copy.");
+        save_model_dir(&out, &m.cfg, &m.weights, None, &card).unwrap();
         let back = LoadedModel::load(&out, &Device::Cpu).unwrap();
         assert_eq!(back.cfg, m.cfg);
         assert_eq!(back.weights.len(), m.weights.len());

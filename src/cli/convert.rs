@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use chatforge::formats::gguf_export::{parse_export_type, save_gguf};
-use chatforge::formats::{ollama, save_model_dir, LoadedModel};
+use chatforge::formats::{model_card, ollama, save_model_dir, Library, LoadedModel, ModelCard};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
@@ -48,7 +48,21 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     }
     let m = LoadedModel::load(&a.input, &candle_core::Device::Cpu)?;
     if !gguf {
-        save_model_dir(&a.output, &m.cfg, &m.f32_weights()?, m.tokenizer.as_ref())?;
+        let origin = format!("Converted by chatforge from `{}`.", a.input.display());
+        let mut card = ModelCard::new(
+            &default_name(&a.output),
+            &m.cfg,
+            Library::Transformers,
+            &origin,
+        );
+        card.license = model_card::card_license(&a.input);
+        save_model_dir(
+            &a.output,
+            &m.cfg,
+            &m.f32_weights()?,
+            m.tokenizer.as_ref(),
+            &card,
+        )?;
         eprintln!("wrote {}", a.output.display());
         return Ok(());
     }

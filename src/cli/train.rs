@@ -109,6 +109,11 @@ pub struct SftArgs {
     lora_targets: Vec<String>,
     #[arg(long)]
     lora_dropout: Option<f64>,
+    /// The Hugging Face Hub id of --model (ORG/NAME): the base_model of the model card and what
+    /// the adapter's config names, so PEFT fetches the base from the Hub (without it a GGUF
+    /// base is converted into OUT/base_model for PEFT).
+    #[arg(long)]
+    base_id: Option<String>,
     /// With LoRA, also write the merged full model to OUT/model.
     #[arg(long)]
     merge: bool,
@@ -167,6 +172,7 @@ impl SftArgs {
         if !self.replace.is_empty() {
             sft.replace = self.replace.join(";");
         }
+        put(&mut cfg.model.base_id, &self.base_id);
         put(&mut lora.rank, &self.lora_rank);
         put(&mut lora.alpha, &self.lora_alpha);
         if !self.lora_targets.is_empty() {

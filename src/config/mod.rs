@@ -87,6 +87,13 @@ pub struct ModelSection {
     pub preset: String,
     /// Start from the weights of this HF model directory instead of a fresh initialisation.
     pub init_from: String,
+    /// The Hugging Face Hub id (`org/name`) of the model `init_from` holds: the base_model of the
+    /// model card and what a LoRA adapter's config names (instead of a local path or, for a GGUF
+    /// base, its conversion written beside the adapter).
+    pub base_id: String,
+    /// The licence the model card declares (an SPDX id the Hub knows, e.g. apache-2.0); empty =
+    /// the base model's card's, else `other`.
+    pub license: String,
     /// Shape overrides (0 = the preset's).
     pub n_layer: usize,
     pub n_head: usize,
@@ -177,6 +184,8 @@ impl Default for ModelSection {
         ModelSection {
             preset: "tiny".into(),
             init_from: String::new(),
+            base_id: String::new(),
+            license: String::new(),
             n_layer: 0,
             n_head: 0,
             n_kv_head: 0,
@@ -407,6 +416,12 @@ impl RunConfig {
         }
         if self.checkpoint.keep == 0 {
             return err("checkpoint.keep must be at least 1".into());
+        }
+        let id = &self.model.base_id;
+        if !id.is_empty() && !crate::formats::hub::is_repo_id(id) {
+            return err(format!(
+                "model.base_id '{id}' is not a Hugging Face Hub id: ORG/NAME, e.g. HuggingFaceTB/SmolLM2-135M"
+            ));
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! A model from disk, whatever its format: an HF directory, a GGUF file, or a PEFT adapter merged
 //! onto its base; and writing a complete HF model directory.
 
+use super::model_card::ModelCard;
 use super::{gguf, hf, peft};
 use crate::error::{Error, Result};
 use crate::model::{ModelConfig, Transformer};
@@ -187,15 +188,17 @@ pub fn check_vocab(cfg: &ModelConfig, tok: &Tokenizer, path: &Path) -> Result<()
     Ok(())
 }
 
-/// Writes a complete HF model directory (config, weights, tokenizer files) atomically.
+/// Writes a complete HF model directory (config, weights, tokenizer files, model card) atomically.
 pub fn save_model_dir(
     dir: &Path,
     cfg: &ModelConfig,
     weights: &BTreeMap<String, Tensor>,
     tokenizer: Option<&Tokenizer>,
+    card: &ModelCard,
 ) -> Result<()> {
     crate::fsutil::write_dir_atomic(dir, |tmp| {
         hf::write_model_files(tmp, cfg, weights)?;
+        super::model_card::write_card(tmp, card)?;
         if let Some(t) = tokenizer {
             t.save_to_dir(tmp, cfg.context)?;
         }

@@ -92,11 +92,12 @@ pub fn save_adapter(
     lora: &LoraConfig,
     weights: &BTreeMap<String, Tensor>,
     base: &str,
+    card: &super::model_card::ModelCard,
 ) -> Result<()> {
     let json = peft_config_json(cfg, lora, &resolve_targets(cfg, &lora.targets)?, base);
     crate::fsutil::write_dir_atomic(dir, |tmp| {
         write_adapter_files(tmp, &json, weights)?;
-        Ok(())
+        super::model_card::write_card(tmp, card)
     })
 }
 

@@ -1,10 +1,11 @@
-//! The end of a run: the final model (and a LoRA run's adapter) written, the loss plot, and the
-//! summary a finished run reports.
+//! The end of a run: the final model (and a LoRA run's adapter) written with its model card, the
+//! loss plot, and the summary a finished run reports.
 
 use super::run::Run;
 use crate::error::Result;
+use crate::formats::model_card::{CardResult, Library, ModelCard};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What a finished run reports.
@@ -27,6 +28,9 @@ pub struct RunSummary {
     pub val_loss: Option<f64>,
     pub val_bpb: Option<f64>,
     pub samples: Vec<String>,
+    /// The model card written into `model_dir` (results added later are written with
+    /// [`crate::formats::model_card::write_card`]).
+    pub card: ModelCard,
 }
 
 /// Running totals of one invocation of the loop.
@@ -86,13 +90,14 @@ impl Run<'_> {
         }
     }
 
-    /// OUT/model (the trained or merged model) and, for LoRA, OUT/adapter.
-    pub(super) fn save_final(&self) -> Result<(PathBuf, Option<PathBuf>)> {
+    /// OUT/model (the trained or merged model) and, for LoRA, OUT/adapter, each with its card.
+    pub(super) fn save_final(&self, t: &Tally) -> Result<(PathBuf, Option<PathBuf>)> {
         let model_dir = self.run_dir.join("model");
         let tok = self.tokenizer.as_ref();
+        let card = self.card(t);
         let Some(l) = &self.lora else {
             let w = self.params.tensors();
-            crate::formats::save_model_dir(&model_dir, &self.state.model, &w, tok)?;
+            crate::formats::save_model_dir(&model_dir, &self.state.model, &w, tok, &card)?;
             return Ok((model_dir, None));
         };
         let adapter_dir = self.run_dir.join("adapter");
@@ -103,13 +108,89 @@ impl Run<'_> {
             &l.cfg,
             &adapter,
             &l.base_path,
+            &card.for_library(Library::Peft),
         )?;
         if !self.cfg.lora.merge {
             return Ok((adapter_dir.clone(), Some(adapter_dir)));
         }
         let merged = crate::model::lora::merge(&self.state.model, &l.cfg, &l.base, &adapter)?;
-        crate::formats::save_model_dir(&model_dir, &self.state.model, &merged, tok)?;
+        crate::formats::save_model_dir(&model_dir, &self.state.model, &merged, tok, &card)?;
         Ok((model_dir, Some(adapter_dir)))
+    }
+
+    /// The model card of the run's model: how it was made, on what, and how it scored.
+    fn card(&self, t: &Tally) -> ModelCard {
+        let cfg = &self.cfg;
+        let name = self
+            .run_dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let base = &cfg.model.init_from;
+        let origin = match (cfg.is_sft(), &self.lora) {
+            (false, _) if base.is_empty() => format!(
+                "Pre-trained from scratch by chatforge (the `{}` preset).",
+                cfg.model.preset
+            ),
+            (false, _) => format!("Pre-trained by chatforge, starting from `{base}`."),
+            (true, None) => format!("Fine-tuned on conversations by chatforge (every weight) from `{base}`."),
+            (true, Some(l)) => format!(
+                "Fine-tuned on conversations by chatforge with LoRA (rank {}, alpha {}, {}) from `{base}`.",
+                l.cfg.rank,
+                l.cfg.alpha,
+                l.cfg.targets.join(", ")
+            ),
+        };
+        let mut card = ModelCard::new(&name, &self.state.model, Library::Transformers, &origin);
+        card.license = match cfg.model.license.as_str() {
+            "" => crate::formats::model_card::card_license(Path::new(base)),
+            l => Some(l.to_string()),
+        };
+        card.base_model = (!cfg.model.base_id.is_empty()).then(|| cfg.model.base_id.clone());
+        card.tags
+            .push(if cfg.is_sft() { "sft" } else { "pretraining" }.into());
+        card.data = match cfg.is_sft() {
+            true => cfg
+                .sft
+                .data
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            false => vec![cfg.data.dir.display().to_string()],
+        };
+        card.steps = Some(self.state.step);
+        card.tokens_seen = Some(self.state.tokens_seen);
+        card.final_loss = t.last_loss.is_finite().then_some(t.last_loss);
+        if let Some((loss, bpb)) = t.val {
+            // The model-index names data by a short id: the files' names.
+            let data = card
+                .data
+                .iter()
+                .map(|d| {
+                    Path::new(d)
+                        .file_name()
+                        .map_or(d.clone(), |f| f.to_string_lossy().into())
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let held_out = format!("held-out part of {}", card.data.join(", "));
+            let mut result = |metric: &str, metric_name: &str, value: f64| {
+                card.results.push(CardResult {
+                    dataset: data.clone(),
+                    dataset_name: held_out.clone(),
+                    metric: metric.into(),
+                    metric_name: metric_name.into(),
+                    value,
+                })
+            };
+            result("loss", "validation loss", loss);
+            if let Some(b) = bpb {
+                result("bits_per_byte", "validation bits per byte", b);
+            }
+        }
+        let keep = t.samples.len().saturating_sub(2);
+        card.samples = t.samples[keep..].to_vec();
+        card
     }
 
     pub(super) fn summary(&self, t: Tally, model_dir: PathBuf) -> RunSummary {
@@ -118,7 +199,9 @@ impl Run<'_> {
         } else {
             0.0
         };
+        let card = self.card(&t);
         RunSummary {
+            card,
             run_dir: self.run_dir.clone(),
             model_dir,
             adapter_dir: None,

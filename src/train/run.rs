@@ -187,10 +187,20 @@ impl<'c> Run<'c> {
         accum: usize,
     ) -> Result<Run<'c>> {
         let tokenizer = start.tokenizer;
+        let mut lora = start.lora;
+        if let Some(l) = &mut lora {
+            l.name_peft_base(
+                &cfg,
+                run_dir,
+                &state.model,
+                tokenizer.as_ref(),
+                coll.is_lead(),
+            )?;
+        }
         let model = build_model(
             &state.model,
             &start.params,
-            start.lora.as_ref(),
+            lora.as_ref(),
             candle_core::DType::F32,
         )?;
         let token_bytes = tokenizer
@@ -210,7 +220,7 @@ impl<'c> Run<'c> {
             run_dir: run_dir.to_path_buf(),
             device,
             params: start.params,
-            lora: start.lora,
+            lora,
             model,
             opt,
             source,

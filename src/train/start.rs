@@ -4,7 +4,7 @@
 use crate::config::{Precision, RunConfig};
 use crate::data::load_meta;
 use crate::error::{Error, Result};
-use crate::formats::LoadedModel;
+use crate::formats::{Library, LoadedModel, ModelCard};
 use crate::model::lora::{self, LoraConfig};
 use crate::model::params::{init_weights, Params};
 use crate::model::{ModelConfig, Transformer};
@@ -200,7 +200,7 @@ pub(super) struct LoraRun {
     pub base: BTreeMap<String, Tensor>,
     /// The frozen base cast once for a bf16 run (its weights never change).
     pub base_bf16: Option<BTreeMap<String, Tensor>>,
-    /// The base model as given (written into adapter_config.json).
+    /// What adapter_config.json names as the base model ([`LoraRun::name_peft_base`]).
     pub base_path: String,
 }
 
@@ -221,6 +221,48 @@ impl LoraRun {
             base_bf16,
             base_path,
         })
+    }
+}
+
+/// Where a run writes the Hugging Face conversion of a GGUF base model.
+pub const GGUF_BASE_DIR: &str = "base_model";
+
+impl LoraRun {
+    /// Names the base model in adapter_config.json so PEFT can load it: `model.base_id` when
+    /// given, else the base's absolute path. PEFT reads no GGUF: a GGUF base is written once (by
+    /// the lead) as the HF directory `RUN/base_model`, the weights the adapter was trained over.
+    pub(super) fn name_peft_base(
+        &mut self,
+        cfg: &RunConfig,
+        run_dir: &Path,
+        model: &ModelConfig,
+        tokenizer: Option<&Tokenizer>,
+        lead: bool,
+    ) -> Result<()> {
+        if !cfg.model.base_id.is_empty() {
+            self.base_path = cfg.model.base_id.clone();
+            return Ok(());
+        }
+        let base = Path::new(&cfg.model.init_from);
+        if !base
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return Ok(());
+        }
+        let dir = run_dir.join(GGUF_BASE_DIR);
+        if lead && !dir.exists() {
+            eprintln!(
+                "writing the GGUF base as a Hugging Face model directory {} (the adapter's base_model_name_or_path, which PEFT loads; --base-id ORG/NAME names a Hub model instead)",
+                dir.display()
+            );
+            let origin = format!("Converted by chatforge from `{}`.", base.display());
+            let mut card = ModelCard::new(GGUF_BASE_DIR, model, Library::Transformers, &origin);
+            card.license = (!cfg.model.license.is_empty()).then(|| cfg.model.license.clone());
+            crate::formats::save_model_dir(&dir, model, &self.base, tokenizer, &card)?;
+        }
+        self.base_path = absolute(&dir);
+        Ok(())
     }
 }
 

@@ -316,7 +316,7 @@ impl Run<'_> {
             return Ok(self.summary(tally, dir));
         }
         let (model_dir, adapter_dir) = if plan.lead {
-            let dirs = self.save_final()?;
+            let dirs = self.save_final(&tally)?;
             if let Err(e) = self.plot() {
                 eprintln!("warning: the loss plot was not written: {e}");
             }

@@ -6,7 +6,7 @@ use candle_core::Device;
 use chatforge::data::chat::save_conversations;
 use chatforge::data::synthetic::{generate, SyntheticTask};
 use chatforge::data::{prepare, PrepareOptions};
-use chatforge::formats::save_model_dir;
+use chatforge::formats::{save_model_dir, Library, ModelCard};
 use chatforge::model::params::init_weights;
 use chatforge::model::ModelConfig;
 use chatforge::tokenizer::Tokenizer;
@@ -49,7 +49,8 @@ pub fn chat_base_and_data(tmp: &Path) -> (PathBuf, PathBuf) {
     cfg.n_layer = 2;
     let w = init_weights(&cfg, 3, &Device::Cpu).unwrap();
     let base = tmp.join("base");
-    save_model_dir(&base, &cfg, &w, Some(&tok)).unwrap();
+    let card = ModelCard::new("base", &cfg, Library::Transformers, "A test base model.");
+    save_model_dir(&base, &cfg, &w, Some(&tok), &card).unwrap();
     let (train, _) = generate(SyntheticTask::Spelling, 120, 0, 5);
     let data = tmp.join("spell.jsonl");
     save_conversations(&data, &train).unwrap();
