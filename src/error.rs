@@ -16,6 +16,10 @@ pub enum Error {
     /// The model and something it is paired with disagree (vocab size, context length, shapes).
     #[error("{0}")]
     Mismatch(String),
+    /// A model or file by name from the Hugging Face Hub could not be had (the message says what
+    /// to do: a token, the name, the network, the cache).
+    #[error("Hugging Face Hub: {0}")]
+    Hub(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     /// Training stopped on purpose (non-finite loss and the like).

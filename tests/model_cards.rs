@@ -105,17 +105,7 @@ fn a_fine_tuned_model_has_a_card_with_its_licence_data_and_validation_loss() {
 fn lora_over_a_gguf_base_names_an_hf_directory_or_the_hub_id() {
     let tmp = tempfile::tempdir().unwrap();
     let (base, data) = chat_base_and_data(tmp.path());
-    let gguf = tmp.path().join("base.gguf");
-    let (code, _, err) = run(&[
-        "convert",
-        "--input",
-        base.to_str().unwrap(),
-        "--output",
-        gguf.to_str().unwrap(),
-        "--type",
-        "q8_0",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let gguf = chat_base_gguf(&base);
     let lora = |out: &Path, extra: &[&str]| {
         let args = [
             "--model",

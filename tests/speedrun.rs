@@ -74,7 +74,10 @@ fn speedrun_runs_the_pipeline_and_writes_a_report() {
     let card = std::fs::read_to_string(out.join("sft/model/README.md")).unwrap();
     for task in ["spelling", "arithmetic", "count_letters"] {
         let line = format!("      name: \"{task} exact match\"");
-        assert!(card.lines().any(|l| l == line), "no {task} score in:\n{card}");
+        assert!(
+            card.lines().any(|l| l == line),
+            "no {task} score in:\n{card}"
+        );
     }
     // The speedrun refuses to overwrite a finished run.
     let (code, _, err) = run(&[

@@ -108,12 +108,25 @@ pub fn prepare(
             opts.val_fraction
         )));
     }
+    // Hub files (hf://datasets/...) are read from the cache, downloaded first when not there;
+    // meta.json names them as given.
+    let mut hub_names = std::collections::HashMap::new();
+    let inputs: Vec<PathBuf> = inputs
+        .iter()
+        .map(|p| {
+            let local = crate::formats::hub::resolve_data_file(p)?;
+            if local != *p {
+                hub_names.insert(local.clone(), p.display().to_string());
+            }
+            Ok(local)
+        })
+        .collect::<Result<_>>()?;
     let input_refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
     crate::fsutil::check_output(out, "--out", &input_refs, opts.force)?;
     let eot = tok.eot_id().ok_or_else(|| {
         Error::Tokenizer("the tokenizer has no <|endoftext|> token to separate documents".into())
     })?;
-    let files = collect_inputs(inputs)?;
+    let files = collect_inputs(&inputs)?;
     let total_bytes: u64 = files.iter().map(|f| f.bytes).sum();
     let width = TokenWidth::for_vocab(tok.vocab_size());
     let mut meta = None;
@@ -128,7 +141,12 @@ pub fn prepare(
             opts,
         )?);
         tok.save_to_dir(dir, 1024)?;
-        let m = meta.as_ref().expect("set above");
+        let m = meta.as_mut().expect("set above");
+        for (input, f) in m.inputs.iter_mut().zip(&files) {
+            if let Some(name) = hub_names.get(&f.path) {
+                input.clone_from(name);
+            }
+        }
         crate::fsutil::write_atomic(
             &dir.join("meta.json"),
             serde_json::to_string_pretty(m).expect("json").as_bytes(),

@@ -30,13 +30,11 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Loads an HF model directory. The tokenizer is optional (some directories hold weights only),
     /// but when present its vocabulary must fit the model's embedding.
+    /// `path` may also name a Hub model (`ORG/NAME[@REVISION]`, or `ORG/NAME/FILE.gguf`): the
+    /// cached copy is loaded, downloaded first when the cache does not hold it whole.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        if !path.exists() {
-            return Err(Error::io(
-                path,
-                std::io::Error::from(std::io::ErrorKind::NotFound),
-            ));
-        }
+        let resolved = super::hub::resolve_model(path)?;
+        let path = resolved.as_path();
         if path.is_file() {
             if path
                 .extension()

@@ -24,6 +24,9 @@ pub struct PeftConfig {
     pub target_modules: TargetModules,
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,
+    /// The base model's Hub revision (PEFT passes it to `from_pretrained`).
+    #[serde(default)]
+    pub revision: Option<String>,
     #[serde(default)]
     pub bias: Option<String>,
     #[serde(default)]
@@ -62,6 +65,11 @@ pub fn peft_config_json(
     targets: &[String],
     base: &str,
 ) -> String {
+    // A Hub base with a revision, `ORG/NAME@REV`, is written as PEFT writes it: name and revision.
+    let (base, revision) = match super::hub::HubRef::model(base) {
+        Some(r) if r.file.is_none() && r.revision != "main" => (r.repo, Some(r.revision)),
+        _ => (base.to_string(), None),
+    };
     let peft = PeftConfig {
         peft_type: "LORA".into(),
         task_type: Some("CAUSAL_LM".into()),
@@ -69,7 +77,8 @@ pub fn peft_config_json(
         lora_alpha: lora.alpha,
         lora_dropout: lora.dropout,
         target_modules: TargetModules::List(targets.to_vec()),
-        base_model_name_or_path: Some(base.to_string()),
+        base_model_name_or_path: Some(base),
+        revision,
         bias: Some("none".into()),
         // GPT-2's Conv1D layers store weights [in, out].
         fan_in_fan_out: cfg.family == Family::Gpt2,
@@ -130,10 +139,23 @@ pub fn base_model_path(dir: &Path, peft: &PeftConfig) -> Result<std::path::PathB
             return Ok(c);
         }
     }
+    if super::hub::is_repo_id(name) {
+        let spec = match peft.revision.as_deref() {
+            Some(rev) => format!("{name}@{}", rev.replace('/', "%2F")),
+            None => name.to_string(),
+        };
+        return super::hub::resolve_model(Path::new(&spec)).map_err(|e| match e {
+            Error::Hub(msg) => Error::Hub(format!(
+                "{} names the base model {spec}: {msg}",
+                cp.display()
+            )),
+            other => other,
+        });
+    }
     Err(Error::bad_file(
         &cp,
         format!(
-            "the base model '{name}' is not a local path; download it (e.g. `huggingface-cli download {name} --local-dir DIR`) and set base_model_name_or_path to DIR"
+            "the base model '{name}' is neither a local path nor a Hub id (ORG/NAME); set base_model_name_or_path to the base model's directory"
         ),
     ))
 }

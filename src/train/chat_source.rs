@@ -38,7 +38,9 @@ pub fn load_chat_files(cfg: &RunConfig) -> Result<Vec<Conversation>> {
     let reps = parse_replacements(&cfg.sft.replace)?;
     let mut all = Vec::new();
     for f in &cfg.sft.data {
-        let mut convs = load_conversations(f, &fields)?;
+        // hf://datasets/... files come from the Hub's cache.
+        let local = crate::formats::hub::resolve_data_file(f)?;
+        let mut convs = load_conversations(&local, &fields)?;
         for c in &mut convs {
             for m in &mut c.messages {
                 for (a, b) in &reps {

@@ -143,10 +143,16 @@ impl Run<'_> {
         };
         let mut card = ModelCard::new(&name, &self.state.model, Library::Transformers, &origin);
         card.license = match cfg.model.license.as_str() {
-            "" => crate::formats::model_card::card_license(Path::new(base)),
+            // The base's card: a local directory's, or the one the Hub model came with.
+            "" => crate::formats::hub::resolve_model(Path::new(base))
+                .ok()
+                .and_then(|dir| crate::formats::model_card::card_license(&dir)),
             l => Some(l.to_string()),
         };
-        card.base_model = (!cfg.model.base_id.is_empty()).then(|| cfg.model.base_id.clone());
+        card.base_model = match cfg.model.base_id.as_str() {
+            "" => super::start::hub_base(base).map(|r| r.repo),
+            id => Some(id.to_string()),
+        };
         card.tags
             .push(if cfg.is_sft() { "sft" } else { "pretraining" }.into());
         card.data = match cfg.is_sft() {
@@ -158,6 +164,18 @@ impl Run<'_> {
                 .collect(),
             false => vec![cfg.data.dir.display().to_string()],
         };
+        // The Hub datasets the data came from: the chat files, or the shards' inputs.
+        let inputs = match cfg.is_sft() {
+            true => card.data.clone(),
+            false => crate::data::load_meta(&cfg.data.dir).map_or(vec![], |m| m.inputs),
+        };
+        for i in inputs {
+            if let Some(r) = crate::formats::hub::HubRef::data_file(&i) {
+                if !card.datasets.contains(&r.repo) {
+                    card.datasets.push(r.repo);
+                }
+            }
+        }
         card.steps = Some(self.state.step);
         card.tokens_seen = Some(self.state.tokens_seen);
         card.final_loss = t.last_loss.is_finite().then_some(t.last_loss);

@@ -244,6 +244,11 @@ impl LoraRun {
             return Ok(());
         }
         let base = Path::new(&cfg.model.init_from);
+        // A Hub model by name is named so (with its revision).
+        if let Some(r) = hub_base(&cfg.model.init_from).filter(|r| r.file.is_none()) {
+            self.base_path = r.display();
+            return Ok(());
+        }
         if !base
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
@@ -263,6 +268,14 @@ impl LoraRun {
         }
         self.base_path = absolute(&dir);
         Ok(())
+    }
+}
+
+/// The Hub model a run's base names, when it is one (no local path of that name exists).
+pub(crate) fn hub_base(init_from: &str) -> Option<crate::formats::hub::HubRef> {
+    match Path::new(init_from).exists() {
+        true => None,
+        false => crate::formats::hub::HubRef::model(init_from),
     }
 }
 

@@ -56,3 +56,13 @@ pub fn chat_base_and_data(tmp: &Path) -> (PathBuf, PathBuf) {
     save_conversations(&data, &train).unwrap();
     (base, data)
 }
+
+/// The base model of [`chat_base_and_data`] also as a Q8_0 GGUF file beside it (`base.gguf`).
+pub fn chat_base_gguf(base: &Path) -> PathBuf {
+    let m = chatforge::formats::LoadedModel::load(base, &Device::Cpu).unwrap();
+    let path = base.with_file_name("base.gguf");
+    let tok = m.tokenizer.as_ref().unwrap();
+    let q8 = candle_core::quantized::GgmlDType::Q8_0;
+    chatforge::formats::gguf_export::save_gguf(&path, &m.cfg, &m.weights, tok, q8, "base").unwrap();
+    path
+}
