@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod chat_template;
 pub mod config;
+pub mod dashboard;
 pub mod data;
 pub mod device;
 pub mod dist;

@@ -51,6 +51,8 @@ enum Command {
     Chat(cli::chat::ChatArgs),
     /// Serve a model over an OpenAI-compatible API with a web chat page.
     Serve(cli::serve::ServeArgs),
+    /// Watch training runs live in the browser: loss, validation, lr, tokens/s, MFU, ETA, samples.
+    Dashboard(cli::dashboard::DashboardArgs),
 }
 
 fn main() {
@@ -119,5 +121,6 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
         Command::Serve(a) => cli::serve::run(a),
         Command::Chat(a) => cli::chat::run(a),
         Command::Convert(a) => cli::convert::run(a),
+        Command::Dashboard(a) => cli::dashboard::run(a),
     }
 }

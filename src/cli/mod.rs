@@ -5,6 +5,7 @@ pub mod allocator;
 pub mod bench;
 pub mod chat;
 pub mod convert;
+pub mod dashboard;
 pub mod data;
 pub mod eval;
 pub mod generate;

@@ -6,7 +6,7 @@ use chatforge::dist::Collective;
 use chatforge::train::RunSummary;
 use chatforge::DeviceChoice;
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct PretrainArgs {
@@ -25,10 +25,35 @@ pub struct PretrainArgs {
     /// Shorthand for --set train.device=...
     #[arg(long)]
     device: Option<DeviceChoice>,
+    /// Serve the live dashboard of this run on 127.0.0.1:PORT (6007 without a value; 0: any
+    /// free port) while it trains.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "6007")]
+    dashboard: Option<u16>,
+}
+
+/// Starts the run's dashboard (on the lead rank) and says where it is.
+fn start_dashboard(
+    port: Option<u16>,
+    out: Option<&Path>,
+    resume: Option<&Path>,
+    coll: &dyn Collective,
+) -> chatforge::Result<()> {
+    let (Some(port), true) = (port, coll.is_lead()) else {
+        return Ok(());
+    };
+    let run_dir = match (out, resume) {
+        (Some(o), _) => o.to_path_buf(),
+        (None, Some(r)) => chatforge::train::run_dir_of(r),
+        (None, None) => return Ok(()),
+    };
+    let d = chatforge::dashboard::spawn(vec![run_dir], port)?;
+    eprintln!("dashboard at {}", d.url);
+    Ok(())
 }
 
 /// Every rank of a data-parallel job (`mpirun -n N chatforge pretrain ...`) runs this.
 pub fn pretrain(a: PretrainArgs, coll: &dyn Collective) -> Result<()> {
+    start_dashboard(a.dashboard, a.out.as_deref(), a.resume.as_deref(), coll)?;
     let edit = |cfg: &mut RunConfig| {
         if let Some(d) = a.device {
             cfg.train.device = d;
@@ -123,6 +148,10 @@ pub struct SftArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long)]
     device: Option<DeviceChoice>,
+    /// Serve the live dashboard of this run on 127.0.0.1:PORT (6007 without a value; 0: any
+    /// free port) while it trains.
+    #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "6007")]
+    dashboard: Option<u16>,
 }
 
 /// Fine-tuning's own defaults, below the config file.
@@ -194,6 +223,7 @@ impl SftArgs {
 }
 
 pub fn sft(a: SftArgs, coll: &dyn Collective) -> Result<()> {
+    start_dashboard(a.dashboard, a.out.as_deref(), a.resume.as_deref(), coll)?;
     let summary = match &a.resume {
         Some(r) => {
             let edit = |cfg: &mut RunConfig| {

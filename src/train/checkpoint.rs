@@ -220,6 +220,19 @@ pub fn remove_partial_checkpoints(run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The run directory of a `--resume` path: the path itself, or for a checkpoint
+/// (`RUN/checkpoints/step_N`) its run's.
+pub fn run_dir_of(resume: &Path) -> PathBuf {
+    match resume.join(STATE_FILE).exists() {
+        true => resume
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(resume)
+            .to_path_buf(),
+        false => resume.to_path_buf(),
+    }
+}
+
 /// A checkpoint directory, or the newest checkpoint of a run directory.
 pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     if path.join(STATE_FILE).exists() {

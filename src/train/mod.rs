@@ -21,6 +21,7 @@ pub mod tensorboard;
 pub mod trainer;
 
 pub use chat_source::{load_chat_files, parse_replacements};
+pub use checkpoint::run_dir_of;
 pub use finish::RunSummary;
 pub use run::ConfigEdit;
 pub use sft::{sft, sft_on};

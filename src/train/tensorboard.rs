@@ -69,7 +69,10 @@ impl EventFile {
                     return Ok(());
                 };
                 for (key, v) in fields {
-                    if matches!(key.as_str(), "kind" | "step" | "tokens" | "elapsed") {
+                    if matches!(
+                        key.as_str(),
+                        "kind" | "step" | "tokens" | "elapsed" | "total_steps"
+                    ) {
                         continue;
                     }
                     if let Some(x) = v.as_f64() {

@@ -209,7 +209,7 @@ impl Run<'_> {
         self.log(json!({
             "kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": norm,
             "tokens_per_sec": tps, "mfu": tps * plan.flops_per_token / plan.peak,
-            "tokens": self.state.tokens_seen, "elapsed": t.elapsed(),
+            "tokens": self.state.tokens_seen, "elapsed": t.elapsed(), "total_steps": total,
         }))?;
         let avg_tps = t.train_tokens as f64 / t.train_secs;
         let eta = (total - step) as f64 * t.train_secs / t.steps as f64;
