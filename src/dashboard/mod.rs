@@ -187,7 +187,8 @@ async fn events(State(s): State<Arc<Runs>>, headers: HeaderMap) -> Response {
         .map(|d| Follower::new(Path::new(d).join("metrics.jsonl")))
         .collect();
     tokio::spawn(async move {
-        loop {
+        // Until the page goes away (its stream, the receiver, is dropped with the connection).
+        while !tx.is_closed() {
             for (i, f) in followers.iter_mut().enumerate() {
                 let (reset, records) = match f.poll() {
                     Change::Reset(r) => (true, r),
@@ -200,7 +201,7 @@ async fn events(State(s): State<Arc<Runs>>, headers: HeaderMap) -> Response {
                     .await
                     .is_err()
                 {
-                    return; // the page went away
+                    return;
                 }
             }
             tokio::time::sleep(POLL).await;
