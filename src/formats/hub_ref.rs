@@ -71,11 +71,11 @@ impl HubRef {
         }
     }
 
-    /// How people write it (and how errors name it).
+    /// How people write it (and how errors name it); it parses back to the same reference.
     pub fn display(&self) -> String {
         let rev = match self.revision.as_str() {
             "main" => String::new(),
-            r => format!("@{r}"),
+            r => format!("@{}", r.replace('/', "%2F")),
         };
         let file = self
             .file
@@ -102,6 +102,7 @@ mod tests {
         assert_eq!(g.file.as_deref(), Some("sub/model.Q4_1.gguf"));
         let pr = HubRef::model("org/name@refs%2Fpr%2F3").unwrap();
         assert_eq!(pr.revision, "refs/pr/3");
+        assert_eq!(HubRef::model(&pr.display()), Some(pr));
         let d = HubRef::data_file("hf://datasets/org/data@abc/train/part-0.parquet").unwrap();
         assert!(d.dataset);
         assert_eq!(
