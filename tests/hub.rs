@@ -284,7 +284,8 @@ fn a_cut_connection_resumes_where_it_stopped() {
     let resumed: Vec<String> = hub
         .requests()
         .into_iter()
-        .filter(|r| r.starts_with("/test-org/cut/resolve/main/model.safetensors bytes="))
+        // At the commit the listing named.
+        .filter(|r| r.starts_with("/test-org/cut/resolve/0123456789abcdef0123456789abcdef01234567/model.safetensors bytes="))
         .collect();
     // The size probe, the cut download from 0, then the rest from where it stopped.
     assert_eq!(resumed.len(), 3, "{resumed:?}");
@@ -339,19 +340,19 @@ fn hub_errors_say_what_to_do() {
             "test-org/missing",
             &[][..],
             e.as_str(),
-            "'test-org/missing' is neither a local path nor a repository on",
+            "'test-org/missing' is not a local path, and http://127.0.0.1",
         ),
         (
             "test-org/gated",
             &[][..],
             e,
-            "is gated or private and needs a token",
+            "the repository is gated: accept its terms at http://127.0.0.1",
         ),
         (
             "test-org/gated",
             &[("HF_TOKEN", "hf_wrong")][..],
             e,
-            "the Hub refused the token",
+            "has no access to this gated repository",
         ),
         (
             "test-org/stall",
@@ -379,9 +380,43 @@ fn hub_errors_say_what_to_do() {
         .requests()
         .iter()
         .any(|r| r.ends_with("Bearer hf_right")));
-    // A local path that is not there is still a not-found error, not a Hub request.
+    // So does the token `huggingface-cli login` saves (HF_HOME/token), in a fresh cache.
     std::fs::remove_dir_all(&out).unwrap();
+    let home2 = tmp.path().join("hf2");
+    std::fs::create_dir_all(&home2).unwrap();
+    std::fs::write(home2.join("token"), "hf_right\n").unwrap();
+    let args = [
+        "convert",
+        "--input",
+        "test-org/gated",
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    let (code, err) = hub_run(e, &home2, &[], &args);
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_dir_all(&out).unwrap();
+
+    // A local path that is not there is still a not-found error, not a Hub request.
+    let before = hub.requests().len();
     let (code, err) = convert("runs/typo/model", &[], e);
     assert_ne!(code, 0);
     assert!(err.contains("runs/typo/model"), "{err}");
+    assert_eq!(
+        hub.requests().len(),
+        before,
+        "a Hub request for a local path"
+    );
+
+    // An adapter whose base is a Hub id that is not there says which file names it.
+    let adapter = tmp.path().join("adapter");
+    std::fs::create_dir(&adapter).unwrap();
+    let cfg = serde_json::json!({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+        "target_modules": ["q_proj"], "base_model_name_or_path": "test-org/missing"});
+    std::fs::write(adapter.join("adapter_config.json"), cfg.to_string()).unwrap();
+    let (code, err) = convert(adapter.to_str().unwrap(), &[], e);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("adapter_config.json names the base model test-org/missing"),
+        "{err}"
+    );
 }

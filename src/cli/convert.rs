@@ -55,7 +55,9 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             Library::Transformers,
             &origin,
         );
-        card.license = model_card::card_license(&a.input);
+        // The input's card: a directory's, or the one a Hub model came with.
+        let input_dir = chatforge::formats::hub::resolve_model(&a.input)?;
+        card.license = model_card::card_license(&input_dir);
         save_model_dir(
             &a.output,
             &m.cfg,

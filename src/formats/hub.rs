@@ -65,7 +65,7 @@ fn model_snapshot(hub: &Hub, r: &HubRef) -> Result<PathBuf> {
     if let Some(dir) = cached_model(hub, r)? {
         return Ok(dir);
     }
-    let fetch = hub.fetcher(r)?;
+    let mut fetch = hub.fetcher(r)?;
     let files = fetch.list()?;
     let has = |f: &str| files.iter().any(|x| x == f);
     if !has(CONFIG) {
@@ -93,6 +93,7 @@ fn model_snapshot(hub: &Hub, r: &HubRef) -> Result<PathBuf> {
         )));
     }
     let config = fetch.get(CONFIG)?;
+    fetch.record_revision()?;
     Ok(config
         .parent()
         .expect("a cached file lies in its snapshot")
@@ -100,7 +101,8 @@ fn model_snapshot(hub: &Hub, r: &HubRef) -> Result<PathBuf> {
 }
 
 /// The snapshot when the cache holds the model whole (config.json, and every weight file);
-/// offline, the error when it does not.
+/// offline, the error when it does not. Online, a snapshot without a tokenizer (a cache filled
+/// with the weights only) is completed from the listing.
 fn cached_model(hub: &Hub, r: &HubRef) -> Result<Option<PathBuf>> {
     let whole = hub.cached(r, CONFIG).and_then(|config| {
         let dir = config.parent()?.to_path_buf();
@@ -108,7 +110,11 @@ fn cached_model(hub: &Hub, r: &HubRef) -> Result<Option<PathBuf>> {
             true => shards(&dir.join(WEIGHTS_INDEX)).ok()?,
             false => vec![WEIGHTS.to_string()],
         };
-        weights.iter().all(|w| dir.join(w).exists()).then_some(dir)
+        let tokenizer = ["tokenizer.json", "vocab.json"]
+            .iter()
+            .any(|t| dir.join(t).exists());
+        let enough = weights.iter().all(|w| dir.join(w).exists()) && (tokenizer || hub.offline);
+        enough.then_some(dir)
     });
     match (whole, hub.offline) {
         (Some(dir), _) => Ok(Some(dir)),
@@ -125,10 +131,16 @@ fn shards(index: &Path) -> Result<Vec<String>> {
         .ok_or_else(|| Error::bad_file(index, "no weight_map: not a safetensors index"))?;
     let mut files: Vec<String> = Vec::new();
     for f in map.values() {
+        // A file beside the index, as the loader reads them (hf::weight_files).
         let f = f
             .as_str()
-            .filter(|f| !f.contains("..") && !f.starts_with('/'))
-            .ok_or_else(|| Error::bad_file(index, format!("weight_map names {f}, not a file")))?;
+            .filter(|f| !f.is_empty() && !f.starts_with('.') && !f.contains(['/', '\\']))
+            .ok_or_else(|| {
+                Error::bad_file(
+                    index,
+                    format!("weight_map names {f}, not a file beside the index"),
+                )
+            })?;
         if !files.iter().any(|x| x == f) {
             files.push(f.to_string());
         }

@@ -26,6 +26,24 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// The token `huggingface-cli login` saved: `HF_TOKEN_PATH`, else `HF_HOME/token`, else
+/// `~/.cache/huggingface/token`.
+fn saved_token() -> Option<String> {
+    let path = match (env("HF_TOKEN_PATH"), env("HF_HOME"), env("HOME")) {
+        (Some(p), _, _) => PathBuf::from(p),
+        (None, Some(h), _) => PathBuf::from(h).join("token"),
+        (None, None, Some(home)) => PathBuf::from(home).join(".cache/huggingface/token"),
+        (None, None, None) => return None,
+    };
+    let t = std::fs::read_to_string(path).ok()?;
+    Some(t.trim().to_string()).filter(|t| !t.is_empty())
+}
+
+/// A full commit hash (what a snapshot directory is named by).
+pub(super) fn is_commit(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 impl Hub {
     pub(super) fn from_env() -> Result<Hub> {
         let cache = match (env("HF_HUB_CACHE"), env("HF_HOME")) {
@@ -58,7 +76,7 @@ impl Hub {
             )
         });
         Ok(Hub {
-            token: env("HF_TOKEN").or_else(|| cache.token()),
+            token: env("HF_TOKEN").or_else(saved_token),
             endpoint: env("HF_ENDPOINT")
                 .unwrap_or_else(|| "https://huggingface.co".into())
                 .trim_end_matches('/')
@@ -75,7 +93,22 @@ impl Hub {
 
     /// The cached copy of one file of `r` at its revision, if the cache has it.
     pub(super) fn cached(&self, r: &HubRef, file: &str) -> Option<PathBuf> {
+        // A revision that is a commit may have no ref (a cache the Python tools filled).
+        if is_commit(&r.revision) {
+            let p = self.snapshot(r, &r.revision).join(file);
+            return p.exists().then_some(p);
+        }
         self.cache.repo(Self::repo(r)).get(file)
+    }
+
+    /// The cache's directory of `r` at `commit`.
+    fn snapshot(&self, r: &HubRef, commit: &str) -> PathBuf {
+        let folder = Self::repo(r).folder_name();
+        self.cache
+            .path()
+            .join(folder)
+            .join("snapshots")
+            .join(commit)
     }
 
     /// One file: the cached copy, else downloaded (offline: the error saying it is not cached).
@@ -99,6 +132,40 @@ impl Hub {
             r.display(),
             self.what_to_download(r)
         ))
+    }
+
+    /// A 401, 403 or 404 as what it means. The Hub answers 401 for a repository that does not
+    /// exist as for a private one (it does not say which exists); `X-Error-Code` tells a gated
+    /// repository and a missing file apart.
+    fn refusal(&self, r: &HubRef, file: Option<&str>, code: u16, kind: &str) -> String {
+        let page = format!(
+            "{}/{}{}",
+            self.endpoint,
+            if r.dataset { "datasets/" } else { "" },
+            r.repo
+        );
+        let name = r.display();
+        match (kind, file, &self.token) {
+            ("GatedRepo", _, None) => format!(
+                "{name}: the repository is gated: accept its terms at {page}, then set HF_TOKEN (or run `huggingface-cli login`)"
+            ),
+            ("GatedRepo", _, Some(_)) => format!(
+                "{name}: the token (HF_TOKEN or the saved one) has no access to this gated repository: accept its terms at {page} with the token's account"
+            ),
+            ("EntryNotFound", Some(f), _) => format!(
+                "{name}: the repository has no file '{f}' at revision '{}'",
+                r.revision
+            ),
+            ("RevisionNotFound", _, _) => format!("{name}: the repository has no revision '{}'", r.revision),
+            (_, _, None) => format!(
+                "'{name}' is not a local path, and {} has no public repository of that name (HTTP {code}): check the name; if it is private or gated, set HF_TOKEN (or run `huggingface-cli login`)",
+                self.endpoint
+            ),
+            (_, _, Some(_)) => format!(
+                "'{name}' is not a local path, and {} refused it with the token given (HTTP {code}): check the name, and that the token's account can read {page}",
+                self.endpoint
+            ),
+        }
     }
 
     /// What to fetch, from where, and where to put it, when chatforge cannot.
@@ -134,7 +201,12 @@ impl Hub {
             .with_user_agent("chatforge", env!("CARGO_PKG_VERSION"))
             .build()
             .map_err(|e| self.error(r, None, e))?;
-        Ok(Fetcher { hub: self, r, api })
+        Ok(Fetcher {
+            hub: self,
+            r,
+            api,
+            commit: None,
+        })
     }
 
     /// An hf-hub error as what happened and what to do about it.
@@ -146,25 +218,9 @@ impl Hub {
         let msg = match e {
             ApiError::TooManyRetries(inner) => return self.error(r, file, *inner),
             ApiError::RequestError(e) => match *e {
-                ureq2::Error::Status(401 | 403, _) => match self.token {
-                    Some(_) => format!(
-                        "{what}: the Hub refused the token (HF_TOKEN or HF_HOME/token): it has no access to this gated or private repository; accept its terms at {}/{} with the account the token belongs to",
-                        self.endpoint, r.repo
-                    ),
-                    None => format!(
-                        "{what}: the repository is gated or private and needs a token: accept its terms at {}/{}, then set HF_TOKEN (or run `huggingface-cli login`)",
-                        self.endpoint, r.repo
-                    ),
-                },
-                ureq2::Error::Status(404, _) => match file {
-                    Some(f) => format!("{}: the repository has no file '{f}' at revision '{}'", r.display(), r.revision),
-                    None => format!(
-                        "'{}' is neither a local path nor a repository on {} (at revision '{}'): check the name, or log in (HF_TOKEN) if it is private",
-                        r.display(),
-                        self.endpoint,
-                        r.revision
-                    ),
-                },
+                ureq2::Error::Status(code @ (401 | 403 | 404), resp) => {
+                    self.refusal(r, file, code, resp.header("X-Error-Code").unwrap_or(""))
+                }
                 ureq2::Error::Status(code, _) => format!("{what}: {} answered HTTP {code}; try again later", self.endpoint),
                 ureq2::Error::Transport(t) => format!(
                     "{what}: cannot reach {} ({t}). {}",
@@ -195,21 +251,58 @@ pub(super) struct Fetcher<'h> {
     hub: &'h Hub,
     r: &'h HubRef,
     api: Api,
+    /// The commit the listing described: every file is fetched at it.
+    commit: Option<String>,
 }
 
 impl Fetcher<'_> {
     /// Every file of the repository at its revision.
-    pub(super) fn list(&self) -> Result<Vec<String>> {
+    /// Every file of the repository at its revision; the files fetched next are the ones of the
+    /// commit this lists.
+    pub(super) fn list(&mut self) -> Result<Vec<String>> {
         let repo = self.api.repo(Hub::repo(self.r));
         let info = self.watched(None, Arc::default(), move || repo.info())?;
+        if !is_commit(&info.sha) {
+            return Err(Error::Hub(format!(
+                "{}: {}'s listing names no commit ('{}'): is HF_ENDPOINT a Hugging Face Hub?",
+                self.r.display(),
+                self.hub.endpoint,
+                info.sha
+            )));
+        }
+        self.commit = Some(info.sha);
         Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
+    }
+
+    /// Points the revision at the listed commit in the cache (once its files are all there).
+    pub(super) fn record_revision(&self) -> Result<()> {
+        let Some(c) = &self.commit else {
+            return Ok(());
+        };
+        self.hub
+            .cache
+            .repo(Hub::repo(self.r))
+            .create_ref(c)
+            .map_err(|e| Error::io(self.hub.cache.path(), e))
+    }
+
+    /// The repository at the listed commit, else at its revision.
+    fn pinned(&self) -> Repo {
+        match &self.commit {
+            Some(c) => Repo::with_revision(self.r.repo.clone(), self.r.repo_type(), c.clone()),
+            None => Hub::repo(self.r),
+        }
     }
 
     /// One file, downloaded into the cache (or found there), with a progress bar. A cut
     /// connection is resumed where it stopped; a download that receives nothing for the stall
     /// time fails (its partial file stays in the cache and the next run resumes it).
     pub(super) fn get(&self, file: &str) -> Result<PathBuf> {
-        if let Some(p) = self.hub.cached(self.r, file) {
+        let cached = match &self.commit {
+            Some(c) => Some(self.hub.snapshot(self.r, c).join(file)).filter(|p| p.exists()),
+            None => self.hub.cached(self.r, file),
+        };
+        if let Some(p) = cached {
             return Ok(p);
         }
         let seen = Arc::new(AtomicU64::new(0));
@@ -218,7 +311,7 @@ impl Fetcher<'_> {
             shown: format!("{}/{file}", self.r.display()),
             seen: seen.clone(),
         };
-        let repo = self.api.repo(Hub::repo(self.r));
+        let repo = self.api.repo(self.pinned());
         let name = file.to_string();
         self.watched(Some(file), seen, move || {
             repo.download_with_progress(&name, progress)

@@ -42,10 +42,16 @@ impl HubRef {
             None => (name_rev, "main".to_string()),
         };
         let repo = format!("{org}/{name}");
-        let file_ok = file
-            .as_deref()
-            .is_none_or(|f| !f.is_empty() && f.split('/').all(|c| !c.is_empty() && c != ".."));
-        (is_repo_id(&repo) && file_ok && !revision.contains("..")).then_some(HubRef {
+        let file_ok = file.as_deref().is_none_or(|f| {
+            f.split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\\'))
+        });
+        // A revision becomes a path in the cache (refs/REV): one or more plain components.
+        let rev_ok = !revision.contains('\\')
+            && revision
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..");
+        (is_repo_id(&repo) && file_ok && rev_ok).then_some(HubRef {
             repo,
             dataset,
             revision,
@@ -116,6 +122,9 @@ mod tests {
             "org/na me",
             "org/name@",
             "org/name/../x",
+            "org/name@%2Fhome%2Fu%2F.bashrc",
+            "org/name@a%2F..%2F..%2Fx",
+            "org/name@a\\b",
         ] {
             assert!(HubRef::model(bad).is_none(), "{bad}");
         }

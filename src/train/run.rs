@@ -86,6 +86,11 @@ impl<'c> Run<'c> {
         let (rank, world) = (coll.rank(), coll.world());
         let accum = cfg.accumulation(world)?;
         check_run_dir(run_dir, coll, restart)?;
+        // The lead downloads a base model or data named on the Hub; the other ranks then find
+        // them in the cache (hf-hub's lock would turn them away while it downloads).
+        if coll.is_lead() {
+            super::start::fetch_hub_inputs(&cfg)?;
+        }
         // Every rank has looked before rank 0 creates the run.
         coll.barrier();
         let device = coll.device(cfg.train.device)?;

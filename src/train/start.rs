@@ -271,6 +271,17 @@ impl LoraRun {
     }
 }
 
+/// Downloads (into the Hub cache) a base model or chat files the run names on the Hub.
+pub(super) fn fetch_hub_inputs(cfg: &RunConfig) -> Result<()> {
+    if hub_base(&cfg.model.init_from).is_some() {
+        crate::formats::hub::resolve_model(Path::new(&cfg.model.init_from))?;
+    }
+    for f in &cfg.sft.data {
+        crate::formats::hub::resolve_data_file(f)?;
+    }
+    Ok(())
+}
+
 /// The Hub model a run's base names, when it is one (no local path of that name exists).
 pub(crate) fn hub_base(init_from: &str) -> Option<crate::formats::hub::HubRef> {
     match Path::new(init_from).exists() {

@@ -81,25 +81,16 @@ fn serve(mut conn: TcpStream, repos: &Mutex<BTreeMap<String, HubRepo>>, log: &Mu
         return reply(&mut conn, "404 Not Found", "", b"{\"error\":\"not found\"}");
     };
     let mut repos = repos.lock().unwrap();
+    // As the Hub does: 401 for a repository that does not exist (as for a private one).
     let Some(repo) = repos.get_mut(&repo_id) else {
-        return reply(
-            &mut conn,
-            "404 Not Found",
-            "X-Error-Code: RepoNotFound\r\n",
-            b"{}",
-        );
+        let code = "X-Error-Code: RepoNotFound\r\n";
+        return reply(&mut conn, "401 Unauthorized", code, b"{}");
     };
     if let Some(t) = &repo.token {
+        let gated = "X-Error-Code: GatedRepo\r\n";
         match auth.strip_prefix("Bearer ") {
-            None => {
-                return reply(
-                    &mut conn,
-                    "401 Unauthorized",
-                    "X-Error-Code: GatedRepo\r\n",
-                    b"{}",
-                )
-            }
-            Some(given) if given != t => return reply(&mut conn, "403 Forbidden", "", b"{}"),
+            None => return reply(&mut conn, "401 Unauthorized", gated, b"{}"),
+            Some(given) if given != t => return reply(&mut conn, "403 Forbidden", gated, b"{}"),
             Some(_) => {}
         }
     }
