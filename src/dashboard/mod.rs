@@ -29,8 +29,8 @@ const POLL: Duration = Duration::from_millis(500);
 struct Runs {
     dirs: Vec<PathBuf>,
     names: Vec<String>,
-    /// The `Host` headers the page is served under (a page of another site that resolves its
-    /// name to 127.0.0.1 is refused: no DNS rebinding).
+    /// The host names the page is served under (a page of another site that resolves its name
+    /// to 127.0.0.1 is refused: no DNS rebinding).
     hosts: Vec<String>,
 }
 
@@ -68,11 +68,10 @@ pub fn spawn(runs: Vec<PathBuf>, port: u16) -> Result<Dashboard> {
         .set_nonblocking(true)
         .map_err(|e| Error::io(addr.as_str(), e))?;
     let names = run_names(&runs);
-    let port = local.port();
     let state = Arc::new(Runs {
         dirs: runs,
         names,
-        hosts: vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")],
+        hosts: vec!["127.0.0.1".into(), "localhost".into()],
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -137,12 +136,11 @@ async fn accept(listener: std::net::TcpListener, state: Arc<Runs>) {
     }
 }
 
-/// The request's Host is the dashboard's own.
+/// The request's Host names this machine (any port: an SSH tunnel's local port differs).
 fn host_ok(s: &Runs, headers: &HeaderMap) -> bool {
-    headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|h| s.hosts.iter().any(|ok| ok == h))
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let name = host.map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name));
+    name.is_some_and(|n| s.hosts.iter().any(|ok| ok == n))
 }
 
 fn refused() -> Response {

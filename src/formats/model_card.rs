@@ -227,9 +227,16 @@ fn architecture(cfg: &ModelConfig) -> String {
     )
 }
 
-/// A YAML double-quoted scalar (JSON's string syntax is one).
+/// A YAML double-quoted scalar: JSON's string syntax, with the characters YAML does not allow
+/// raw (DEL, the C1 controls) or reads as line breaks (NEL, U+2028, U+2029) escaped too.
 fn quoted(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serializes")
+    let json = serde_json::to_string(s).expect("a string serializes");
+    json.chars()
+        .map(|c| match c {
+            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' => format!("\\u{:04x}", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// A number YAML reads as one: finite, else `.nan` / `.inf`.
@@ -267,4 +274,19 @@ pub fn card_license(dir: &Path) -> Option<String> {
         let v = v.trim_matches(|c| c == '"' || c == '\'');
         (!v.is_empty() && v != "other").then(|| v.to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quoted;
+
+    #[test]
+    fn scalars_are_quoted_as_yaml_reads_them() {
+        assert_eq!(quoted("a \"b\"\n"), r#""a \"b\"\n""#);
+        assert_eq!(
+            quoted("x\u{85}y\u{2028}\u{7f}"),
+            r#""x\u0085y\u2028\u007f""#
+        );
+        assert_eq!(quoted("héllo 🙂"), "\"héllo 🙂\"");
+    }
 }
