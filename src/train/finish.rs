@@ -91,13 +91,12 @@ impl Run<'_> {
     }
 
     /// OUT/model (the trained or merged model) and, for LoRA, OUT/adapter, each with its card.
-    pub(super) fn save_final(&self, t: &Tally) -> Result<(PathBuf, Option<PathBuf>)> {
+    pub(super) fn save_final(&self, card: &ModelCard) -> Result<(PathBuf, Option<PathBuf>)> {
         let model_dir = self.run_dir.join("model");
         let tok = self.tokenizer.as_ref();
-        let card = self.card(t);
         let Some(l) = &self.lora else {
             let w = self.params.tensors();
-            crate::formats::save_model_dir(&model_dir, &self.state.model, &w, tok, &card)?;
+            crate::formats::save_model_dir(&model_dir, &self.state.model, &w, tok, card)?;
             return Ok((model_dir, None));
         };
         let adapter_dir = self.run_dir.join("adapter");
@@ -114,12 +113,12 @@ impl Run<'_> {
             return Ok((adapter_dir.clone(), Some(adapter_dir)));
         }
         let merged = crate::model::lora::merge(&self.state.model, &l.cfg, &l.base, &adapter)?;
-        crate::formats::save_model_dir(&model_dir, &self.state.model, &merged, tok, &card)?;
+        crate::formats::save_model_dir(&model_dir, &self.state.model, &merged, tok, card)?;
         Ok((model_dir, Some(adapter_dir)))
     }
 
     /// The model card of the run's model: how it was made, on what, and how it scored.
-    fn card(&self, t: &Tally) -> ModelCard {
+    pub(super) fn card(&self, t: &Tally) -> ModelCard {
         let cfg = &self.cfg;
         let name = self
             .run_dir
@@ -211,13 +210,12 @@ impl Run<'_> {
         card
     }
 
-    pub(super) fn summary(&self, t: Tally, model_dir: PathBuf) -> RunSummary {
+    pub(super) fn summary(&self, t: Tally, model_dir: PathBuf, card: ModelCard) -> RunSummary {
         let tokens_per_sec = if t.train_secs > 0.0 {
             t.train_tokens as f64 / t.train_secs
         } else {
             0.0
         };
-        let card = self.card(&t);
         RunSummary {
             card,
             run_dir: self.run_dir.clone(),

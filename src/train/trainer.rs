@@ -311,12 +311,13 @@ impl Run<'_> {
         if let (true, Some(report)) = (plan.lead, self.profile.report()) {
             eprint!("{report}");
         }
+        let card = self.card(&tally);
         if self.state.step < plan.total {
             let dir = self.run_dir.join("checkpoints");
-            return Ok(self.summary(tally, dir));
+            return Ok(self.summary(tally, dir, card));
         }
         let (model_dir, adapter_dir) = if plan.lead {
-            let dirs = self.save_final(&tally)?;
+            let dirs = self.save_final(&card)?;
             if let Err(e) = self.plot() {
                 eprintln!("warning: the loss plot was not written: {e}");
             }
@@ -326,7 +327,7 @@ impl Run<'_> {
         };
         // No rank ends before the final model is whole.
         self.coll.barrier();
-        let mut summary = self.summary(tally, model_dir);
+        let mut summary = self.summary(tally, model_dir, card);
         summary.adapter_dir = adapter_dir;
         Ok(summary)
     }
