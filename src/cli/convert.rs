@@ -31,10 +31,7 @@ pub struct ConvertArgs {
 }
 
 pub fn run(a: ConvertArgs) -> Result<()> {
-    let gguf = a
-        .output
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let gguf = chatforge::formats::gguf::has_gguf_extension(&a.output);
     if !gguf && (a.dtype.is_some() || a.ollama || a.name.is_some()) {
         bail!(
             "--type, --name and --ollama describe a GGUF file; give --output a .gguf name, or \
@@ -46,7 +43,9 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     if a.ollama {
         chatforge::fsutil::check_output(&modelfile, "--output's Modelfile", &[&a.input], a.force)?;
     }
-    let m = LoadedModel::load(&a.input, &candle_core::Device::Cpu)?;
+    // A Hub name resolves (and downloads) once: the model and its card are read from there.
+    let input = chatforge::formats::hub::resolve_model(&a.input)?;
+    let m = LoadedModel::load(&input, &candle_core::Device::Cpu)?;
     if !gguf {
         let origin = format!("Converted by chatforge from `{}`.", a.input.display());
         let mut card = ModelCard::new(
@@ -55,9 +54,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
             Library::Transformers,
             &origin,
         );
-        // The input's card: a directory's, or the one a Hub model came with.
-        let input_dir = chatforge::formats::hub::resolve_model(&a.input)?;
-        card.license = model_card::card_license(&input_dir);
+        card.license = model_card::card_license(&input);
         save_model_dir(
             &a.output,
             &m.cfg,

@@ -280,6 +280,13 @@ pub struct GgufModel {
     pub quantized: Option<GgmlDType>,
 }
 
+/// Whether a path is named as a GGUF file (`*.gguf`, any case): how a model path, an output
+/// and a Hub file are told to be GGUF.
+pub fn has_gguf_extension(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
 /// Loads a GGUF file.
 pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufModel> {
     let mut f = GgufFile::open(path)?;

@@ -10,24 +10,33 @@ pub use super::hub_ref::{is_repo_id, HubRef};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
+/// The Hub model `spec` names: none when a local path of that name exists, or when it is no
+/// model name (only a .gguf file is loaded from a repository by name; anything else is a local
+/// path that is not there).
+pub fn hub_model(spec: &Path) -> Option<HubRef> {
+    if spec.exists() {
+        return None;
+    }
+    let r = spec.to_str().and_then(HubRef::model)?;
+    r.file
+        .as_deref()
+        .is_none_or(|f| super::gguf::has_gguf_extension(Path::new(f)))
+        .then_some(r)
+}
+
 /// The local path of a model: `spec` itself when it exists, else the Hub model it names,
 /// downloaded into the cache unless the cache holds it whole. Anything else is a not-found error.
 pub fn resolve_model(spec: &Path) -> Result<PathBuf> {
     if spec.exists() {
         return Ok(spec.to_path_buf());
     }
-    let Some(r) = spec.to_str().and_then(HubRef::model) else {
+    let Some(r) = hub_model(spec) else {
         return Err(Error::io(spec, std::io::ErrorKind::NotFound.into()));
     };
-    if let Some(f) = &r.file {
-        // Only a .gguf file is loaded from a repository by name; anything else is a local path
-        // that is not there.
-        if !f.to_ascii_lowercase().ends_with(".gguf") {
-            return Err(Error::io(spec, std::io::ErrorKind::NotFound.into()));
-        }
-        return Hub::from_env()?.file(&r, f);
+    match &r.file {
+        Some(f) => Hub::from_env()?.file(&r, f),
+        None => model_snapshot(&Hub::from_env()?, &r),
     }
-    model_snapshot(&Hub::from_env()?, &r)
 }
 
 /// The local copy of a data file named `hf://datasets/...`; other inputs are returned as given.
@@ -152,7 +161,7 @@ fn shards(index: &Path) -> Result<Vec<String>> {
 fn gguf_hint(r: &HubRef, files: &[String]) -> String {
     let ggufs: Vec<&str> = files
         .iter()
-        .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
+        .filter(|f| super::gguf::has_gguf_extension(Path::new(f)))
         .map(String::as_str)
         .collect();
     match ggufs.first() {

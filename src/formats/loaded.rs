@@ -36,10 +36,7 @@ impl LoadedModel {
         let resolved = super::hub::resolve_model(path)?;
         let path = resolved.as_path();
         if path.is_file() {
-            if path
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-            {
+            if gguf::has_gguf_extension(path) {
                 let g = gguf::load_gguf(path, device)?;
                 check_vocab(&g.cfg, &g.tokenizer, path)?;
                 return Ok(LoadedModel {

@@ -149,7 +149,7 @@ impl Run<'_> {
             l => Some(l.to_string()),
         };
         card.base_model = match cfg.model.base_id.as_str() {
-            "" => super::start::hub_base(base).map(|r| r.repo),
+            "" => crate::formats::hub::hub_model(Path::new(base)).map(|r| r.repo),
             id => Some(id.to_string()),
         };
         card.tags

@@ -4,6 +4,7 @@
 use crate::config::{Precision, RunConfig};
 use crate::data::load_meta;
 use crate::error::{Error, Result};
+use crate::formats::hub::hub_model;
 use crate::formats::{Library, LoadedModel, ModelCard};
 use crate::model::lora::{self, LoraConfig};
 use crate::model::params::{init_weights, Params};
@@ -245,14 +246,11 @@ impl LoraRun {
         }
         let base = Path::new(&cfg.model.init_from);
         // A Hub model by name is named so (with its revision).
-        if let Some(r) = hub_base(&cfg.model.init_from).filter(|r| r.file.is_none()) {
+        if let Some(r) = hub_model(base).filter(|r| r.file.is_none()) {
             self.base_path = r.display();
             return Ok(());
         }
-        if !base
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        {
+        if !crate::formats::gguf::has_gguf_extension(base) {
             return Ok(());
         }
         let dir = run_dir.join(GGUF_BASE_DIR);
@@ -273,21 +271,14 @@ impl LoraRun {
 
 /// Downloads (into the Hub cache) a base model or chat files the run names on the Hub.
 pub(super) fn fetch_hub_inputs(cfg: &RunConfig) -> Result<()> {
-    if hub_base(&cfg.model.init_from).is_some() {
-        crate::formats::hub::resolve_model(Path::new(&cfg.model.init_from))?;
+    let base = Path::new(&cfg.model.init_from);
+    if hub_model(base).is_some() {
+        crate::formats::hub::resolve_model(base)?;
     }
     for f in &cfg.sft.data {
         crate::formats::hub::resolve_data_file(f)?;
     }
     Ok(())
-}
-
-/// The Hub model a run's base names, when it is one (no local path of that name exists).
-pub(crate) fn hub_base(init_from: &str) -> Option<crate::formats::hub::HubRef> {
-    match Path::new(init_from).exists() {
-        true => None,
-        false => crate::formats::hub::HubRef::model(init_from),
-    }
 }
 
 /// Every tensor cast to `dtype` (a graph op, so gradients of the casts reach Vars).
