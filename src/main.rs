@@ -41,6 +41,9 @@ enum Command {
     Pretrain(cli::train::PretrainArgs),
     /// Fine-tune a model on chat data, every weight or LoRA adapters (or continue with --resume).
     Sft(Box<cli::train::SftArgs>),
+    /// Tune a model on preference pairs (chosen over rejected replies) with DPO or IPO, every
+    /// weight or LoRA adapters (or continue with --resume).
+    Dpo(Box<cli::dpo::DpoArgs>),
     /// The whole pipeline on a small corpus: tokenizer, shards, pre-training, report.
     Speedrun(cli::speedrun::SpeedrunArgs),
     /// Measure prompt-processing and generation speed (tokens/s), as llama-bench does.
@@ -63,7 +66,10 @@ fn main() {
         std::process::exit(2);
     }
     cli::allocator::configure_in_main();
-    if matches!(cli.command, Command::Pretrain(_) | Command::Sft(_)) {
+    if matches!(
+        cli.command,
+        Command::Pretrain(_) | Command::Sft(_) | Command::Dpo(_)
+    ) {
         if let Err(e) = chatforge::train::interrupt::install() {
             eprintln!("warning: cannot catch SIGINT/SIGTERM ({e}): a signal will stop training without a checkpoint");
         }
@@ -71,7 +77,7 @@ fn main() {
     // Training runs data-parallel when launched by mpirun (MPI is initialised here, once, and
     // finalised when `coll` drops); everything else is a single process.
     let coll: Box<dyn Collective> = match &cli.command {
-        Command::Pretrain(_) | Command::Sft(_) => match chatforge::dist::init() {
+        Command::Pretrain(_) | Command::Sft(_) | Command::Dpo(_) => match chatforge::dist::init() {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -115,6 +121,7 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
         Command::Data(cmd) => cli::data::run(cmd),
         Command::Pretrain(a) => cli::train::pretrain(a, coll),
         Command::Sft(a) => cli::train::sft(*a, coll),
+        Command::Dpo(a) => cli::dpo::run(*a, coll),
         Command::Speedrun(a) => cli::speedrun::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Bench(a) => cli::bench::run(a),

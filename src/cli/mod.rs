@@ -7,6 +7,7 @@ pub mod chat;
 pub mod convert;
 pub mod dashboard;
 pub mod data;
+pub mod dpo;
 pub mod eval;
 pub mod generate;
 pub mod output;

@@ -1,4 +1,4 @@
-//! `chatforge pretrain` and `chatforge sft`.
+//! `chatforge pretrain` and `chatforge sft`, and the flags fine-tuning shares with `dpo`.
 
 use anyhow::Result;
 use chatforge::config::RunConfig;
@@ -75,13 +75,16 @@ pub fn pretrain(a: PretrainArgs, coll: &dyn Collective) -> Result<()> {
     Ok(())
 }
 
+/// What `sft` and `dpo` share: the model, the data, the run directory and the training flags.
 #[derive(Args)]
-pub struct SftArgs {
-    /// The model to fine-tune: a chatforge or Hugging Face model directory, or a .gguf file.
+pub struct TuneArgs {
+    /// The model to fine-tune: a chatforge or Hugging Face model directory, a .gguf file, or a
+    /// Hub name.
     #[arg(long, required_unless_present = "resume")]
     model: Option<PathBuf>,
-    /// Chat files (.jsonl or .json): OpenAI `messages`, ShareGPT `conversations`, or
-    /// prompt/completion records.
+    /// Data files (.jsonl or .json). sft: chat records (OpenAI `messages`, ShareGPT
+    /// `conversations`, prompt/completion); dpo: preference pairs (prompt/chosen/rejected as text
+    /// or message lists, or chosen/rejected transcripts such as HH-RLHF's).
     #[arg(long, num_args = 1.., required_unless_present = "resume")]
     data: Vec<PathBuf>,
     /// Run directory (config.toml, metrics.jsonl, checkpoints/, model/ or adapter/).
@@ -96,30 +99,24 @@ pub struct SftArgs {
     /// Override a config key, e.g. --set train.warmup_steps=20 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// Peak learning rate (default 2e-4 with LoRA, 5e-5 for full fine-tuning).
+    /// Peak learning rate (sft: 2e-4 with LoRA, 5e-5 full; dpo: 5e-5 with LoRA, 1e-6 full).
     #[arg(long)]
     lr: Option<f64>,
-    /// Passes over the training conversations.
+    /// Passes over the training data.
     #[arg(long)]
     epochs: Option<f64>,
     /// Optimizer steps (instead of --epochs).
     #[arg(long)]
     max_steps: Option<usize>,
-    /// Conversations per batch.
+    /// Conversations (sft) or pairs (dpo) per batch.
     #[arg(long)]
     batch_size: Option<usize>,
     /// Longest conversation in tokens (longer ones are cut; at most the model's context).
     #[arg(long)]
     context: Option<usize>,
-    /// Fraction of the conversations held out for validation.
+    /// Fraction of the data held out for validation.
     #[arg(long)]
     val_fraction: Option<f64>,
-    /// Field holding the prompt of prompt/completion records (e.g. question).
-    #[arg(long)]
-    prompt_field: Option<String>,
-    /// Field holding the completion of prompt/completion records (e.g. answer).
-    #[arg(long)]
-    completion_field: Option<String>,
     /// Replace text in the data: FROM=TO, repeatable (e.g. --replace Vicuna=chatforge).
     #[arg(long, value_name = "FROM=TO")]
     replace: Vec<String>,
@@ -154,6 +151,18 @@ pub struct SftArgs {
     dashboard: Option<u16>,
 }
 
+#[derive(Args)]
+pub struct SftArgs {
+    #[command(flatten)]
+    tune: TuneArgs,
+    /// Field holding the prompt of prompt/completion records (e.g. question).
+    #[arg(long)]
+    prompt_field: Option<String>,
+    /// Field holding the completion of prompt/completion records (e.g. answer).
+    #[arg(long)]
+    completion_field: Option<String>,
+}
+
 /// Fine-tuning's own defaults, below the config file.
 fn sft_defaults(lora: bool) -> Vec<String> {
     [
@@ -174,14 +183,16 @@ fn sft_defaults(lora: bool) -> Vec<String> {
     .into()
 }
 
-impl SftArgs {
+/// Put a flag's value into a config field.
+pub(super) fn put<T: Clone>(field: &mut T, flag: &Option<T>) {
+    if let Some(v) = flag {
+        *field = v.clone();
+    }
+}
+
+impl TuneArgs {
     /// The flags set on the config (they win over the config file; `--set` wins over them).
     fn apply_flags(&self, cfg: &mut RunConfig) {
-        fn put<T: Clone>(field: &mut T, flag: &Option<T>) {
-            if let Some(v) = flag {
-                *field = v.clone();
-            }
-        }
         if let Some(m) = &self.model {
             cfg.model.init_from = m.display().to_string();
         }
@@ -196,8 +207,6 @@ impl SftArgs {
         put(&mut t.context, &self.context);
         put(&mut t.device, &self.device);
         put(&mut sft.val_fraction, &self.val_fraction);
-        put(&mut sft.prompt_field, &self.prompt_field);
-        put(&mut sft.completion_field, &self.completion_field);
         if !self.replace.is_empty() {
             sft.replace = self.replace.join(";");
         }
@@ -211,32 +220,35 @@ impl SftArgs {
         lora.merge |= self.merge;
         put(&mut cfg.eval.sample_prompt, &self.sample_prompt);
     }
-
-    /// The run's config: the file over fine-tuning's defaults (`lora` picks which), the flags,
-    /// then `--set`.
-    fn config(&self, lora: bool) -> chatforge::Result<RunConfig> {
-        let mut cfg = RunConfig::read_layered(self.config.as_deref(), &sft_defaults(lora))?;
-        self.apply_flags(&mut cfg);
-        cfg.apply_overrides(&self.set)?;
-        Ok(cfg)
-    }
 }
 
-pub fn sft(a: SftArgs, coll: &dyn Collective) -> Result<()> {
+/// A fine-tuning run (`sft` or `dpo`): new, from the file over `defaults` (chosen by whether the
+/// resolved config is a LoRA run), the shared flags, the command's own (`flags`), then `--set`;
+/// or resumed with the flags and `--set` applied to its saved config.
+pub(super) fn fine_tune(
+    a: &TuneArgs,
+    defaults: fn(bool) -> Vec<String>,
+    flags: &dyn Fn(&mut RunConfig),
+    coll: &dyn Collective,
+) -> Result<()> {
     start_dashboard(a.dashboard, a.out.as_deref(), a.resume.as_deref(), coll)?;
+    let edit = |cfg: &mut RunConfig| {
+        a.apply_flags(cfg);
+        flags(cfg);
+        cfg.apply_overrides(&a.set)
+    };
     let summary = match &a.resume {
-        Some(r) => {
-            let edit = |cfg: &mut RunConfig| {
-                a.apply_flags(cfg);
-                cfg.apply_overrides(&a.set)
-            };
-            chatforge::train::resume_on(r, &edit, coll)?
-        }
+        Some(r) => chatforge::train::resume_on(r, &edit, coll)?,
         None => {
+            let config = |lora: bool| -> chatforge::Result<RunConfig> {
+                let mut cfg = RunConfig::read_layered(a.config.as_deref(), &defaults(lora))?;
+                edit(&mut cfg)?;
+                Ok(cfg)
+            };
             // The defaults depend on whether the resolved config (file, flags, --set) is a LoRA run.
-            let cfg = match a.config(false)? {
+            let cfg = match config(false)? {
                 full if full.lora.rank == 0 => full,
-                _ => a.config(true)?,
+                _ => config(true)?,
             };
             let out = a.out.as_deref().expect("clap requires --out");
             chatforge::train::sft_on(cfg, out, coll)?
@@ -250,6 +262,14 @@ pub fn sft(a: SftArgs, coll: &dyn Collective) -> Result<()> {
         eprintln!("LoRA adapter (PEFT layout) in {}", ad.display());
     }
     Ok(())
+}
+
+pub fn sft(a: SftArgs, coll: &dyn Collective) -> Result<()> {
+    let flags = |cfg: &mut RunConfig| {
+        put(&mut cfg.sft.prompt_field, &a.prompt_field);
+        put(&mut cfg.sft.completion_field, &a.completion_field);
+    };
+    fine_tune(&a.tune, sft_defaults, &flags, coll)
 }
 
 fn report(summary: &RunSummary) {

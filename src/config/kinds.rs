@@ -1,4 +1,5 @@
-//! The config's named choices as types: the learning-rate schedule and the compute precision.
+//! The config's named choices as types: the learning-rate schedule, the compute precision, the
+//! fine-tuning objective and the preference loss.
 //! Each reads and writes as the string the TOML file holds, and a wrong one is an error naming the
 //! key and the choices.
 
@@ -74,6 +75,70 @@ impl fmt::Display for Precision {
     }
 }
 
+/// `sft.objective`: what fine-tuning learns from its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Objective {
+    /// Next-token cross-entropy on the assistant's tokens of conversations.
+    #[default]
+    Sft,
+    /// Direct preference optimisation on chosen/rejected pairs (`[dpo]`).
+    Dpo,
+}
+
+impl std::str::FromStr for Objective {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sft" => Ok(Objective::Sft),
+            "dpo" => Ok(Objective::Dpo),
+            _ => Err(format!("sft.objective '{s}': expected sft or dpo")),
+        }
+    }
+}
+
+impl fmt::Display for Objective {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Objective::Sft => "sft",
+            Objective::Dpo => "dpo",
+        })
+    }
+}
+
+/// `dpo.loss`: how the preference margin becomes a loss (TRL's `loss_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DpoLoss {
+    /// -log sigmoid(beta * margin): DPO (Rafailov et al., 2023).
+    #[default]
+    Sigmoid,
+    /// (margin / tokens - 1 / (2 beta))^2 on per-token log-ratios: IPO (Azar et al., 2023).
+    Ipo,
+}
+
+impl std::str::FromStr for DpoLoss {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sigmoid" => Ok(DpoLoss::Sigmoid),
+            "ipo" => Ok(DpoLoss::Ipo),
+            _ => Err(format!("dpo.loss '{s}': expected sigmoid or ipo")),
+        }
+    }
+}
+
+impl fmt::Display for DpoLoss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DpoLoss::Sigmoid => "sigmoid",
+            DpoLoss::Ipo => "ipo",
+        })
+    }
+}
+
 macro_rules! string_conversions {
     ($($t:ty),*) => {$(
         impl TryFrom<String> for $t {
@@ -90,4 +155,4 @@ macro_rules! string_conversions {
     )*};
 }
 
-string_conversions!(Schedule, Precision);
+string_conversions!(Schedule, Precision, Objective, DpoLoss);

@@ -1,10 +1,12 @@
 //! The run config: one TOML file per run, named model presets, and `--set key=value` overrides.
 //! The resolved config is saved into the run directory (`config.toml`) and into every checkpoint.
 
+mod fine_tune;
 mod kinds;
 mod ranges;
 
-pub use kinds::{Precision, Schedule};
+pub use fine_tune::{DpoSection, LoraSection, SftSection};
+pub use kinds::{DpoLoss, Objective, Precision, Schedule};
 
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
@@ -20,63 +22,8 @@ pub struct RunConfig {
     pub eval: EvalSection,
     pub checkpoint: CheckpointSection,
     pub sft: SftSection,
+    pub dpo: DpoSection,
     pub lora: LoraSection,
-}
-
-/// Supervised fine-tuning on chat data (`chatforge sft`); unused by pre-training.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SftSection {
-    /// Chat files (.jsonl or .json): OpenAI messages, ShareGPT conversations or prompt/completion.
-    pub data: Vec<PathBuf>,
-    /// Field names of prompt/completion records.
-    pub prompt_field: String,
-    pub completion_field: String,
-    /// Fraction of the conversations held out for validation.
-    pub val_fraction: f64,
-    /// Passes over the training conversations (when train.max_steps is 0).
-    pub epochs: f64,
-    /// Replace every occurrence of a word in the data, `FROM=TO;FROM2=TO2` (e.g. renaming the
-    /// assistant of an identity dataset: `Vicuna=chatforge`).
-    pub replace: String,
-}
-
-/// LoRA adapters instead of training every weight (rank 0 = full fine-tuning).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LoraSection {
-    pub rank: usize,
-    pub alpha: f64,
-    /// PEFT module names (q_proj, v_proj, c_attn, ...) or all-linear.
-    pub targets: Vec<String>,
-    pub dropout: f64,
-    /// Also write the merged full model (OUT/model) next to the adapter (OUT/adapter).
-    pub merge: bool,
-}
-
-impl Default for SftSection {
-    fn default() -> Self {
-        SftSection {
-            data: vec![],
-            prompt_field: "prompt".into(),
-            completion_field: "completion".into(),
-            val_fraction: 0.05,
-            epochs: 1.0,
-            replace: String::new(),
-        }
-    }
-}
-
-impl Default for LoraSection {
-    fn default() -> Self {
-        LoraSection {
-            rank: 0,
-            alpha: 16.0,
-            targets: vec!["all-linear".into()],
-            dropout: 0.0,
-            merge: false,
-        }
-    }
 }
 
 /// The model: a preset, optionally reshaped, or a model directory to start from.
@@ -453,6 +400,20 @@ impl RunConfig {
     /// Whether this is a fine-tuning run (on chat files) rather than pre-training (on shards).
     pub fn is_sft(&self) -> bool {
         !self.sft.data.is_empty()
+    }
+
+    /// Whether this fine-tuning run learns from preference pairs (DPO).
+    pub fn is_dpo(&self) -> bool {
+        self.is_sft() && self.sft.objective == Objective::Dpo
+    }
+
+    /// The subcommand that continues this run.
+    pub fn command(&self) -> &'static str {
+        match (self.is_sft(), self.sft.objective) {
+            (false, _) => "pretrain",
+            (true, Objective::Sft) => "sft",
+            (true, Objective::Dpo) => "dpo",
+        }
     }
 
     /// Optimizer steps of the run on `world` ranks.

@@ -39,6 +39,7 @@ impl RunConfig {
                 Below(1.0),
             ),
             ("sft.epochs", self.sft.epochs, From(0.0), Upto(1e6)),
+            ("dpo.beta", self.dpo.beta, Above(0.0), Upto(1e3)),
             ("lora.alpha", l.alpha, Above(0.0), Upto(1e6)),
             ("lora.dropout", l.dropout, From(0.0), Below(1.0)),
         ];

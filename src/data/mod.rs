@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod loader;
 pub mod parquet;
+pub mod preference;
 pub mod prepare;
 pub mod sft;
 pub mod shard;

@@ -147,17 +147,59 @@ pub fn pad_batch(rows: &[&Example], pad: u32) -> PaddedBatch {
     }
 }
 
-/// Epochs of seeded shuffles over the examples; batch k is a pure function of (seed, k), so the
-/// position alone is the checkpointed state. The last partial batch of an epoch is dropped (as
-/// `drop_last`), unless the whole set is smaller than one batch.
-pub struct ChatLoader {
-    examples: Vec<Example>,
+/// Epochs of seeded shuffles over `len` items, drawn `batch` at a time by each of `world` ranks;
+/// batch k is a pure function of (seed, k), so the position alone is the checkpointed state. The
+/// last partial batch of an epoch is dropped (as `drop_last`), unless the whole set is smaller
+/// than one batch.
+#[derive(Debug, Clone)]
+pub struct EpochSampler {
+    len: usize,
     batch: usize,
     seed: u64,
-    pad: u32,
     pub position: u64,
     rank: u64,
     world: u64,
+}
+
+impl EpochSampler {
+    pub fn new(len: usize, batch: usize, seed: u64, rank: usize, world: usize) -> Self {
+        EpochSampler {
+            len,
+            batch: batch.max(1),
+            seed,
+            position: 0,
+            rank: rank as u64,
+            world: world as u64,
+        }
+    }
+
+    /// Optimizer-step batches per epoch (over all ranks).
+    pub fn batches_per_epoch(&self) -> usize {
+        (self.len / (self.batch * self.world as usize)).max(1)
+    }
+
+    /// The indices of this rank's next batch.
+    pub fn next_indices(&mut self) -> Vec<usize> {
+        let per_epoch = self.batches_per_epoch() as u64;
+        let (epoch, j) = (self.position / per_epoch, self.position % per_epoch);
+        self.position += 1;
+        let mut order: Vec<usize> = (0..self.len).collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(epoch);
+        order.shuffle(&mut rng);
+        let width = self.batch * self.world as usize;
+        let start = j as usize * width + self.rank as usize * self.batch;
+        (start..start + self.batch)
+            .map(|i| order[i % order.len()])
+            .collect()
+    }
+}
+
+/// Padded batches of conversations, drawn by an [`EpochSampler`].
+pub struct ChatLoader {
+    examples: Vec<Example>,
+    pad: u32,
+    pub sampler: EpochSampler,
 }
 
 impl ChatLoader {
@@ -172,20 +214,12 @@ impl ChatLoader {
         if examples.is_empty() {
             return Err(Error::Config("no conversations left to train on".into()));
         }
+        let sampler = EpochSampler::new(examples.len(), batch, seed, rank, world);
         Ok(ChatLoader {
             examples,
-            batch: batch.max(1),
-            seed,
             pad,
-            position: 0,
-            rank: rank as u64,
-            world: world as u64,
+            sampler,
         })
-    }
-
-    /// Optimizer-step batches per epoch (over all ranks).
-    pub fn batches_per_epoch(&self) -> usize {
-        (self.examples.len() / (self.batch * self.world as usize)).max(1)
     }
 
     pub fn len(&self) -> usize {
@@ -197,17 +231,11 @@ impl ChatLoader {
     }
 
     pub fn next_batch(&mut self) -> PaddedBatch {
-        let per_epoch = self.batches_per_epoch() as u64;
-        let (epoch, j) = (self.position / per_epoch, self.position % per_epoch);
-        self.position += 1;
-        let mut order: Vec<usize> = (0..self.examples.len()).collect();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
-        rng.set_stream(epoch);
-        order.shuffle(&mut rng);
-        let width = self.batch * self.world as usize;
-        let start = j as usize * width + self.rank as usize * self.batch;
-        let rows: Vec<&Example> = (start..start + self.batch)
-            .map(|i| &self.examples[order[i % order.len()]])
+        let rows: Vec<&Example> = self
+            .sampler
+            .next_indices()
+            .into_iter()
+            .map(|i| &self.examples[i])
             .collect();
         pad_batch(&rows, self.pad)
     }

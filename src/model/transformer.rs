@@ -330,6 +330,18 @@ impl Transformer {
     /// The gradients of `loss`, a function of this model's outputs: candle's backward, plus the
     /// weight gradients that fused blocks (training mode, see `ops::block`) deliver
     /// outside candle's graph. Use it instead of `loss.backward()` on a model in training mode.
+    /// The negative log-likelihood of each target (B, T) (i64, negative = ignored, 0 there),
+    /// through the fused output projection: what sequence-level objectives (DPO) sum per row.
+    pub fn token_nll(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        self.grad_sink.lock().expect("not poisoned").clear();
+        let h = self.forward_hidden(idx, 0, None)?;
+        let (b, t, c) = h.dims3()?;
+        let h = h.reshape((b * t, c))?;
+        let targets = targets.flatten_all()?.to_dtype(DType::I64)?;
+        let nll = loss::projected_nll(&h, self.lm_head.weight()?, &targets)?;
+        Ok(nll.reshape((b, t))?)
+    }
+
     pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
         let mut grads = loss.backward()?;
         let fused = std::mem::take(&mut *self.grad_sink.lock().expect("not poisoned"));

@@ -26,7 +26,10 @@ pub(super) fn open_source(
     let tok = tokenizer
         .as_ref()
         .ok_or_else(|| Error::Config("fine-tuning needs the model's tokenizer".into()))?;
-    super::chat_source::open_chat(cfg, model, tok, rank, world)
+    match cfg.is_dpo() {
+        true => super::pair_source::open_pairs(cfg, model, tok, rank, world),
+        false => super::chat_source::open_chat(cfg, model, tok, rank, world),
+    }
 }
 
 /// The run's token shards (training, and validation where there are any), checked against the

@@ -44,6 +44,8 @@ pub(super) struct Tally {
     pub(super) first_loss: f64,
     pub(super) last_loss: f64,
     pub(super) val: Option<(f64, Option<f64>)>,
+    /// Preference tuning: the last validation's metrics (TRL's names).
+    pub(super) val_pairs: serde_json::Map<String, serde_json::Value>,
     pub(super) samples: Vec<String>,
     pub(super) flops_per_token: f64,
     pub(super) peak: f64,
@@ -57,6 +59,7 @@ impl Tally {
             elapsed_before,
             train_secs: 0.0,
             train_tokens: 0,
+            val_pairs: Default::default(),
             steps: 0,
             first_loss: f64::NAN,
             last_loss: f64::NAN,
@@ -117,6 +120,37 @@ impl Run<'_> {
         Ok((model_dir, Some(adapter_dir)))
     }
 
+    /// How the run's model was made, in a sentence for its card.
+    fn origin(&self) -> String {
+        let cfg = &self.cfg;
+        let base = &cfg.model.init_from;
+        let on = match cfg.is_dpo() {
+            true => format!(
+                "Tuned on preference pairs ({}, beta {})",
+                match cfg.dpo.loss {
+                    crate::config::DpoLoss::Sigmoid => "DPO",
+                    crate::config::DpoLoss::Ipo => "IPO",
+                },
+                cfg.dpo.beta
+            ),
+            false => "Fine-tuned on conversations".to_string(),
+        };
+        match (cfg.is_sft(), &self.lora) {
+            (false, _) if base.is_empty() => format!(
+                "Pre-trained from scratch by chatforge (the `{}` preset).",
+                cfg.model.preset
+            ),
+            (false, _) => format!("Pre-trained by chatforge, starting from `{base}`."),
+            (true, None) => format!("{on} by chatforge (every weight) from `{base}`."),
+            (true, Some(l)) => format!(
+                "{on} by chatforge with LoRA (rank {}, alpha {}, {}) from `{base}`.",
+                l.cfg.rank,
+                l.cfg.alpha,
+                l.cfg.targets.join(", ")
+            ),
+        }
+    }
+
     /// The model card of the run's model: how it was made, on what, and how it scored.
     pub(super) fn card(&self, t: &Tally) -> ModelCard {
         let cfg = &self.cfg;
@@ -126,20 +160,7 @@ impl Run<'_> {
             .unwrap_or_default()
             .to_string_lossy();
         let base = &cfg.model.init_from;
-        let origin = match (cfg.is_sft(), &self.lora) {
-            (false, _) if base.is_empty() => format!(
-                "Pre-trained from scratch by chatforge (the `{}` preset).",
-                cfg.model.preset
-            ),
-            (false, _) => format!("Pre-trained by chatforge, starting from `{base}`."),
-            (true, None) => format!("Fine-tuned on conversations by chatforge (every weight) from `{base}`."),
-            (true, Some(l)) => format!(
-                "Fine-tuned on conversations by chatforge with LoRA (rank {}, alpha {}, {}) from `{base}`.",
-                l.cfg.rank,
-                l.cfg.alpha,
-                l.cfg.targets.join(", ")
-            ),
-        };
+        let origin = self.origin();
         let mut card = ModelCard::new(&name, &self.state.model, Library::Transformers, &origin);
         card.license = match cfg.model.license.as_str() {
             // The base's card: a local directory's, or the one the Hub model came with.
@@ -153,7 +174,7 @@ impl Run<'_> {
             id => Some(id.to_string()),
         };
         card.tags
-            .push(if cfg.is_sft() { "sft" } else { "pretraining" }.into());
+            .push(cfg.command().replace("pretrain", "pretraining"));
         card.data = match cfg.is_sft() {
             true => cfg
                 .sft
@@ -203,6 +224,17 @@ impl Run<'_> {
             result("loss", "validation loss", loss);
             if let Some(b) = bpb {
                 result("bits_per_byte", "validation bits per byte", b);
+            }
+            let metric = |k: &str| t.val_pairs.get(k).and_then(|v| v.as_f64());
+            if let (Some(acc), Some(margin)) =
+                (metric("rewards/accuracies"), metric("rewards/margins"))
+            {
+                result(
+                    "accuracy",
+                    "held-out reward accuracy (rewards/accuracies)",
+                    acc,
+                );
+                result("margin", "held-out reward margin (rewards/margins)", margin);
             }
         }
         let keep = t.samples.len().saturating_sub(2);

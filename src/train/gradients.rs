@@ -1,6 +1,7 @@
 //! One optimizer step's gradients: forward and backward over its micro-batches, summed, and in a
-//! data-parallel run averaged over the ranks.
+//! data-parallel run averaged over the ranks; for preference pairs, the step's DPO metrics.
 
+use super::dpo::{objective, DpoStats};
 use super::run::Run;
 use super::start::build_model;
 use crate::config::Precision;
@@ -51,11 +52,12 @@ impl Run<'_> {
     /// Forward + backward over one optimizer step's micro-batches. Returns the mean loss and the
     /// summed gradients (each micro-batch's loss is divided by the number of micro-batches), and the
     /// tokens; in a data-parallel run all three are over every rank (gradients and loss averaged).
-    pub(super) fn step_gradients(&mut self) -> Result<(f64, BTreeMap<String, Tensor>, u64)> {
+    pub(super) fn step_gradients(&mut self) -> Result<StepGradients> {
         let accum = self.accum;
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut loss_sum = 0f64;
         let mut tokens = 0;
+        let mut pairs: Option<DpoStats> = None;
         // The f32 model shares the Vars; a bf16 run builds casts of them for this step.
         let mut bf16 = match self.cfg.train.dtype {
             Precision::Bf16 => Some(build_model(
@@ -72,8 +74,19 @@ impl Run<'_> {
             let b = self.source.next(&self.device)?;
             tokens += b.tokens;
             self.profile.mark("data")?;
-            let loss = model.loss(&b.x, &b.y)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
+            let loss = match &b.pairs {
+                None => {
+                    let loss = model.loss(&b.x, &b.y)?;
+                    loss_sum += loss.to_scalar::<f32>()? as f64;
+                    loss
+                }
+                Some(rows) => {
+                    let (loss, s) = objective(model, &b.x, &b.y, rows, &self.cfg.dpo)?;
+                    loss_sum += s.mean_loss();
+                    pairs.get_or_insert_with(DpoStats::default).add(&s);
+                    loss
+                }
+            };
             self.profile.mark("forward")?;
             let scaled = if accum > 1 {
                 (loss / accum as f64)?
@@ -97,13 +110,36 @@ impl Run<'_> {
         let loss = loss_sum / accum as f64;
         let world = self.coll.world();
         if !self.coll.communicates() {
-            return Ok((loss, grads, tokens));
+            return Ok(StepGradients {
+                loss,
+                grads,
+                tokens,
+                pairs,
+            });
         }
         // Rank r's micro-batch k is batch k * world + r of the single-process stream: the average
         // over the ranks is the gradient of the combined batch.
-        let mut totals = [loss, tokens as f64];
+        let mut totals = vec![loss, tokens as f64];
+        if let Some(p) = &pairs {
+            totals.extend(p.to_vec());
+        }
         let grads = self.average_gradients(grads, &mut totals)?;
         self.profile.mark("all-reduce")?;
-        Ok((totals[0] / world as f64, grads, totals[1] as u64))
+        Ok(StepGradients {
+            loss: totals[0] / world as f64,
+            grads,
+            tokens: totals[1] as u64,
+            pairs: pairs.map(|_| DpoStats::from_slice(&totals[2..])),
+        })
     }
+}
+
+/// One step's gradients and what they were computed on.
+pub(super) struct StepGradients {
+    /// The mean loss of the step's micro-batches (over every rank).
+    pub loss: f64,
+    pub grads: BTreeMap<String, Tensor>,
+    pub tokens: u64,
+    /// For preference pairs: the step's metrics summed over its pairs (over every rank).
+    pub pairs: Option<DpoStats>,
 }

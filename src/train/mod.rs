@@ -1,14 +1,17 @@
-//! Training: the loop, AdamW, LR schedules, checkpoints, metrics and the loss plot.
+//! Training: the loop, AdamW, LR schedules, checkpoints, metrics and the loss plot; the objectives
+//! of pre-training, fine-tuning and preference tuning (DPO).
 
 mod chat_source;
 pub mod checkpoint;
 mod data;
+pub mod dpo;
 mod finish;
 mod gradients;
 mod guard;
 pub mod interrupt;
 pub mod metrics;
 pub mod optim;
+mod pair_source;
 mod periodic;
 pub mod plot;
 mod profile;

@@ -10,13 +10,14 @@ use std::path::PathBuf;
 
 impl Run<'_> {
     /// Validation loss and (for text) bits per byte over the fixed validation set.
-    pub(super) fn validate(&self) -> Result<Option<(f64, Option<f64>)>> {
+    pub(super) fn validate(&self) -> Result<Option<super::source::Validation>> {
         let windows = (self.cfg.eval.tokens / self.cfg.train.context).max(1);
         self.source.validate(
             &self.model,
             windows,
             self.cfg.train.batch_size,
             &self.token_bytes,
+            &self.cfg.dpo,
         )
     }
 
@@ -24,7 +25,9 @@ impl Run<'_> {
         let Some(tok) = &self.tokenizer else {
             return Ok(None);
         };
-        if let Source::Chat { format, sample, .. } = &self.source {
+        if let Source::Chat { format, sample, .. } | Source::Pairs { format, sample, .. } =
+            &self.source
+        {
             return self.sample_reply(tok, format, sample).map(Some);
         }
         let mut prompt = if self.cfg.eval.sample_prompt.is_empty() {

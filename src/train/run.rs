@@ -186,7 +186,7 @@ impl<'c> Run<'c> {
         start: Start,
         opt: AdamW,
         state: TrainerState,
-        source: Source,
+        mut source: Source,
         resumed: bool,
         coll: &'c dyn Collective,
         accum: usize,
@@ -208,6 +208,8 @@ impl<'c> Run<'c> {
             lora.as_ref(),
             candle_core::DType::F32,
         )?;
+        // Preference pairs: the reference's log-probabilities, once, before the policy moves.
+        source.attach_reference(&cfg, run_dir, &model, state.step == 0, coll)?;
         let token_bytes = tokenizer
             .as_ref()
             .map(|t| t.token_bytes())

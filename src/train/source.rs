@@ -1,7 +1,10 @@
 //! Where a run's batches and validation come from: token shards (pre-training) or tokenized
-//! conversations (fine-tuning).
+//! conversations (fine-tuning) or preference pairs (DPO).
 
+use super::dpo::{batch_tensors, PairLoader, PairRows};
 use crate::chat_template::{ChatFormat, Message};
+use crate::config::DpoSection;
+use crate::data::preference::PairExample;
 use crate::data::sft::{pad_batch, ChatLoader, Example};
 use crate::data::{BatchLoader, ShardSet};
 use crate::error::Result;
@@ -22,20 +25,39 @@ pub(super) enum Source {
         /// The conversation a sample reply is generated for.
         sample: Vec<Message>,
     },
+    /// Preference pairs (DPO), with the reference's log-probabilities of each.
+    Pairs {
+        loader: PairLoader,
+        val: Vec<PairExample>,
+        val_refs: Vec<[f64; 2]>,
+        format: ChatFormat,
+        sample: Vec<Message>,
+    },
 }
 
-/// One micro-batch on the device: inputs (B, T) u32, targets (B, T), tokens computed.
+/// One micro-batch on the device: inputs (B, T) u32, targets (B, T), tokens computed; for pairs,
+/// what the preference loss needs besides.
 pub(super) struct StepBatch {
     pub x: Tensor,
     pub y: Tensor,
     pub tokens: u64,
+    pub pairs: Option<PairRows>,
+}
+
+/// A validation pass: the loss per token (per pair for preference data), bits per byte for text,
+/// and the preference metrics.
+pub(super) struct Validation {
+    pub loss: f64,
+    pub bpb: Option<f64>,
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Source {
     pub fn position(&self) -> u64 {
         match self {
             Source::Tokens { loader, .. } => loader.position,
-            Source::Chat { loader, .. } => loader.position,
+            Source::Chat { loader, .. } => loader.sampler.position,
+            Source::Pairs { loader, .. } => loader.sampler.position,
         }
     }
 
@@ -43,14 +65,16 @@ impl Source {
     pub fn batches_per_epoch(&self) -> usize {
         match self {
             Source::Tokens { .. } => 1,
-            Source::Chat { loader, .. } => loader.batches_per_epoch(),
+            Source::Chat { loader, .. } => loader.sampler.batches_per_epoch(),
+            Source::Pairs { loader, .. } => loader.sampler.batches_per_epoch(),
         }
     }
 
     pub fn set_position(&mut self, p: u64) {
         match self {
             Source::Tokens { loader, .. } => loader.position = p,
-            Source::Chat { loader, .. } => loader.position = p,
+            Source::Chat { loader, .. } => loader.sampler.position = p,
+            Source::Pairs { loader, .. } => loader.sampler.position = p,
         }
     }
 
@@ -62,6 +86,7 @@ impl Source {
                     x: Tensor::from_vec(b.inputs, (b.batch, b.context), device)?,
                     y: Tensor::from_vec(b.targets, (b.batch, b.context), device)?,
                     tokens: (b.batch * b.context) as u64,
+                    pairs: None,
                 }
             }
             Source::Chat { loader, .. } => {
@@ -70,20 +95,58 @@ impl Source {
                     x: Tensor::from_vec(b.inputs, (b.batch, b.len), device)?,
                     y: Tensor::from_vec(b.targets, (b.batch, b.len), device)?,
                     tokens: (b.batch * b.len) as u64,
+                    pairs: None,
+                }
+            }
+            Source::Pairs { loader, .. } => {
+                let (b, rows) = loader.next_batch();
+                let (x, y) = batch_tensors(&b, device)?;
+                StepBatch {
+                    x,
+                    y,
+                    tokens: (b.batch * b.len) as u64,
+                    pairs: Some(rows),
                 }
             }
         })
     }
 
-    /// Validation loss per token and, for text, bits per byte.
+    /// Validation loss per token and, for text, bits per byte; for pairs, the preference loss and
+    /// metrics.
     pub fn validate(
         &self,
         model: &Transformer,
         windows: usize,
         batch: usize,
         token_bytes: &[u32],
-    ) -> Result<Option<(f64, Option<f64>)>> {
+        dpo: &DpoSection,
+    ) -> Result<Option<Validation>> {
+        if let Source::Pairs {
+            val,
+            val_refs,
+            loader,
+            ..
+        } = self
+        {
+            if val.is_empty() {
+                return Ok(None);
+            }
+            let s = super::dpo::evaluate(model, val, val_refs, batch, loader.pad, dpo)?;
+            return Ok(Some(Validation {
+                loss: s.mean_loss(),
+                bpb: None,
+                extra: s.means(),
+            }));
+        }
+        let plain = |loss, bpb| {
+            Some(Validation {
+                loss,
+                bpb,
+                extra: Default::default(),
+            })
+        };
         match self {
+            Source::Pairs { .. } => Ok(None),
             Source::Tokens { val: None, .. } => Ok(None),
             Source::Tokens { val: Some(val), .. } => {
                 let windows = val.sequential_windows(windows);
@@ -93,7 +156,7 @@ impl Source {
                 let refs: Vec<&[u32]> = windows.iter().map(|w| w.as_slice()).collect();
                 let (nats, count, bytes) = score_windows(model, &refs, token_bytes, batch)?;
                 let bpb = (bytes > 0).then(|| nats / std::f64::consts::LN_2 / bytes as f64);
-                Ok(Some((nats / count as f64, bpb)))
+                Ok(plain(nats / count as f64, bpb))
             }
             Source::Chat { val, .. } if val.is_empty() => Ok(None),
             Source::Chat { val, .. } => {
@@ -110,7 +173,7 @@ impl Source {
                     nats += nll.sum_all()?.to_scalar::<f32>()? as f64;
                     count += b.trained;
                 }
-                Ok(Some((nats / count.max(1) as f64, None)))
+                Ok(plain(nats / count.max(1) as f64, None))
             }
         }
     }

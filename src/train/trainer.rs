@@ -60,6 +60,20 @@ struct Update {
     norm: f64,
     tokens: u64,
     seconds: f64,
+    /// Preference tuning: the step's DPO metrics.
+    pairs: Option<super::dpo::DpoStats>,
+}
+
+/// " | reward accuracy A | margin M" of preference metrics (empty without them).
+fn preference_line(m: &serde_json::Map<String, serde_json::Value>) -> String {
+    match (m.get("rewards/accuracies"), m.get("rewards/margins")) {
+        (Some(a), Some(g)) => format!(
+            " | reward accuracy {:.3} | margin {:.3}",
+            a.as_f64().unwrap_or(f64::NAN),
+            g.as_f64().unwrap_or(f64::NAN)
+        ),
+        _ => String::new(),
+    }
 }
 
 /// A line above the progress bar (rank 0 only).
@@ -128,8 +142,13 @@ impl Run<'_> {
         };
         let per_step = if self.cfg.is_sft() {
             format!(
-                "{} conversations/step, padded to the longest (at most {} tokens)",
+                "{} {}/step, padded to the longest (at most {} tokens)",
                 self.cfg.train.batch_size * self.accum * world,
+                if self.cfg.is_dpo() {
+                    "pairs"
+                } else {
+                    "conversations"
+                },
                 self.cfg.train.context
             )
         } else {
@@ -156,7 +175,12 @@ impl Run<'_> {
         self.profile.start()?;
         let t0 = Instant::now();
         let lr = plan.schedule.lr(self.state.step);
-        let (loss, grads, tokens) = self.step_gradients()?;
+        let super::gradients::StepGradients {
+            loss,
+            grads,
+            tokens,
+            pairs,
+        } = self.step_gradients()?;
         let blow_up = super::guard::blow_up_loss(self.state.model.vocab_size);
         if !loss.is_finite() || loss > blow_up {
             bar.abandon();
@@ -191,6 +215,7 @@ impl Run<'_> {
             norm,
             tokens,
             seconds: t0.elapsed().as_secs_f64(),
+            pairs,
         })
     }
 
@@ -206,15 +231,19 @@ impl Run<'_> {
         let (step, total) = (self.state.step, plan.total);
         let tps = u.tokens as f64 / u.seconds;
         let (loss, lr, norm) = (u.loss, u.lr, u.norm);
-        self.log(json!({
+        let mut record = json!({
             "kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": norm,
             "tokens_per_sec": tps, "mfu": tps * plan.flops_per_token / plan.peak,
             "tokens": self.state.tokens_seen, "elapsed": t.elapsed(), "total_steps": total,
-        }))?;
+        });
+        let means = u.pairs.as_ref().map(|p| p.means()).unwrap_or_default();
+        let shown = preference_line(&means);
+        record.as_object_mut().expect("an object").extend(means);
+        self.log(record)?;
         let avg_tps = t.train_tokens as f64 / t.train_secs;
         let eta = (total - step) as f64 * t.train_secs / t.steps as f64;
         let msg = format!(
-            "loss {loss:.4} | lr {lr:.2e} | {} tok/s | MFU {:.1}% | norm {norm:.2}",
+            "loss {loss:.4}{shown} | lr {lr:.2e} | {} tok/s | MFU {:.1}% | norm {norm:.2}",
             human(avg_tps),
             100.0 * avg_tps * plan.flops_per_token / plan.peak
         );
@@ -238,14 +267,24 @@ impl Run<'_> {
         // Validation, samples and the plot are rank 0's (the other ranks wait at the next
         // all-reduce).
         if lead && (due(step, self.cfg.eval.every) || last) {
-            if let Some((vl, bpb)) = self.validate()? {
+            if let Some(v) = self.validate()? {
+                let (vl, bpb) = (v.loss, v.bpb);
                 self.state.last_val_loss = Some(vl);
                 t.val = Some((vl, bpb));
-                self.log(json!({"kind": "val", "step": step, "val_loss": vl, "val_bpb": bpb}))?;
+                let mut record =
+                    json!({"kind": "val", "step": step, "val_loss": vl, "val_bpb": bpb});
+                let shown = preference_line(&v.extra);
+                t.val_pairs = v.extra.clone();
+                record.as_object_mut().expect("an object").extend(v.extra);
+                self.log(record)?;
                 let bpb = bpb
                     .map(|b| format!(" | {b:.4} bits/byte"))
                     .unwrap_or_default();
-                say(bar, lead, format!("step {step}: val loss {vl:.4}{bpb}"));
+                say(
+                    bar,
+                    lead,
+                    format!("step {step}: val loss {vl:.4}{bpb}{shown}"),
+                );
                 if let Err(e) = self.plot() {
                     let msg = format!("warning: the loss plot was not written: {e}");
                     say(bar, lead, msg);
@@ -294,7 +333,7 @@ impl Run<'_> {
             return Ok(());
         }
         bar.finish_and_clear();
-        let cmd = if self.cfg.is_sft() { "sft" } else { "pretrain" };
+        let cmd = self.cfg.command();
         Err(Error::Interrupted(format!(
             "stopped by {} after step {}/{}; checkpoint {} written. Continue with: chatforge {cmd} --resume {}",
             super::interrupt::signal_name(),
