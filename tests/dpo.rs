@@ -267,9 +267,21 @@ fn pair_tokens_are_the_reply_after_the_prompt() {
         let text = tok.decode(&ids).unwrap();
         assert!(text.starts_with(reply), "{text:?}");
     }
-    // A context the prompt fills leaves no reply: the pair is dropped and counted.
-    let (ex, stats) = build_pair_examples(&format, tok, &pairs, prompt.len() - 2).unwrap();
-    assert_eq!((ex.len(), stats.dropped), (0, 1));
+    // A context the prompt fills: the prompt keeps its end, half the row, the replies the rest.
+    let context = prompt.len() - 2;
+    let (ex, stats) = build_pair_examples(&format, tok, &pairs, context).unwrap();
+    assert_eq!((ex.len(), stats.truncated, stats.dropped), (1, 1, 0));
+    let keeps: Vec<usize> = [&ex[0].chosen, &ex[0].rejected]
+        .iter()
+        .map(|side| {
+            assert!(side.inputs.len() <= context);
+            let keep = side.targets.iter().position(|&t| t >= 0).unwrap() + 1;
+            assert!(keep >= context.div_ceil(2) && keep < prompt.len());
+            assert_eq!(side.inputs[..keep], prompt[prompt.len() - keep..]);
+            keep
+        })
+        .collect();
+    assert_eq!(keeps[0], keeps[1], "both sides keep the same prompt");
 }
 
 /// Spelling pairs: the spelling preferred over a refusal.

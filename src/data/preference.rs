@@ -188,55 +188,82 @@ pub fn load_pairs(path: &Path) -> Result<Vec<PreferencePair>> {
     Ok(pairs)
 }
 
-/// The prompt followed by `reply`, cut to `context` + 1 tokens, with targets on the reply only;
-/// and whether it was cut. None when no reply token is left.
-fn side(
+/// The tokens of `reply` after the rendered `prompt` (whose generation prompt is `before`).
+fn reply_ids(
     format: &ChatFormat,
     tok: &Tokenizer,
     prompt: &[Message],
+    before: &[u32],
     reply: &[Message],
-    context: usize,
-) -> Result<(Option<Example>, bool)> {
-    let before = format.ids(tok, prompt, true)?;
+) -> Result<Vec<u32>> {
     let all: Vec<Message> = prompt.iter().chain(reply).cloned().collect();
-    let mut ids = format.ids(tok, &all, false)?;
-    if !ids.starts_with(&before) {
+    let ids = format.ids(tok, &all, false)?;
+    if !ids.starts_with(before) {
         return Err(Error::Tokenizer(
             "the chat template does not render a conversation as its prompt followed by the reply; cannot find the reply's tokens".into(),
         ));
     }
-    let cut = ids.len() > context + 1;
-    ids.truncate(context + 1);
-    if ids.len() <= before.len() {
-        return Ok((None, cut));
-    }
+    Ok(ids[before.len()..].to_vec())
+}
+
+/// `prompt` then `reply`, cut to `budget` tokens, as inputs and next-token targets on the reply.
+fn example(prompt: &[u32], reply: &[u32], budget: usize) -> Example {
+    let mut ids: Vec<u32> = prompt.iter().chain(reply).copied().collect();
+    ids.truncate(budget);
     let targets = (1..ids.len())
-        .map(|i| match i >= before.len() {
+        .map(|i| match i >= prompt.len() {
             true => ids[i] as i64,
             false => IGNORE_INDEX,
         })
         .collect();
     ids.pop();
-    Ok((
-        Some(Example {
-            inputs: ids,
-            targets,
-        }),
-        cut,
-    ))
+    Example {
+        inputs: ids,
+        targets,
+    }
+}
+
+/// A pair as two rows of at most `context` + 1 tokens, and whether it was cut. Where the prompt
+/// and the longer reply do not fit, the prompt keeps its end (the turns the replies answer; as
+/// TRL's `keep_end`), at least half the rows, and the replies what is left after it. None when a
+/// side has no reply token.
+fn pair_example(
+    format: &ChatFormat,
+    tok: &Tokenizer,
+    p: &PreferencePair,
+    context: usize,
+) -> Result<(Option<PairExample>, bool)> {
+    let before = format.ids(tok, &p.prompt, true)?;
+    let chosen = reply_ids(format, tok, &p.prompt, &before, &p.chosen)?;
+    let rejected = reply_ids(format, tok, &p.prompt, &before, &p.rejected)?;
+    let budget = context + 1;
+    let longest = chosen.len().max(rejected.len());
+    let keep = match before.len() + longest <= budget {
+        true => before.len(),
+        false => before
+            .len()
+            .min((budget / 2).max(budget.saturating_sub(longest))),
+    };
+    let prompt = &before[before.len() - keep..];
+    let cut = keep < before.len() || prompt.len() + longest > budget;
+    let pair = PairExample {
+        chosen: example(prompt, &chosen, budget),
+        rejected: example(prompt, &rejected, budget),
+    };
+    let trains = pair.chosen.trained() > 0 && pair.rejected.trained() > 0;
+    Ok((trains.then_some(pair), cut))
 }
 
 /// What tokenizing pairs cut or dropped, for the log.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PairStats {
-    /// Pairs with a side longer than the context, cut to it.
+    /// Pairs longer than the context, cut to it (the prompt's start first).
     pub truncated: usize,
-    /// Pairs whose prompt alone fills the context, left out.
+    /// Pairs with a side that has no reply token, left out.
     pub dropped: usize,
 }
 
-/// Renders and tokenizes pairs (in parallel), each side cut to `context` tokens; a pair whose
-/// prompt leaves no reply token on either side is dropped.
+/// Renders and tokenizes pairs (in parallel), each cut to `context` tokens (see `pair_example`).
 pub fn build_pair_examples(
     format: &ChatFormat,
     tok: &Tokenizer,
@@ -245,21 +272,17 @@ pub fn build_pair_examples(
 ) -> Result<(Vec<PairExample>, PairStats)> {
     let rows: Vec<_> = pairs
         .par_iter()
-        .map(|p| {
-            let c = side(format, tok, &p.prompt, &p.chosen, context)?;
-            let r = side(format, tok, &p.prompt, &p.rejected, context)?;
-            Ok((c, r))
-        })
+        .map(|p| pair_example(format, tok, p, context))
         .collect::<Result<_>>()?;
     let mut stats = PairStats::default();
     let mut out = Vec::with_capacity(rows.len());
-    for ((c, c_cut), (r, r_cut)) in rows {
-        match (c, r) {
-            (Some(chosen), Some(rejected)) => {
-                stats.truncated += usize::from(c_cut || r_cut);
-                out.push(PairExample { chosen, rejected });
+    for (pair, cut) in rows {
+        match pair {
+            Some(pair) => {
+                stats.truncated += usize::from(cut);
+                out.push(pair);
             }
-            _ => stats.dropped += 1,
+            None => stats.dropped += 1,
         }
     }
     Ok((out, stats))

@@ -70,7 +70,7 @@ pub(super) fn open_pairs(
         let (cut, dropped) = (st.truncated + sv.truncated, st.dropped + sv.dropped);
         if cut + dropped > 0 {
             eprintln!(
-                "note: {cut} pairs were cut to the context of {context} tokens; {dropped} had no reply token left and were skipped"
+                "note: {cut} pairs were cut to the context of {context} tokens (their prompts' start first); {dropped} had a reply without tokens and were skipped"
             );
         }
     }
