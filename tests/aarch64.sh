@@ -45,7 +45,7 @@ if [ $# -gt 0 ]; then
 else
     TESTS=(--lib
         --test fused_ops --test device_ops --test model_reference --test one_decoder
-        --test gguf_smollm2 --test generation --test lora
+        --test gguf_smollm2 --test generation --test lora --test dpo
         --test tokenizer --test tokenizer_fast --test data --test chat_data
         --test hostile_files --test fuzz_readers --test eval_tasks --test synthetic
         --test cli_errors --test output_safety --test threads

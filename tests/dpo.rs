@@ -69,7 +69,7 @@ fn check_case(name: &str, case: &str) {
     };
     // The reference's log-probabilities, as the run caches them.
     let pairs = fixture_pairs(&exp);
-    let refs = reference_logps(&reference, &pairs, 2, 0, |_| true).unwrap();
+    let refs = reference_logps(&reference, &pairs, 2, 0, |_| true, &mut |_| Ok(())).unwrap();
     let flat: Vec<f64> = refs
         .iter()
         .map(|r| r[0])
@@ -284,28 +284,6 @@ fn pair_tokens_are_the_reply_after_the_prompt() {
     assert_eq!(keeps[0], keeps[1], "both sides keep the same prompt");
 }
 
-/// Spelling pairs: the spelling preferred over a refusal.
-fn spelling_pairs(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (base, data) = chat_base_and_data(tmp);
-    let convs: Vec<serde_json::Value> = std::fs::read_to_string(&data)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let mut out = String::new();
-    for c in &convs {
-        let rec = serde_json::json!({
-            "prompt": c["messages"][0]["content"],
-            "chosen": c["messages"][1]["content"],
-            "rejected": "I cannot spell that word, sorry.",
-        });
-        out.push_str(&format!("{rec}\n"));
-    }
-    let pairs = tmp.join("pairs.jsonl");
-    std::fs::write(&pairs, out).unwrap();
-    (base, pairs)
-}
-
 fn records(run: &Path, kind: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -324,7 +302,7 @@ fn dpo(args: &[&str]) -> String {
 #[test]
 fn dpo_learns_the_preference_and_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let (base, pairs) = spelling_pairs(tmp.path());
+    let (base, pairs) = chat_base_and_pairs(tmp.path());
     let common = |out: &Path, extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = [
             "--model",
@@ -403,6 +381,13 @@ fn dpo_learns_the_preference_and_resumes_exactly() {
     }
     let card = std::fs::read_to_string(straight.join("adapter/README.md")).unwrap();
     assert!(card.contains("- \"dpo\""), "the card is tagged dpo: {card}");
+    // A DPO run goes on as one: `sft --resume` refuses it and says what to run.
+    let (code, _, err) = run(&["sft", "--resume", paused.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("a dpo run") && err.contains("chatforge dpo --resume"),
+        "{err}"
+    );
     assert!(
         card.contains("held-out reward accuracy")
             && card.contains("Tuned on preference pairs (DPO, beta 0.5)"),
@@ -413,7 +398,7 @@ fn dpo_learns_the_preference_and_resumes_exactly() {
 #[test]
 fn dpo_input_errors_are_clear() {
     let tmp = tempfile::tempdir().unwrap();
-    let (base, pairs) = spelling_pairs(tmp.path());
+    let (base, pairs) = chat_base_and_pairs(tmp.path());
     let out = tmp.path().join("x");
     let (b, p, o) = (
         base.to_str().unwrap(),

@@ -1,6 +1,7 @@
 //! Data-parallel pre-training under MPI (`--features mpi`, Open MPI's `mpirun` on the PATH):
 //! `mpirun -n 2` gives the weights of one process on the combined batch, rank 0 alone writes the
-//! run, and a paused two-process run resumes exactly with two processes (and refuses one).
+//! run, and a paused two-process run resumes exactly with two processes (and refuses one); LoRA
+//! fine-tuning and DPO (its reference scored in shares) match one process too.
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -267,39 +268,44 @@ fn a_batch_that_does_not_split_over_the_ranks_is_refused() {
     assert!(!tmp.path().join("run").exists(), "nothing was written");
 }
 
+/// `CMD` (sft or dpo) of `base` on `data` into `out`: 4 steps, LoRA rank 4, each step 2
+/// micro-batches of 4 rows of at most 96 tokens (one per rank under `mpirun -n 2`), and `extra`.
+fn tune_args(cmd: &str, base: &Path, data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        cmd,
+        "--model",
+        base.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--context",
+        "96",
+        "--lora-rank",
+        "4",
+        "--set",
+        "train.batch_tokens=768",
+    ]
+    .map(String::from)
+    .to_vec();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
 #[test]
 fn lora_fine_tuning_on_two_ranks_matches_one_process() {
     let tmp = tempfile::tempdir().unwrap();
     let (base, data) = chat_base_and_data(tmp.path());
     let sft = |ranks, out: &Path| {
-        let args: Vec<String> = [
-            "sft",
-            "--model",
-            base.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--max-steps",
-            "4",
-            "--batch-size",
-            "4",
-            "--context",
-            "96",
-            "--lr",
-            "1e-2",
-            "--lora-rank",
-            "4",
-            "--lora-targets",
-            "q_proj,v_proj",
-            "--merge",
-            // 2 micro-batches of 4 conversations of at most 96 tokens per step.
-            "--set",
-            "train.batch_tokens=768",
-        ]
-        .map(String::from)
-        .to_vec();
-        ok(&chatforge(ranks, &args))
+        let extra = ["--lora-targets", "q_proj,v_proj", "--merge", "--lr", "1e-2"];
+        ok(&chatforge(
+            ranks,
+            &tune_args("sft", &base, &data, out, &extra),
+        ))
     };
     let (dp, single) = (tmp.path().join("mpi"), tmp.path().join("single"));
     let err = sft(2, &dp);
@@ -322,4 +328,61 @@ fn lora_fine_tuning_on_two_ranks_matches_one_process() {
         assert!(max <= 1e-5, "{dir} differs by {max}");
     }
     assert_eq!(records(&dp, "train").len(), 4);
+}
+
+#[test]
+fn dpo_on_two_ranks_matches_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, pairs) = chat_base_and_pairs(tmp.path());
+    let dpo = |ranks, out: &Path| {
+        let extra = ["--lr", "5e-3"];
+        ok(&chatforge(
+            ranks,
+            &tune_args("dpo", &base, &pairs, out, &extra),
+        ))
+    };
+    let (dp, single) = (tmp.path().join("mpi"), tmp.path().join("single"));
+    dpo(2, &dp);
+    dpo(0, &single);
+    // The reference: each rank scored its share, summed; the same as one process's.
+    let refs = |run: &Path| -> Vec<f64> {
+        let f: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join("reference_logps.json")).unwrap(),
+        )
+        .unwrap();
+        let all = f["train"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(f["val"].as_array().unwrap());
+        all.flat_map(|p| p.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            .collect()
+    };
+    let (a, b) = (refs(&dp), refs(&single));
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-3),
+        "reference log-probabilities differ"
+    );
+    let f = |run: &Path| {
+        candle_core::safetensors::load(
+            run.join("adapter")
+                .join(chatforge::formats::peft::ADAPTER_WEIGHTS),
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (max, same) = compare(&f(&dp), &f(&single));
+    eprintln!(
+        "dpo adapter: mpirun -n 2 vs one process: max |difference| {max:e} (bit-identical: {same})"
+    );
+    assert!(max <= 1e-5, "the adapters differ by {max}");
+    let (ra, rb) = (records(&dp, "train"), records(&single, "train"));
+    assert_eq!(ra.len(), 4);
+    for (x, y) in ra.iter().zip(&rb) {
+        for k in ["loss", "rewards/accuracies", "rewards/margins"] {
+            let (x, y) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+            assert!((x - y).abs() < 1e-4, "{k}: {x} vs {y}");
+        }
+    }
 }

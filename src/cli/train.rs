@@ -1,7 +1,7 @@
 //! `chatforge pretrain` and `chatforge sft`, and the flags fine-tuning shares with `dpo`.
 
 use anyhow::Result;
-use chatforge::config::RunConfig;
+use chatforge::config::{Objective, RunConfig};
 use chatforge::dist::Collective;
 use chatforge::train::RunSummary;
 use chatforge::DeviceChoice;
@@ -163,13 +163,13 @@ pub struct SftArgs {
     completion_field: Option<String>,
 }
 
-/// Fine-tuning's own defaults, below the config file.
-fn sft_defaults(lora: bool) -> Vec<String> {
+/// Fine-tuning's own defaults, below the config file: `lr`, `batch` rows and `context` tokens.
+pub(super) fn tune_defaults(lr: f64, batch: usize, context: usize) -> Vec<String> {
     [
-        format!("train.lr={}", if lora { 2e-4 } else { 5e-5 }),
+        format!("train.lr={lr}"),
         "train.max_steps=0".into(),
-        "train.batch_size=8".into(),
-        "train.context=2048".into(),
+        format!("train.batch_size={batch}"),
+        format!("train.context={context}"),
         "train.warmup_steps=10".into(),
         "train.weight_decay=0.0".into(),
         "train.min_lr_ratio=0.0".into(),
@@ -181,6 +181,11 @@ fn sft_defaults(lora: bool) -> Vec<String> {
         "checkpoint.every=200".into(),
     ]
     .into()
+}
+
+/// SFT's: 8 conversations of up to 2048 tokens, lr 2e-4 with LoRA, 5e-5 for every weight.
+fn sft_defaults(lora: bool) -> Vec<String> {
+    tune_defaults(if lora { 2e-4 } else { 5e-5 }, 8, 2048)
 }
 
 /// Put a flag's value into a config field.
@@ -224,15 +229,27 @@ impl TuneArgs {
 
 /// A fine-tuning run (`sft` or `dpo`): new, from the file over `defaults` (chosen by whether the
 /// resolved config is a LoRA run), the shared flags, the command's own (`flags`), then `--set`;
-/// or resumed with the flags and `--set` applied to its saved config.
+/// or resumed with the flags and `--set` applied to its saved config, which must be of `objective`.
 pub(super) fn fine_tune(
     a: &TuneArgs,
+    objective: Objective,
     defaults: fn(bool) -> Vec<String>,
     flags: &dyn Fn(&mut RunConfig),
     coll: &dyn Collective,
 ) -> Result<()> {
     start_dashboard(a.dashboard, a.out.as_deref(), a.resume.as_deref(), coll)?;
     let edit = |cfg: &mut RunConfig| {
+        // A run goes on with the command that started it.
+        if let (Some(r), true) = (&a.resume, cfg.sft.objective != objective) {
+            return Err(chatforge::Error::Config(format!(
+                "{} is a {} run: continue it with chatforge {} --resume {}",
+                r.display(),
+                cfg.sft.objective,
+                cfg.command(),
+                r.display()
+            )));
+        }
+        cfg.sft.objective = objective;
         a.apply_flags(cfg);
         flags(cfg);
         cfg.apply_overrides(&a.set)
@@ -269,7 +286,7 @@ pub fn sft(a: SftArgs, coll: &dyn Collective) -> Result<()> {
         put(&mut cfg.sft.prompt_field, &a.prompt_field);
         put(&mut cfg.sft.completion_field, &a.completion_field);
     };
-    fine_tune(&a.tune, sft_defaults, &flags, coll)
+    fine_tune(&a.tune, Objective::Sft, sft_defaults, &flags, coll)
 }
 
 fn report(summary: &RunSummary) {

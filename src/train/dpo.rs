@@ -181,13 +181,15 @@ pub fn objective(
 }
 
 /// The summed log-probability of each side of each pair under `model` (no gradient), in batches
-/// of `batch` pairs; the rows `keep` selects (the others are 0, for a rank's share).
+/// of `batch` pairs; the rows `keep` selects (the others are 0, for a rank's share). `done` hears
+/// how many pairs are done after each batch (an error from it stops the pass).
 pub fn reference_logps(
     model: &Transformer,
     pairs: &[PairExample],
     batch: usize,
     pad: u32,
     keep: impl Fn(usize) -> bool,
+    done: &mut dyn FnMut(usize) -> Result<()>,
 ) -> Result<Vec<[f64; 2]>> {
     let mut out = vec![[0.0; 2]; pairs.len()];
     let mine: Vec<usize> = (0..pairs.len()).filter(|&i| keep(i)).collect();
@@ -199,6 +201,7 @@ pub fn reference_logps(
         for (k, &i) in chunk.iter().enumerate() {
             out[i] = [logps[k] as f64, logps[chunk.len() + k] as f64];
         }
+        done(chunk.len())?;
     }
     Ok(out)
 }

@@ -18,6 +18,12 @@ use std::path::Path;
 /// The file a run keeps its reference log-probabilities in.
 pub const REFERENCE_FILE: &str = "reference_logps.json";
 
+/// A pair's (chosen, rejected) log-probabilities.
+type PairLogps = [f64; 2];
+
+/// What the file names the reference when it is the model the run started from.
+const STARTING_MODEL: &str = "the starting model";
+
 /// The preference source of a run (reference log-probabilities not yet attached).
 pub(super) fn open_pairs(
     cfg: &RunConfig,
@@ -155,18 +161,7 @@ impl Source {
         let path = run_dir.join(REFERENCE_FILE);
         let print = fingerprint([&loader.pairs, val]);
         if path.exists() {
-            let text = crate::fsutil::read_to_string(&path)?;
-            let f: ReferenceFile = serde_json::from_str(&text)
-                .map_err(|e| Error::bad_file(&path, format!("malformed: {e}")))?;
-            if f.fingerprint != print
-                || f.train.len() != loader.pairs.len()
-                || f.val.len() != val.len()
-            {
-                return Err(Error::bad_file(
-                    &path,
-                    "these reference log-probabilities are of other pairs (the data files changed since the run started); restore the data or start a new run",
-                ));
-            }
+            let f = read_reference(&path, &print, cfg, loader.pairs.len(), val.len())?;
             loader.refs = f.train;
             *val_refs = f.val;
             return Ok(());
@@ -178,7 +173,7 @@ impl Source {
                     "missing: the run's reference log-probabilities are gone and the starting model is not the policy any more; set dpo.ref_model to the model the run started from",
                 ))
             }
-            "" => (None, "the starting model".to_string()),
+            "" => (None, STARTING_MODEL.to_string()),
             r => (Some(load_reference(r, policy)?), r.to_string()),
         };
         let model = model.as_ref().unwrap_or(policy);
@@ -188,18 +183,7 @@ impl Source {
                 loader.pairs.len() + val.len()
             );
         }
-        let (rank, world) = (coll.rank(), coll.world());
-        let batch = cfg.train.batch_size;
-        let mine = |i: usize| i % world == rank;
-        let mut train = reference_logps(model, &loader.pairs, batch, loader.pad, mine)?;
-        let mut held = reference_logps(model, val, batch, loader.pad, mine)?;
-        if coll.communicates() {
-            let mut flat: Vec<f64> = train.iter().chain(&held).flatten().copied().collect();
-            coll.all_reduce_sum_f64(&mut flat);
-            let pairs: Vec<[f64; 2]> = flat.chunks(2).map(|c| [c[0], c[1]]).collect();
-            held = pairs[train.len()..].to_vec();
-            train = pairs[..train.len()].to_vec();
-        }
+        let (train, held) = score_pairs(model, &loader.pairs, val, loader.pad, cfg, run_dir, coll)?;
         if let Some(bad) = train.iter().chain(&held).flatten().find(|x| !x.is_finite()) {
             return Err(Error::Training(format!(
                 "the reference model gives a log-probability of {bad} to a pair; check the reference model ({name})"
@@ -219,6 +203,100 @@ impl Source {
         *val_refs = held;
         Ok(())
     }
+}
+
+/// The run's reference file, checked to be of these pairs (`print`, and `n_train` + `n_val` of
+/// them) and of the reference `dpo.ref_model` names.
+fn read_reference(
+    path: &Path,
+    print: &str,
+    cfg: &RunConfig,
+    n_train: usize,
+    n_val: usize,
+) -> Result<ReferenceFile> {
+    let text = crate::fsutil::read_to_string(path)?;
+    let f: ReferenceFile = serde_json::from_str(&text)
+        .map_err(|e| Error::bad_file(path, format!("malformed: {e}")))?;
+    if f.fingerprint != print || f.train.len() != n_train || f.val.len() != n_val {
+        return Err(Error::bad_file(
+            path,
+            "these reference log-probabilities are of other pairs (the data files changed since the run started); restore the data or start a new run",
+        ));
+    }
+    let asked = match cfg.dpo.ref_model.as_str() {
+        "" => STARTING_MODEL,
+        r => r,
+    };
+    if f.model != asked {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "this run's reference is {}, but dpo.ref_model now names {asked}; a run keeps its reference (start a new run for another)",
+                f.model
+            ),
+        ));
+    }
+    Ok(f)
+}
+
+/// Every pair's log-probabilities under `model`, each rank scoring its share (summed over the
+/// ranks), with a progress bar on rank 0 (a line every tenth without a terminal); a signal stops
+/// it.
+fn score_pairs(
+    model: &Transformer,
+    pairs: &[PairExample],
+    val: &[PairExample],
+    pad: u32,
+    cfg: &RunConfig,
+    run_dir: &Path,
+    coll: &dyn Collective,
+) -> Result<(Vec<PairLogps>, Vec<PairLogps>)> {
+    let (rank, world) = (coll.rank(), coll.world());
+    let batch = cfg.train.batch_size;
+    let mine = |i: usize| i % world == rank;
+    // This rank's share, on a bar (rank 0), or a line every tenth without a terminal.
+    let share = (pairs.len() + val.len()).div_ceil(world);
+    let bar = match coll.is_lead() {
+        true => crate::progress::steps_bar(share as u64),
+        false => indicatif::ProgressBar::hidden(),
+    };
+    bar.set_message("pairs scored by the reference");
+    let (started, mut count, mut shown) = (std::time::Instant::now(), 0, 0);
+    let mut done = |n: usize| {
+        // A signal stops the pass; the run, with no checkpoint yet, starts again on --resume.
+        if super::interrupt::requested() {
+            bar.finish_and_clear();
+            return Err(Error::Interrupted(format!(
+                    "stopped by {} while scoring the pairs with the reference; start it again with: chatforge dpo --resume {}",
+                    super::interrupt::signal_name(),
+                    run_dir.display()
+                )));
+        }
+        count += n;
+        bar.set_position(count as u64);
+        if coll.is_lead() && bar.is_hidden() && count * 10 / share.max(1) > shown {
+            shown = count * 10 / share.max(1);
+            let secs = started.elapsed().as_secs_f64();
+            let eta = secs * (share.saturating_sub(count)) as f64 / count as f64;
+            eprintln!(
+                "reference: {count}/{share} pairs in {} | ETA {}",
+                crate::progress::duration(secs),
+                crate::progress::duration(eta)
+            );
+        }
+        Ok(())
+    };
+    let mut train = reference_logps(model, pairs, batch, pad, mine, &mut done)?;
+    let mut held = reference_logps(model, val, batch, pad, mine, &mut done)?;
+    bar.finish_and_clear();
+    if coll.communicates() {
+        let mut flat: Vec<f64> = train.iter().chain(&held).flatten().copied().collect();
+        coll.all_reduce_sum_f64(&mut flat);
+        let pairs: Vec<[f64; 2]> = flat.chunks(2).map(|c| [c[0], c[1]]).collect();
+        held = pairs[train.len()..].to_vec();
+        train = pairs[..train.len()].to_vec();
+    }
+    Ok((train, held))
 }
 
 /// The reference model named by `dpo.ref_model`, which must share the policy's vocabulary.

@@ -12,8 +12,17 @@ impl Run<'_> {
     /// Validation loss and (for text) bits per byte over the fixed validation set.
     pub(super) fn validate(&self) -> Result<Option<super::source::Validation>> {
         let windows = (self.cfg.eval.tokens / self.cfg.train.context).max(1);
+        // Preference pairs are scored by the inference kernels (their loss needs no gradient).
+        let frozen = match self.cfg.is_dpo() {
+            true => Some(super::start::frozen_model(
+                &self.state.model,
+                &self.params,
+                self.lora.as_ref(),
+            )?),
+            false => None,
+        };
         self.source.validate(
-            &self.model,
+            frozen.as_ref().unwrap_or(&self.model),
             windows,
             self.cfg.train.batch_size,
             &self.token_bytes,

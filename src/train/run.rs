@@ -209,7 +209,10 @@ impl<'c> Run<'c> {
             candle_core::DType::F32,
         )?;
         // Preference pairs: the reference's log-probabilities, once, before the policy moves.
-        source.attach_reference(&cfg, run_dir, &model, state.step == 0, coll)?;
+        if cfg.is_dpo() {
+            let now = super::start::frozen_model(&state.model, &start.params, lora.as_ref())?;
+            source.attach_reference(&cfg, run_dir, &now, state.step == 0, coll)?;
+        }
         let token_bytes = tokenizer
             .as_ref()
             .map(|t| t.token_bytes())

@@ -311,3 +311,24 @@ pub(super) fn build_model(
         }
     }
 }
+
+/// The model as it is now, for scoring without gradients: detached weights, so that candle keeps
+/// no graph and the model runs its inference kernels (fused attention).
+pub(super) fn frozen_model(
+    cfg: &ModelConfig,
+    params: &Params,
+    lora: Option<&LoraRun>,
+) -> Result<Transformer> {
+    let now: BTreeMap<String, Tensor> = params
+        .tensors()
+        .into_iter()
+        .map(|(k, t)| (k, t.detach()))
+        .collect();
+    match lora {
+        None => Transformer::new(cfg, &now),
+        Some(l) => {
+            let ad = crate::model::lora::adapters(cfg, &l.cfg, &now)?;
+            Transformer::with_adapters(cfg, &l.base, ad)
+        }
+    }
+}

@@ -66,3 +66,26 @@ pub fn chat_base_gguf(base: &Path) -> PathBuf {
     chatforge::formats::gguf_export::save_gguf(&path, &m.cfg, &m.weights, tok, q8, "base").unwrap();
     path
 }
+
+/// The model of [`chat_base_and_data`] and preference pairs of its spelling task: the spelling
+/// preferred over a refusal (`pairs.jsonl`, TRL's prompt/chosen/rejected records).
+pub fn chat_base_and_pairs(tmp: &Path) -> (PathBuf, PathBuf) {
+    let (base, data) = chat_base_and_data(tmp);
+    let convs: Vec<serde_json::Value> = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut out = String::new();
+    for c in &convs {
+        let rec = serde_json::json!({
+            "prompt": c["messages"][0]["content"],
+            "chosen": c["messages"][1]["content"],
+            "rejected": "I cannot spell that word, sorry.",
+        });
+        out.push_str(&format!("{rec}\n"));
+    }
+    let pairs = tmp.join("pairs.jsonl");
+    std::fs::write(&pairs, out).unwrap();
+    (base, pairs)
+}

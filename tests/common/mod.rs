@@ -8,7 +8,7 @@ pub mod server;
 pub mod tiny_gguf;
 
 #[allow(unused_imports)]
-pub use corpora::{chat_base_and_data, chat_base_gguf, shakespeare_shards};
+pub use corpora::{chat_base_and_data, chat_base_and_pairs, chat_base_gguf, shakespeare_shards};
 
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
