@@ -55,7 +55,10 @@ else
         -- --skip multiple_choice_log_likelihoods_equal_transformers
         --skip greedy_tokens_equal_transformers_and_it_knows_paris
         --skip chat_repl_keeps_the_conversation_and_saves_it
-        --skip eval_scores_the_quantized_blocks_when_asked)
+        --skip eval_scores_the_quantized_blocks_when_asked
+        # Three DPO training runs: 12 minutes under emulation; DPO's numbers are checked by the
+        # TRL fixture tests, which stay.
+        --skip dpo_learns_the_preference_and_resumes_exactly)
 fi
 echo "aarch64: $(aarch64-linux-gnu-gcc --version | head -1); $(qemu-aarch64 --version | head -1)"
 # Code that only x86 uses would be dead code here: the lints for this target too.
