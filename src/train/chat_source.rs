@@ -29,6 +29,20 @@ pub fn parse_replacements(spec: &str) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// `sft.replace`'s pairs applied to every message's text.
+pub(super) fn replace_in<'m>(
+    messages: impl Iterator<Item = &'m mut Message>,
+    reps: &[(String, String)],
+) {
+    for m in messages {
+        for (a, b) in reps {
+            if m.content.contains(a.as_str()) {
+                m.content = m.content.replace(a.as_str(), b);
+            }
+        }
+    }
+}
+
 /// All conversations of the run's chat files, with the replacements applied.
 pub fn load_chat_files(cfg: &RunConfig) -> Result<Vec<Conversation>> {
     let fields = ChatFields {
@@ -41,15 +55,7 @@ pub fn load_chat_files(cfg: &RunConfig) -> Result<Vec<Conversation>> {
         // hf://datasets/... files come from the Hub's cache.
         let local = crate::formats::hub::resolve_data_file(f)?;
         let mut convs = load_conversations(&local, &fields)?;
-        for c in &mut convs {
-            for m in &mut c.messages {
-                for (a, b) in &reps {
-                    if m.content.contains(a.as_str()) {
-                        m.content = m.content.replace(a.as_str(), b);
-                    }
-                }
-            }
-        }
+        replace_in(convs.iter_mut().flat_map(|c| &mut c.messages), &reps);
         all.extend(convs);
     }
     Ok(all)

@@ -39,18 +39,13 @@ pub(super) fn open_pairs(
         all.extend(load_pairs(&local)?);
     }
     let reps = super::chat_source::parse_replacements(&cfg.sft.replace)?;
-    for p in &mut all {
-        for m in p
-            .prompt
+    let messages = all.iter_mut().flat_map(|p| {
+        p.prompt
             .iter_mut()
             .chain(&mut p.chosen)
             .chain(&mut p.rejected)
-        {
-            for (a, b) in &reps {
-                m.content = m.content.replace(a.as_str(), b);
-            }
-        }
-    }
+    });
+    super::chat_source::replace_in(messages, &reps);
     let (train, held) = split_held_out(all, cfg.sft.val_fraction, cfg.train.seed);
     let sample: Vec<Message> = match (
         cfg.eval.sample_prompt.as_str(),
