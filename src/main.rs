@@ -44,6 +44,9 @@ enum Command {
     /// Tune a model on preference pairs (chosen over rejected replies) with DPO or IPO, every
     /// weight or LoRA adapters (or continue with --resume).
     Dpo(Box<cli::dpo::DpoArgs>),
+    /// Reinforcement learning with verifiable rewards (GRPO): sample groups of replies to a task's
+    /// problems, reward them with its verifier, and move toward the better ones.
+    Rl(Box<cli::rl::RlArgs>),
     /// The whole pipeline on a small corpus: tokenizer, shards, pre-training, report.
     Speedrun(cli::speedrun::SpeedrunArgs),
     /// Measure prompt-processing and generation speed (tokens/s), as llama-bench does.
@@ -68,7 +71,7 @@ fn main() {
     cli::allocator::configure_in_main();
     if matches!(
         cli.command,
-        Command::Pretrain(_) | Command::Sft(_) | Command::Dpo(_)
+        Command::Pretrain(_) | Command::Sft(_) | Command::Dpo(_) | Command::Rl(_)
     ) {
         if let Err(e) = chatforge::train::interrupt::install() {
             eprintln!("warning: cannot catch SIGINT/SIGTERM ({e}): a signal will stop training without a checkpoint");
@@ -77,13 +80,15 @@ fn main() {
     // Training runs data-parallel when launched by mpirun (MPI is initialised here, once, and
     // finalised when `coll` drops); everything else is a single process.
     let coll: Box<dyn Collective> = match &cli.command {
-        Command::Pretrain(_) | Command::Sft(_) | Command::Dpo(_) => match chatforge::dist::init() {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                std::process::exit(1);
+        Command::Pretrain(_) | Command::Sft(_) | Command::Dpo(_) | Command::Rl(_) => {
+            match chatforge::dist::init() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    std::process::exit(1);
+                }
             }
-        },
+        }
         _ => Box::new(chatforge::dist::Single),
     };
     if let Err(e) = run(cli, coll.as_ref()) {
@@ -122,6 +127,7 @@ fn run(cli: Cli, coll: &dyn Collective) -> Result<()> {
         Command::Pretrain(a) => cli::train::pretrain(a, coll),
         Command::Sft(a) => cli::train::sft(*a, coll),
         Command::Dpo(a) => cli::dpo::run(*a, coll),
+        Command::Rl(a) => cli::rl::run(*a, coll),
         Command::Speedrun(a) => cli::speedrun::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Bench(a) => cli::bench::run(a),

@@ -45,7 +45,7 @@ if [ $# -gt 0 ]; then
 else
     TESTS=(--lib
         --test fused_ops --test device_ops --test model_reference --test one_decoder
-        --test gguf_smollm2 --test generation --test lora --test dpo
+        --test gguf_smollm2 --test generation --test lora --test dpo --test rl
         --test tokenizer --test tokenizer_fast --test data --test chat_data
         --test hostile_files --test fuzz_readers --test eval_tasks --test synthetic
         --test cli_errors --test output_safety --test threads
@@ -56,9 +56,10 @@ else
         --skip greedy_tokens_equal_transformers_and_it_knows_paris
         --skip chat_repl_keeps_the_conversation_and_saves_it
         --skip eval_scores_the_quantized_blocks_when_asked
-        # Three DPO training runs: 12 minutes under emulation; DPO's numbers are checked by the
-        # TRL fixture tests, which stay.
-        --skip dpo_learns_the_preference_and_resumes_exactly)
+        # Three DPO training runs: 12 minutes under emulation, and the RL runs likewise; their
+        # numbers are checked by the TRL fixture tests, which stay.
+        --skip dpo_learns_the_preference_and_resumes_exactly
+        --skip rl_logs_rewards_draws_its_curve_and_resumes_exactly)
 fi
 echo "aarch64: $(aarch64-linux-gnu-gcc --version | head -1); $(qemu-aarch64 --version | head -1)"
 # Code that only x86 uses would be dead code here: the lints for this target too.

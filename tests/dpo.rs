@@ -9,10 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use chatforge::config::{DpoLoss, DpoSection};
 use chatforge::data::preference::{build_pair_examples, load_pairs, parse_transcript};
 use chatforge::data::sft::Example;
-use chatforge::formats::{peft, LoadedModel};
-use chatforge::model::lora;
-use chatforge::model::params::Params;
-use chatforge::model::Transformer;
+use chatforge::formats::LoadedModel;
 use chatforge::train::dpo::{objective, reference_logps, DpoStats, PairRows};
 use common::*;
 use std::collections::HashMap;
@@ -49,24 +46,8 @@ fn check_case(name: &str, case: &str) {
         &Device::Cpu,
     )
     .unwrap();
-    let base = LoadedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
-    let adir = fixtures().join(format!("{name}-lora"));
     // The policy and the reference of the case, as the fixture script builds them.
-    let (params, policy, reference) = match case {
-        "full" => {
-            let params = Params::from_tensors(&base.weights).unwrap();
-            let policy = Transformer::new(&base.cfg, &params.tensors()).unwrap();
-            let merged = LoadedModel::load(&adir, &Device::Cpu).unwrap();
-            (params, policy, merged.transformer().unwrap())
-        }
-        _ => {
-            let (lcfg, _, adapter) = peft::load_adapter(&adir, &base.cfg, &Device::Cpu).unwrap();
-            let params = Params::from_tensors(&adapter).unwrap();
-            let ad = lora::adapters(&base.cfg, &lcfg, &params.tensors()).unwrap();
-            let policy = Transformer::with_adapters(&base.cfg, &base.weights, ad).unwrap();
-            (params, policy, base.transformer().unwrap())
-        }
-    };
+    let (base, params, policy, reference) = tuning_case(name, case);
     // The reference's log-probabilities, as the run caches them.
     let pairs = fixture_pairs(&exp);
     let refs = reference_logps(&reference, &pairs, 2, 0, |_| true, &mut |_| Ok(())).unwrap();
@@ -119,25 +100,8 @@ fn check_case(name: &str, case: &str) {
             check_loss_and_gradients(name, &key, &base.cfg, &params, &sub, &loss_value, grads);
             continue;
         }
-        let dl = (stats.mean_loss() - sub["loss"].to_vec1::<f32>().unwrap()[0] as f64).abs();
-        assert!(dl < 1e-5, "{name} {key}: loss differs from TRL's by {dl}");
-        assert_eq!(
-            params.vars.len(),
-            sub.len() - 1,
-            "one gradient per adapter tensor"
-        );
-        for (k, v) in &params.vars {
-            let g = grads.get(v.as_tensor()).expect("an adapter gradient");
-            let r = &sub[&format!("grad.{k}")];
-            let rel = max_abs_diff(g, r) / max_abs(r).max(1e-8);
-            assert!(
-                rel < 1e-4,
-                "{name} {key}: gradient of {k} differs (relative {rel})"
-            );
-        }
-        for w in base.weights.values() {
-            assert!(grads.get(w).is_none(), "the base is frozen");
-        }
+        let what = format!("{name} {key}");
+        check_adapter_gradients(&what, &base, &params, &sub, stats.mean_loss(), &grads);
     }
 }
 

@@ -1,4 +1,5 @@
-//! `chatforge speedrun` end to end on a small corpus with a small budget, and its offline error.
+//! `chatforge speedrun` end to end on a small corpus with a small budget (its RL stage too), and
+//! its offline error.
 
 mod common;
 
@@ -41,6 +42,16 @@ fn speedrun_runs_the_pipeline_and_writes_a_report() {
         "4",
         "--sft-set",
         "train.batch_size=8",
+        "--rl-steps",
+        "2",
+        "--rl-set",
+        "rl.group=4",
+        "--rl-set",
+        "rl.prompts_per_step=2",
+        "--rl-set",
+        "rl.max_new_tokens=8",
+        "--rl-set",
+        "rl.train_problems=40",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("report.md"), "{stdout}");
@@ -56,6 +67,8 @@ fn speedrun_runs_the_pipeline_and_writes_a_report() {
         "| spelling |",
         "| count_letters |",
         "supervised fine-tuning | 12 steps",
+        "reinforcement learning (GRPO) | 2 steps, held-out pass@1",
+        "| task | base model | after SFT | after RL |",
     ] {
         assert!(report.contains(needle), "report lacks {needle}:\n{report}");
     }
@@ -67,6 +80,8 @@ fn speedrun_runs_the_pipeline_and_writes_a_report() {
         "sft-data/train.jsonl",
         "sft-data/test_spelling.jsonl",
         "sft/model/model.safetensors",
+        "rl/model/model.safetensors",
+        "rl/reward.png",
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }

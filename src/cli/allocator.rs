@@ -40,7 +40,7 @@ pub fn subcommand<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Option<&'a [u
 /// (arena eager commit, purge delay in ms) for a subcommand; None keeps mimalloc's default.
 pub fn policy(subcommand: Option<&[u8]>) -> (Option<c_long>, Option<c_long>) {
     match subcommand {
-        Some(b"pretrain" | b"sft" | b"dpo" | b"speedrun") => (Some(1), Some(-1)),
+        Some(b"pretrain" | b"sft" | b"dpo" | b"rl" | b"speedrun") => (Some(1), Some(-1)),
         Some(b"eval") => (Some(0), Some(0)),
         _ => (None, None),
     }

@@ -11,6 +11,7 @@ pub mod dpo;
 pub mod eval;
 pub mod generate;
 pub mod output;
+pub mod rl;
 pub mod sampling;
 pub mod serve;
 pub mod speedrun;

@@ -33,6 +33,15 @@ pub struct SpeedrunArgs {
     /// Override a config key of the fine-tuning run (repeatable), e.g. --sft-set train.lr=5e-4.
     #[arg(long = "sft-set", value_name = "KEY=VALUE")]
     pub sft_set: Vec<String>,
+    /// Reinforcement-learning (GRPO) steps on --rl-task after fine-tuning (0 skips the stage).
+    #[arg(long, default_value_t = 0)]
+    pub rl_steps: usize,
+    /// The synthetic task of the RL stage: arithmetic, spelling or count_letters.
+    #[arg(long, default_value = "count_letters")]
+    pub rl_task: chatforge::config::RlTask,
+    /// Override a config key of the RL run (repeatable), e.g. --rl-set rl.group=16.
+    #[arg(long = "rl-set", value_name = "KEY=VALUE")]
+    pub rl_set: Vec<String>,
 }
 
 pub fn run(a: SpeedrunArgs) -> Result<()> {
@@ -42,7 +51,16 @@ pub fn run(a: SpeedrunArgs) -> Result<()> {
         test_per_task: a.sft_test_per_task,
         chat_data: a.chat_data,
         overrides: a.sft_set,
+        rl_steps: a.rl_steps,
+        rl_task: a.rl_task,
+        rl_overrides: a.rl_set,
     };
+    if a.rl_steps > 0 && a.sft_steps == 0 {
+        anyhow::bail!("--rl-steps tunes the fine-tuned model: it needs --sft-steps above 0");
+    }
+    if a.rl_task == chatforge::config::RlTask::Gsm8k {
+        anyhow::bail!("--rl-task: the speedrun's RL stage runs a synthetic task (arithmetic, spelling or count_letters)");
+    }
     let report =
         chatforge::speedrun::speedrun(a.corpus.as_deref(), &a.out, a.vocab_size, &a.set, &stage)?;
     super::output::line(format!("report: {}", report.display()))?;

@@ -1,4 +1,4 @@
-//! `chatforge pretrain` and `chatforge sft`, and the flags fine-tuning shares with `dpo`.
+//! `chatforge pretrain` and `chatforge sft`, and the flags fine-tuning shares with `dpo` and `rl`.
 
 use anyhow::Result;
 use chatforge::config::{Objective, RunConfig};
@@ -75,7 +75,7 @@ pub fn pretrain(a: PretrainArgs, coll: &dyn Collective) -> Result<()> {
     Ok(())
 }
 
-/// What `sft` and `dpo` share: the model, the data, the run directory and the training flags.
+/// What `sft`, `dpo` and `rl` share: the model, the data, the run directory and the training flags.
 #[derive(Args)]
 pub struct TuneArgs {
     /// The model to fine-tune: a chatforge or Hugging Face model directory, a .gguf file, or a
@@ -84,8 +84,9 @@ pub struct TuneArgs {
     model: Option<PathBuf>,
     /// Data files (.jsonl or .json). sft: chat records (OpenAI `messages`, ShareGPT
     /// `conversations`, prompt/completion); dpo: preference pairs (prompt/chosen/rejected as text
-    /// or message lists, or chosen/rejected transcripts such as HH-RLHF's).
-    #[arg(long, num_args = 1.., required_unless_present = "resume")]
+    /// or message lists, or chosen/rejected transcripts such as HH-RLHF's); rl: GSM8K problems
+    /// (the synthetic tasks need none).
+    #[arg(long, num_args = 1..)]
     data: Vec<PathBuf>,
     /// Run directory (config.toml, metrics.jsonl, checkpoints/, model/ or adapter/).
     #[arg(long, required_unless_present = "resume")]
@@ -227,7 +228,7 @@ impl TuneArgs {
     }
 }
 
-/// A fine-tuning run (`sft` or `dpo`): new, from the file over `defaults` (chosen by whether the
+/// A fine-tuning run (`sft`, `dpo` or `rl`): new, from the file over `defaults` (chosen by whether the
 /// resolved config is a LoRA run), the shared flags, the command's own (`flags`), then `--set`;
 /// or resumed with the flags and `--set` applied to its saved config, which must be of `objective`.
 pub(super) fn fine_tune(
@@ -237,6 +238,9 @@ pub(super) fn fine_tune(
     flags: &dyn Fn(&mut RunConfig),
     coll: &dyn Collective,
 ) -> Result<()> {
+    if a.resume.is_none() && a.data.is_empty() && objective != Objective::Rl {
+        anyhow::bail!("chatforge {objective} needs its data: --data FILE...");
+    }
     start_dashboard(a.dashboard, a.out.as_deref(), a.resume.as_deref(), coll)?;
     let edit = |cfg: &mut RunConfig| {
         // A run goes on with the command that started it.

@@ -1,7 +1,7 @@
 //! The config's fine-tuning sections: `[sft]` (the data and how it is read), `[dpo]` (preference
 //! tuning) and `[lora]` (adapters instead of every weight).
 
-use super::{DpoLoss, Objective};
+use super::{DpoLoss, Objective, RlTask};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -21,7 +21,8 @@ pub struct SftSection {
     /// Replace every occurrence of a word in the data, `FROM=TO;FROM2=TO2` (e.g. renaming the
     /// assistant of an identity dataset: `Vicuna=chatforge`).
     pub replace: String,
-    /// "sft" (conversations, cross-entropy) or "dpo" (preference pairs, `[dpo]`).
+    /// "sft" (conversations, cross-entropy), "dpo" (preference pairs, `[dpo]`) or "rl" (a task
+    /// with a verifier, `[rl]`).
     pub objective: Objective,
 }
 
@@ -44,6 +45,50 @@ impl Default for DpoSection {
             beta: 0.1,
             loss: DpoLoss::Sigmoid,
             ref_model: String::new(),
+        }
+    }
+}
+
+/// Reinforcement learning with verifiable rewards (`chatforge rl`, `sft.objective = "rl"`): GRPO.
+/// Its problems are `sft.data` (GSM8K) or generated (the synthetic tasks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RlSection {
+    pub task: RlTask,
+    /// Replies sampled per prompt; their rewards are compared within the group.
+    pub group: usize,
+    /// Prompts per optimizer step (each rank's share on `world` ranks).
+    pub prompts_per_step: usize,
+    /// The longest reply sampled, in tokens.
+    pub max_new_tokens: usize,
+    /// The sampling temperature of the replies.
+    pub temperature: f64,
+    /// Weight of the KL penalty to the reference (TRL's beta; 0 = none, no reference kept).
+    pub kl: f64,
+    /// PPO's clipping range of the probability ratio (TRL's epsilon).
+    pub clip: f64,
+    /// Optimizer steps on each batch of sampled replies (TRL's num_iterations): above 1 the
+    /// batch is reused and the clipping acts.
+    pub iterations: usize,
+    /// Held-out problems for pass@1 (greedy) at every validation.
+    pub eval_problems: usize,
+    /// Training problems the synthetic tasks generate.
+    pub train_problems: usize,
+}
+
+impl Default for RlSection {
+    fn default() -> Self {
+        RlSection {
+            task: RlTask::Gsm8k,
+            group: 8,
+            prompts_per_step: 8,
+            max_new_tokens: 256,
+            temperature: 1.0,
+            kl: 0.0,
+            clip: 0.2,
+            iterations: 1,
+            eval_problems: 200,
+            train_problems: 5000,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The config's named choices as types: the learning-rate schedule, the compute precision, the
-//! fine-tuning objective and the preference loss.
+//! fine-tuning objective, the preference loss and the reinforcement-learning task.
 //! Each reads and writes as the string the TOML file holds, and a wrong one is an error naming the
 //! key and the choices.
 
@@ -84,6 +84,8 @@ pub enum Objective {
     Sft,
     /// Direct preference optimisation on chosen/rejected pairs (`[dpo]`).
     Dpo,
+    /// Reinforcement learning on a task with a verifier (GRPO, `[rl]`).
+    Rl,
 }
 
 impl std::str::FromStr for Objective {
@@ -93,7 +95,8 @@ impl std::str::FromStr for Objective {
         match s {
             "sft" => Ok(Objective::Sft),
             "dpo" => Ok(Objective::Dpo),
-            _ => Err(format!("sft.objective '{s}': expected sft or dpo")),
+            "rl" => Ok(Objective::Rl),
+            _ => Err(format!("sft.objective '{s}': expected sft, dpo or rl")),
         }
     }
 }
@@ -103,6 +106,7 @@ impl fmt::Display for Objective {
         f.write_str(match self {
             Objective::Sft => "sft",
             Objective::Dpo => "dpo",
+            Objective::Rl => "rl",
         })
     }
 }
@@ -155,4 +159,46 @@ macro_rules! string_conversions {
     )*};
 }
 
-string_conversions!(Schedule, Precision, Objective, DpoLoss);
+/// `rl.task`: what reinforcement learning asks the model and how its replies are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum RlTask {
+    /// GSM8K word problems (`question`, `answer` ending "#### N"): the reply's final number.
+    #[default]
+    Gsm8k,
+    /// The built-in synthetic tasks (`data::synthetic`): the reply, trimmed, equals the answer.
+    Arithmetic,
+    Spelling,
+    CountLetters,
+}
+
+impl RlTask {
+    pub const NAMES: &'static str = "gsm8k, arithmetic, spelling or count_letters";
+}
+
+impl std::str::FromStr for RlTask {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gsm8k" => Ok(RlTask::Gsm8k),
+            "arithmetic" => Ok(RlTask::Arithmetic),
+            "spelling" => Ok(RlTask::Spelling),
+            "count_letters" => Ok(RlTask::CountLetters),
+            _ => Err(format!("rl.task '{s}': expected {}", RlTask::NAMES)),
+        }
+    }
+}
+
+impl fmt::Display for RlTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RlTask::Gsm8k => "gsm8k",
+            RlTask::Arithmetic => "arithmetic",
+            RlTask::Spelling => "spelling",
+            RlTask::CountLetters => "count_letters",
+        })
+    }
+}
+
+string_conversions!(Schedule, Precision, Objective, DpoLoss, RlTask);

@@ -5,8 +5,8 @@ mod fine_tune;
 mod kinds;
 mod ranges;
 
-pub use fine_tune::{DpoSection, LoraSection, SftSection};
-pub use kinds::{DpoLoss, Objective, Precision, Schedule};
+pub use fine_tune::{DpoSection, LoraSection, RlSection, SftSection};
+pub use kinds::{DpoLoss, Objective, Precision, RlTask, Schedule};
 
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
@@ -23,6 +23,7 @@ pub struct RunConfig {
     pub checkpoint: CheckpointSection,
     pub sft: SftSection,
     pub dpo: DpoSection,
+    pub rl: RlSection,
     pub lora: LoraSection,
 }
 
@@ -397,14 +398,20 @@ impl RunConfig {
         Ok(self.train.batch_tokens / (micro * world))
     }
 
-    /// Whether this is a fine-tuning run (on chat files) rather than pre-training (on shards).
+    /// Whether this is a fine-tuning run (on chat files, pairs or a task's problems) rather than
+    /// pre-training (on shards).
     pub fn is_sft(&self) -> bool {
-        !self.sft.data.is_empty()
+        !self.sft.data.is_empty() || self.sft.objective == Objective::Rl
     }
 
     /// Whether this fine-tuning run learns from preference pairs (DPO).
     pub fn is_dpo(&self) -> bool {
         self.is_sft() && self.sft.objective == Objective::Dpo
+    }
+
+    /// Whether this fine-tuning run learns from rewards (GRPO).
+    pub fn is_rl(&self) -> bool {
+        self.sft.objective == Objective::Rl
     }
 
     /// The subcommand that continues this run.
@@ -413,6 +420,7 @@ impl RunConfig {
             (false, _) => "pretrain",
             (true, Objective::Sft) => "sft",
             (true, Objective::Dpo) => "dpo",
+            (true, Objective::Rl) => "rl",
         }
     }
 

@@ -40,6 +40,14 @@ impl RunConfig {
             ),
             ("sft.epochs", self.sft.epochs, From(0.0), Upto(1e6)),
             ("dpo.beta", self.dpo.beta, Above(0.0), Upto(1e3)),
+            (
+                "rl.temperature",
+                self.rl.temperature,
+                Above(0.0),
+                Upto(100.0),
+            ),
+            ("rl.kl", self.rl.kl, From(0.0), Upto(1e3)),
+            ("rl.clip", self.rl.clip, Above(0.0), Below(1.0)),
             ("lora.alpha", l.alpha, Above(0.0), Upto(1e6)),
             ("lora.dropout", l.dropout, From(0.0), Below(1.0)),
         ];
@@ -69,11 +77,31 @@ impl RunConfig {
             ),
             ("lora.rank", l.rank, 1 << 16),
             ("eval.sample_tokens", e.sample_tokens, MAX_CONTEXT),
+            ("rl.group", self.rl.group, 1 << 12),
+            ("rl.prompts_per_step", self.rl.prompts_per_step, 1 << 16),
+            ("rl.max_new_tokens", self.rl.max_new_tokens, MAX_CONTEXT),
+            ("rl.iterations", self.rl.iterations, 1 << 10),
+            ("rl.eval_problems", self.rl.eval_problems, 1 << 24),
+            ("rl.train_problems", self.rl.train_problems, 1 << 24),
         ];
         for (key, v, max) in sizes {
             if v > max {
                 return Err(Error::Config(format!(
                     "{key} = {v} is above its largest allowed value, {max}"
+                )));
+            }
+        }
+        let least = [
+            // A group of one has no reply to be compared with: its advantage is always 0.
+            ("rl.group", self.rl.group, 2),
+            ("rl.prompts_per_step", self.rl.prompts_per_step, 1),
+            ("rl.max_new_tokens", self.rl.max_new_tokens, 1),
+            ("rl.iterations", self.rl.iterations, 1),
+        ];
+        for (key, v, min) in least {
+            if v < min {
+                return Err(Error::Config(format!(
+                    "{key} = {v} is below its smallest allowed value, {min}"
                 )));
             }
         }

@@ -279,6 +279,33 @@ pub fn final_number(text: &str) -> Option<String> {
     last
 }
 
+/// Whether a reply's final number (`final_number`) is the gold one: equal as text, or as numbers
+/// ("18.00" is 18).
+pub fn same_number(reply: Option<&str>, gold: &str) -> bool {
+    let Some(r) = reply else {
+        return false;
+    };
+    match (r.parse::<f64>(), gold.parse::<f64>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => r == gold,
+    }
+}
+
+/// GSM8K's problems in `path` (`question`, `answer` ending "#### N"): each question and the final
+/// number of its answer; the first `limit` of them.
+pub fn gsm8k_problems(path: &Path, limit: Option<usize>) -> Result<Vec<(String, String)>> {
+    read_jsonl(path, limit)?
+        .iter()
+        .map(|(l, v)| {
+            let q = str_field(path, *l, v, "question")?;
+            let gold = final_number(&str_field(path, *l, v, "answer")?).ok_or_else(|| {
+                Error::bad_file(path, format!("line {l}: the answer has no final number"))
+            })?;
+            Ok((q, gold))
+        })
+        .collect()
+}
+
 /// GSM8K (`question`, `answer` ending "#### N"): greedy answers, through the chat template when
 /// the model has one.
 pub fn gsm8k(
@@ -288,17 +315,13 @@ pub fn gsm8k(
     limit: Option<usize>,
     max_tokens: usize,
 ) -> Result<Gsm8kResult> {
-    let items = read_jsonl(path, limit)?;
+    let items = gsm8k_problems(path, limit)?;
     let format = ChatFormat::new(tok, model.cfg.eos_token_id).ok();
     let mut hits = 0;
-    for (l, v) in &items {
-        let q = str_field(path, *l, v, "question")?;
-        let gold = final_number(&str_field(path, *l, v, "answer")?).ok_or_else(|| {
-            Error::bad_file(path, format!("line {l}: the answer has no final number"))
-        })?;
+    for (q, gold) in &items {
         let (prompt, stop_ids) = match &format {
             Some(f) => (
-                f.prompt_ids(tok, &[Message::new("user", &q)])?,
+                f.prompt_ids(tok, &[Message::new("user", q)])?,
                 f.stop_ids.clone(),
             ),
             None => (
@@ -313,7 +336,7 @@ pub fn gsm8k(
             stop_strings: vec!["\n\nQuestion:".into()],
         };
         let g = generate_text(model, tok, &prompt, &opts, |_| Ok(()))?;
-        hits += (final_number(&g.text).as_deref() == Some(gold.as_str())) as usize;
+        hits += usize::from(same_number(final_number(&g.text).as_deref(), gold));
     }
     Ok(Gsm8kResult {
         task: "gsm8k".into(),

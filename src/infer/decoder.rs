@@ -34,6 +34,8 @@ pub struct Generation {
     pub ids: Vec<u32>,
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
+    /// The stop token that ended the text, if one did (it is not in `ids`).
+    pub stop_token: Option<u32>,
 }
 
 /// The most new tokens a prompt of `prompt_len` leaves in a model's `context` when `wanted` are
@@ -53,6 +55,7 @@ pub struct Decoder<'t> {
     ids: Vec<u32>,
     budget: usize,
     finish: Option<FinishReason>,
+    stop_token: Option<u32>,
 }
 
 impl<'t> Decoder<'t> {
@@ -68,6 +71,7 @@ impl<'t> Decoder<'t> {
             ids: Vec::new(),
             budget: token_budget(opts.max_new_tokens, prompt.len(), context),
             finish: None,
+            stop_token: None,
         }
     }
 
@@ -97,6 +101,7 @@ impl<'t> Decoder<'t> {
         let id = self.sampler.sample(row, &self.context);
         if self.stop_ids.contains(&id) {
             self.finish = Some(FinishReason::Stop);
+            self.stop_token = Some(id);
             return Ok(None);
         }
         self.context.push(id);
@@ -131,6 +136,7 @@ impl<'t> Decoder<'t> {
             ids: self.ids,
             finish_reason: self.finish.unwrap_or(FinishReason::Length),
             prompt_tokens: self.prompt_tokens,
+            stop_token: self.stop_token,
         }
     }
 }

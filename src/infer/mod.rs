@@ -2,6 +2,7 @@
 
 pub mod decoder;
 pub mod generate;
+pub mod group;
 pub mod logprobs;
 pub mod sampler;
 pub mod speed;
@@ -9,4 +10,5 @@ pub mod stream;
 
 pub use decoder::{token_budget, Decoder, FinishReason, GenerateOptions, Generation};
 pub use generate::{completion_stop_ids, generate_text};
+pub use group::generate_groups;
 pub use sampler::{Sampler, SamplingParams};

@@ -327,9 +327,6 @@ impl Transformer {
         loss::projected_cross_entropy(&h, self.lm_head.weight()?, targets)
     }
 
-    /// The gradients of `loss`, a function of this model's outputs: candle's backward, plus the
-    /// weight gradients that fused blocks (training mode, see `ops::block`) deliver
-    /// outside candle's graph. Use it instead of `loss.backward()` on a model in training mode.
     /// The negative log-likelihood of each target (B, T) (i64, negative = ignored, 0 there),
     /// through the fused output projection: what sequence-level objectives (DPO) sum per row.
     pub fn token_nll(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
@@ -342,6 +339,9 @@ impl Transformer {
         Ok(nll.reshape((b, t))?)
     }
 
+    /// The gradients of `loss`, a function of this model's outputs: candle's backward, plus the
+    /// weight gradients that fused blocks (training mode, see `ops::block`) deliver
+    /// outside candle's graph. Use it instead of `loss.backward()` on a model in training mode.
     pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
         let mut grads = loss.backward()?;
         let fused = std::mem::take(&mut *self.grad_sink.lock().expect("not poisoned"));

@@ -1,8 +1,9 @@
 //! Opening a run's data: the token shards of pre-training (checked against the model's
-//! vocabulary, with the tokenizer saved beside them) or the chat files of fine-tuning.
+//! vocabulary, with the tokenizer saved beside them), the chat files of fine-tuning, the pairs of
+//! preference tuning, or the problems of reinforcement learning.
 
 use super::source::Source;
-use crate::config::RunConfig;
+use crate::config::{Objective, RunConfig};
 use crate::data::{load_meta, BatchLoader, DataMeta, ShardSet};
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
@@ -26,9 +27,12 @@ pub(super) fn open_source(
     let tok = tokenizer
         .as_ref()
         .ok_or_else(|| Error::Config("fine-tuning needs the model's tokenizer".into()))?;
-    match cfg.is_dpo() {
-        true => super::pair_source::open_pairs(cfg, model, tok, rank, world),
-        false => super::chat_source::open_chat(cfg, model, tok, rank, world),
+    match cfg.sft.objective {
+        Objective::Dpo => super::pair_source::open_pairs(cfg, model, tok, rank, world),
+        Objective::Rl => Ok(Source::Rollouts(Box::new(super::rl_source::open_problems(
+            cfg, model, tok, rank, world,
+        )?))),
+        Objective::Sft => super::chat_source::open_chat(cfg, model, tok, rank, world),
     }
 }
 

@@ -125,6 +125,10 @@ impl Run<'_> {
         let cfg = &self.cfg;
         let base = &cfg.model.init_from;
         let on = match cfg.is_dpo() {
+            _ if cfg.is_rl() => format!(
+                "Tuned with reinforcement learning on {} (GRPO, {} replies per prompt, verifier rewards)",
+                cfg.rl.task, cfg.rl.group
+            ),
             true => format!(
                 "Tuned on preference pairs ({}, beta {})",
                 match cfg.dpo.loss {
@@ -176,6 +180,9 @@ impl Run<'_> {
         card.tags
             .push(cfg.command().replace("pretrain", "pretraining"));
         card.data = match cfg.is_sft() {
+            _ if cfg.is_rl() && cfg.sft.data.is_empty() => {
+                vec![format!("chatforge's synthetic {} task", cfg.rl.task)]
+            }
             true => cfg
                 .sft
                 .data
@@ -221,11 +228,18 @@ impl Run<'_> {
                     value,
                 })
             };
-            result("loss", "validation loss", loss);
+            let metric = |k: &str| t.val_pairs.get(k).and_then(|v| v.as_f64());
+            match metric("pass@1") {
+                Some(p) => result(
+                    "pass@1",
+                    "held-out pass@1 (greedy reply, the task's verifier)",
+                    p,
+                ),
+                None => result("loss", "validation loss", loss),
+            }
             if let Some(b) = bpb {
                 result("bits_per_byte", "validation bits per byte", b);
             }
-            let metric = |k: &str| t.val_pairs.get(k).and_then(|v| v.as_f64());
             if let (Some(acc), Some(margin)) =
                 (metric("rewards/accuracies"), metric("rewards/margins"))
             {
@@ -278,6 +292,15 @@ impl Run<'_> {
                 .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
                 .collect()
         };
+        if self.cfg.is_rl() {
+            super::plot::plot_curves(
+                &self.run_dir.join("reward.png"),
+                "reward",
+                ["train reward", "held-out pass@1"],
+                &pick("train", "reward"),
+                &pick("val", "pass@1"),
+            )?;
+        }
         super::plot::plot_loss(
             &self.run_dir.join("loss.png"),
             &pick("train", "loss"),

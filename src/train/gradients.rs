@@ -1,5 +1,6 @@
 //! One optimizer step's gradients: forward and backward over its micro-batches, summed, and in a
-//! data-parallel run averaged over the ranks; for preference pairs, the step's DPO metrics.
+//! data-parallel run averaged over the ranks; for preference pairs, the step's DPO metrics (a
+//! reinforcement-learning step is `rl.rs`).
 
 use super::dpo::{objective, DpoStats};
 use super::run::Run;
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 impl Run<'_> {
     /// Sums the gradients over the ranks and divides by their number (one all-reduce of all of them
     /// in name order; `BTreeMap` order is the same on every rank).
-    fn average_gradients(
+    pub(super) fn average_gradients(
         &self,
         grads: BTreeMap<String, Tensor>,
         totals: &mut [f64],
@@ -53,6 +54,9 @@ impl Run<'_> {
     /// summed gradients (each micro-batch's loss is divided by the number of micro-batches), and the
     /// tokens; in a data-parallel run all three are over every rank (gradients and loss averaged).
     pub(super) fn step_gradients(&mut self) -> Result<StepGradients> {
+        if self.cfg.is_rl() {
+            return self.rl_step_gradients();
+        }
         let accum = self.accum;
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut loss_sum = 0f64;
@@ -93,17 +97,8 @@ impl Run<'_> {
             } else {
                 loss
             };
-            let mut store = model.backward(&scaled)?;
-            for (name, var) in &self.params.vars {
-                if let Some(g) = store.remove(var.as_tensor()) {
-                    let g = match grads.remove(name) {
-                        Some(prev) => (prev + g)?,
-                        None => g,
-                    };
-                    grads.insert(name.clone(), g);
-                }
-            }
-            drop(store);
+            let store = model.backward(&scaled)?;
+            add_gradients(&self.params, store, &mut grads)?;
             self.profile.mark("backward")?;
         }
         model.set_training(false);
@@ -115,6 +110,7 @@ impl Run<'_> {
                 grads,
                 tokens,
                 pairs,
+                extra: Default::default(),
             });
         }
         // Rank r's micro-batch k is batch k * world + r of the single-process stream: the average
@@ -130,8 +126,35 @@ impl Run<'_> {
             grads,
             tokens: totals[1] as u64,
             pairs: pairs.map(|_| DpoStats::from_slice(&totals[2..])),
+            extra: Default::default(),
         })
     }
+
+    /// A backward pass's gradients of the trainable parameters, added into `grads`.
+    pub(super) fn add_gradients(
+        &self,
+        store: candle_core::backprop::GradStore,
+        grads: &mut BTreeMap<String, Tensor>,
+    ) -> Result<()> {
+        add_gradients(&self.params, store, grads)
+    }
+}
+
+fn add_gradients(
+    params: &crate::model::params::Params,
+    mut store: candle_core::backprop::GradStore,
+    grads: &mut BTreeMap<String, Tensor>,
+) -> Result<()> {
+    for (name, var) in &params.vars {
+        if let Some(g) = store.remove(var.as_tensor()) {
+            let g = match grads.remove(name) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            grads.insert(name.clone(), g);
+        }
+    }
+    Ok(())
 }
 
 /// One step's gradients and what they were computed on.
@@ -142,4 +165,6 @@ pub(super) struct StepGradients {
     pub tokens: u64,
     /// For preference pairs: the step's metrics summed over its pairs (over every rank).
     pub pairs: Option<DpoStats>,
+    /// Other metrics of the step under their names (reinforcement learning's).
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }

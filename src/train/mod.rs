@@ -1,5 +1,5 @@
 //! Training: the loop, AdamW, LR schedules, checkpoints, metrics and the loss plot; the objectives
-//! of pre-training, fine-tuning and preference tuning (DPO).
+//! of pre-training, fine-tuning, preference tuning (DPO) and reinforcement learning (GRPO).
 
 mod chat_source;
 pub mod checkpoint;
@@ -7,6 +7,7 @@ mod data;
 pub mod dpo;
 mod finish;
 mod gradients;
+pub mod grpo;
 mod guard;
 pub mod interrupt;
 pub mod metrics;
@@ -15,6 +16,8 @@ mod pair_source;
 mod periodic;
 pub mod plot;
 mod profile;
+mod rl;
+pub mod rl_source;
 mod run;
 pub mod schedule;
 pub mod sft;

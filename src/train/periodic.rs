@@ -11,6 +11,9 @@ use std::path::PathBuf;
 impl Run<'_> {
     /// Validation loss and (for text) bits per byte over the fixed validation set.
     pub(super) fn validate(&self) -> Result<Option<super::source::Validation>> {
+        if self.cfg.is_rl() {
+            return self.validate_rl();
+        }
         let windows = (self.cfg.eval.tokens / self.cfg.train.context).max(1);
         // Preference pairs are scored by the inference kernels (their loss needs no gradient).
         let frozen = match self.cfg.is_dpo() {
@@ -38,6 +41,13 @@ impl Run<'_> {
             &self.source
         {
             return self.sample_reply(tok, format, sample).map(Some);
+        }
+        if let Source::Rollouts(r) = &self.source {
+            let Some(p) = r.val.first().or(r.problems.first()) else {
+                return Ok(None);
+            };
+            let question = [crate::chat_template::Message::new("user", &p.question)];
+            return self.sample_reply(tok, &r.format, &question).map(Some);
         }
         let mut prompt = if self.cfg.eval.sample_prompt.is_empty() {
             vec![]

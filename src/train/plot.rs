@@ -1,5 +1,5 @@
-//! The loss curve as a PNG (train loss as a line, validation loss as dots), drawn directly into a
-//! pixel buffer with a built-in 5x7 font so that no system fonts are needed.
+//! The loss curve (and reinforcement learning's reward curve) as a PNG (the training curve as a
+//! line, the held-out one as dots), drawn directly into a pixel buffer with a built-in 5x7 font so that no system fonts are needed.
 
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -45,6 +45,16 @@ impl Canvas {
         }
     }
 
+    /// The legend, right-aligned: a line for the training curve, a dot for the held-out one.
+    fn legend(&mut self, labels: [&str; 2]) {
+        let val_x = (W - RIGHT - 6 * labels[1].len()) as f64;
+        let train_x = val_x - 40.0 - 6.0 * labels[0].len() as f64;
+        self.line((train_x - 26.0, 14.0), (train_x - 6.0, 14.0), TRAIN, 2);
+        self.text(train_x as i64, 11, labels[0], INK);
+        self.line((val_x - 13.0, 14.0), (val_x - 8.0, 14.0), VAL, 5);
+        self.text(val_x as i64, 11, labels[1], INK);
+    }
+
     fn text(&mut self, x: i64, y: i64, s: &str, c: Rgb) {
         for (i, ch) in s.chars().enumerate() {
             let rows = glyph(ch);
@@ -87,6 +97,11 @@ fn glyph(c: char) -> [u8; 7] {
         's' => [0, 0, 15, 16, 14, 1, 30],
         't' => [8, 8, 28, 8, 8, 9, 6],
         'v' => [0, 0, 17, 17, 17, 10, 4],
+        'd' => [1, 1, 13, 19, 17, 17, 15],
+        'h' => [16, 16, 22, 25, 17, 17, 17],
+        'u' => [0, 0, 17, 17, 17, 19, 13],
+        'w' => [0, 0, 17, 17, 21, 21, 10],
+        '@' => [14, 17, 23, 21, 23, 16, 15],
         _ => [0; 7],
     }
 }
@@ -116,6 +131,19 @@ fn nice_step(span: f64, n: f64) -> f64 {
 
 /// Draws train (step, loss) as a line and validation (step, loss) as dots into a PNG at `path`.
 pub fn plot_loss(path: &Path, train: &[(f64, f64)], val: &[(f64, f64)]) -> Result<()> {
+    plot_curves(path, "loss", ["train", "val"], train, val)
+}
+
+/// Draws a training curve (step, value) as a line and a held-out one as dots, named by
+/// `labels`, under the y axis title `ylabel`, into a PNG at `path` (reinforcement learning's
+/// reward and pass@1).
+pub fn plot_curves(
+    path: &Path,
+    ylabel: &str,
+    labels: [&str; 2],
+    train: &[(f64, f64)],
+    val: &[(f64, f64)],
+) -> Result<()> {
     let mut cv = Canvas {
         px: vec![255; W * H * 3],
     };
@@ -179,11 +207,8 @@ pub fn plot_loss(path: &Path, train: &[(f64, f64)], val: &[(f64, f64)]) -> Resul
         1,
     );
     cv.text((W / 2) as i64 - 12, (H - 20) as i64, "step", INK);
-    cv.text(8, 10, "loss", INK);
-    cv.line(((W - 170) as f64, 14.0), ((W - 150) as f64, 14.0), TRAIN, 2);
-    cv.text((W - 144) as i64, 11, "train", INK);
-    cv.line(((W - 85) as f64, 14.0), ((W - 80) as f64, 14.0), VAL, 5);
-    cv.text((W - 72) as i64, 11, "val", INK);
+    cv.text(8, 10, ylabel, INK);
+    cv.legend(labels);
 
     for w in train.windows(2) {
         if w[0].1.is_finite() && w[1].1.is_finite() {

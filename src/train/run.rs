@@ -213,6 +213,16 @@ impl<'c> Run<'c> {
             let now = super::start::frozen_model(&state.model, &start.params, lora.as_ref())?;
             source.attach_reference(&cfg, run_dir, &now, state.step == 0, coll)?;
         }
+        // Reinforcement learning with a KL penalty keeps its reference model.
+        if let (Source::Rollouts(r), true) = (&mut source, cfg.rl.kl > 0.0) {
+            let m = &state.model;
+            r.reference = Some(super::rl_source::kl_reference(
+                &cfg,
+                m,
+                lora.as_ref(),
+                &device,
+            )?);
+        }
         let token_bytes = tokenizer
             .as_ref()
             .map(|t| t.token_bytes())

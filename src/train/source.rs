@@ -1,5 +1,6 @@
 //! Where a run's batches and validation come from: token shards (pre-training) or tokenized
-//! conversations (fine-tuning) or preference pairs (DPO).
+//! conversations (fine-tuning) or preference pairs (DPO), or a task's problems (reinforcement
+//! learning, whose batches the run samples itself: `rl.rs`).
 
 use super::dpo::{batch_tensors, PairLoader, PairRows};
 use crate::chat_template::{ChatFormat, Message};
@@ -33,6 +34,8 @@ pub(super) enum Source {
         format: ChatFormat,
         sample: Vec<Message>,
     },
+    /// A task's problems (GRPO).
+    Rollouts(Box<super::rl_source::Rollouts>),
 }
 
 /// One micro-batch on the device: inputs (B, T) u32, targets (B, T), tokens computed; for pairs,
@@ -58,6 +61,7 @@ impl Source {
             Source::Tokens { loader, .. } => loader.position,
             Source::Chat { loader, .. } => loader.sampler.position,
             Source::Pairs { loader, .. } => loader.sampler.position,
+            Source::Rollouts(r) => r.steps,
         }
     }
 
@@ -67,6 +71,7 @@ impl Source {
             Source::Tokens { .. } => 1,
             Source::Chat { loader, .. } => loader.sampler.batches_per_epoch(),
             Source::Pairs { loader, .. } => loader.sampler.batches_per_epoch(),
+            Source::Rollouts(r) => r.sampler.batches_per_epoch() * r.iterations,
         }
     }
 
@@ -75,6 +80,7 @@ impl Source {
             Source::Tokens { loader, .. } => loader.position = p,
             Source::Chat { loader, .. } => loader.sampler.position = p,
             Source::Pairs { loader, .. } => loader.sampler.position = p,
+            Source::Rollouts(r) => r.set_position(p),
         }
     }
 
@@ -107,6 +113,11 @@ impl Source {
                     tokens: (b.batch * b.len) as u64,
                     pairs: Some(rows),
                 }
+            }
+            Source::Rollouts(_) => {
+                return Err(crate::error::Error::Training(
+                    "reinforcement learning samples its batches with the policy (Run::rl_step_gradients)".into(),
+                ))
             }
         })
     }
@@ -146,7 +157,7 @@ impl Source {
             })
         };
         match self {
-            Source::Pairs { .. } => Ok(None),
+            Source::Pairs { .. } | Source::Rollouts(_) => Ok(None),
             Source::Tokens { val: None, .. } => Ok(None),
             Source::Tokens { val: Some(val), .. } => {
                 let windows = val.sequential_windows(windows);

@@ -62,17 +62,20 @@ struct Update {
     seconds: f64,
     /// Preference tuning: the step's DPO metrics.
     pairs: Option<super::dpo::DpoStats>,
+    /// Reinforcement learning: the step's reward and reply metrics.
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
-/// " | reward accuracy A | margin M" of preference metrics (empty without them).
+/// " | reward accuracy A | margin M" of preference metrics, " | reward R" and " | pass@1 P" of
+/// reinforcement learning's (empty without them).
 fn preference_line(m: &serde_json::Map<String, serde_json::Value>) -> String {
-    match (m.get("rewards/accuracies"), m.get("rewards/margins")) {
-        (Some(a), Some(g)) => format!(
-            " | reward accuracy {:.3} | margin {:.3}",
-            a.as_f64().unwrap_or(f64::NAN),
-            g.as_f64().unwrap_or(f64::NAN)
-        ),
-        _ => String::new(),
+    let num = |k: &str| m.get(k).and_then(|v| v.as_f64());
+    match (num("rewards/accuracies"), num("rewards/margins")) {
+        (Some(a), Some(g)) => format!(" | reward accuracy {a:.3} | margin {g:.3}"),
+        _ => ["reward", "pass@1"]
+            .iter()
+            .filter_map(|k| num(k).map(|v| format!(" | {k} {v:.3}")))
+            .collect(),
     }
 }
 
@@ -109,6 +112,10 @@ impl Run<'_> {
         let (before, n_params) = (self.state.elapsed_seconds, self.params.count());
         let mut tally = Tally::new(before, plan.flops_per_token, plan.peak, n_params);
         let mut prune_due = false;
+        // Reinforcement learning measures the held-out pass@1 before its first step too.
+        if self.cfg.is_rl() && self.state.step == 0 && plan.lead && self.cfg.eval.every > 0 {
+            self.validate_and_log(&mut tally, &bar)?;
+        }
         while self.state.step < total {
             let update = self.update(&plan, &bar, prune_due)?;
             self.report(&plan, &mut tally, &update, &bar)?;
@@ -140,7 +147,14 @@ impl Run<'_> {
             1 => String::new(),
             n => format!(" x {n} processes"),
         };
-        let per_step = if self.cfg.is_sft() {
+        let per_step = if self.cfg.is_rl() {
+            format!(
+                "{} prompts x {} replies/step, in rows of {}",
+                self.cfg.rl.prompts_per_step * world,
+                self.cfg.rl.group,
+                self.cfg.train.batch_size
+            )
+        } else if self.cfg.is_sft() {
             format!(
                 "{} {}/step, padded to the longest (at most {} tokens)",
                 self.cfg.train.batch_size * self.accum * world,
@@ -180,6 +194,7 @@ impl Run<'_> {
             grads,
             tokens,
             pairs,
+            extra,
         } = self.step_gradients()?;
         let blow_up = super::guard::blow_up_loss(self.state.model.vocab_size);
         if !loss.is_finite() || loss > blow_up {
@@ -216,6 +231,7 @@ impl Run<'_> {
             tokens,
             seconds: t0.elapsed().as_secs_f64(),
             pairs,
+            extra,
         })
     }
 
@@ -236,7 +252,10 @@ impl Run<'_> {
             "tokens_per_sec": tps, "mfu": tps * plan.flops_per_token / plan.peak,
             "tokens": self.state.tokens_seen, "elapsed": t.elapsed(), "total_steps": total,
         });
-        let means = u.pairs.as_ref().map(|p| p.means()).unwrap_or_default();
+        let means = match &u.pairs {
+            Some(p) => p.means(),
+            None => u.extra.clone(),
+        };
         let shown = preference_line(&means);
         record.as_object_mut().expect("an object").extend(means);
         self.log(record)?;
@@ -257,6 +276,39 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Validation at this step (rank 0's), into the tally, the log and the plot.
+    fn validate_and_log(&mut self, t: &mut Tally, bar: &ProgressBar) -> Result<()> {
+        let Some(v) = self.validate()? else {
+            return Ok(());
+        };
+        let step = self.state.step;
+        let (vl, bpb) = (v.loss, v.bpb);
+        self.state.last_val_loss = Some(vl);
+        t.val = Some((vl, bpb));
+        let mut record = json!({"kind": "val", "step": step, "val_loss": vl, "val_bpb": bpb});
+        let shown = preference_line(&v.extra);
+        t.val_pairs = v.extra.clone();
+        record.as_object_mut().expect("an object").extend(v.extra);
+        self.log(record)?;
+        let bpb = bpb
+            .map(|b| format!(" | {b:.4} bits/byte"))
+            .unwrap_or_default();
+        let line = match t.val_pairs.get("pass@1").and_then(|p| p.as_f64()) {
+            // Reinforcement learning: its "loss" is 1 - pass@1.
+            Some(p) => format!("step {step}: held-out pass@1 {p:.3}"),
+            None => format!("step {step}: val loss {vl:.4}{bpb}{shown}"),
+        };
+        say(bar, true, line);
+        if let Err(e) = self.plot() {
+            say(
+                bar,
+                true,
+                format!("warning: the loss plot was not written: {e}"),
+            );
+        }
+        Ok(())
+    }
+
     /// Validation, a sample and a checkpoint where due (and at the last step); a checkpoint too
     /// where the run pauses (`train.stop_at_step`) or a signal stops it, which ends the run with
     /// `Error::Interrupted`. Returns whether a checkpoint was written and whether to pause.
@@ -267,29 +319,7 @@ impl Run<'_> {
         // Validation, samples and the plot are rank 0's (the other ranks wait at the next
         // all-reduce).
         if lead && (due(step, self.cfg.eval.every) || last) {
-            if let Some(v) = self.validate()? {
-                let (vl, bpb) = (v.loss, v.bpb);
-                self.state.last_val_loss = Some(vl);
-                t.val = Some((vl, bpb));
-                let mut record =
-                    json!({"kind": "val", "step": step, "val_loss": vl, "val_bpb": bpb});
-                let shown = preference_line(&v.extra);
-                t.val_pairs = v.extra.clone();
-                record.as_object_mut().expect("an object").extend(v.extra);
-                self.log(record)?;
-                let bpb = bpb
-                    .map(|b| format!(" | {b:.4} bits/byte"))
-                    .unwrap_or_default();
-                say(
-                    bar,
-                    lead,
-                    format!("step {step}: val loss {vl:.4}{bpb}{shown}"),
-                );
-                if let Err(e) = self.plot() {
-                    let msg = format!("warning: the loss plot was not written: {e}");
-                    say(bar, lead, msg);
-                }
-            }
+            self.validate_and_log(t, bar)?;
         }
         if lead && (due(step, self.cfg.eval.sample_every) || last) {
             if let Some(s) = self.sample()? {

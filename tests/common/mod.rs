@@ -6,9 +6,12 @@ pub mod corpora;
 pub mod hub_server;
 pub mod server;
 pub mod tiny_gguf;
+pub mod tuning;
 
 #[allow(unused_imports)]
 pub use corpora::{chat_base_and_data, chat_base_and_pairs, chat_base_gguf, shakespeare_shards};
+#[allow(unused_imports)]
+pub use tuning::{check_adapter_gradients, tuning_case};
 
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;

@@ -1,16 +1,19 @@
 //! `chatforge speedrun`: the whole pipeline on a small corpus in about ten minutes on a laptop CPU —
 //! train a tokenizer, prepare shards, pre-train the tiny preset, fine-tune it on synthetic chat
-//! tasks — ending in `report.md` with the report card (scores before and after fine-tuning).
+//! tasks and, with `--rl-steps`, tune it with GRPO on one of them — ending in `report.md` with the
+//! report card (scores before and after each chat stage).
+
+mod chat_stages;
+
+pub use chat_stages::{SftStage, SPEEDRUN_RL_CONFIG, SPEEDRUN_SFT_CONFIG};
 
 use crate::config::RunConfig;
-use crate::data::chat::Conversation;
-use crate::data::synthetic::{save_task_files, ALL_TASKS};
 use crate::data::{prepare, PrepareOptions};
 use crate::error::{Error, Result};
-use crate::eval::tasks::chat_exact_match;
 use crate::progress::{duration, human};
 use crate::tokenizer::Tokenizer;
 use crate::train::RunSummary;
+use chat_stages::{report_card, sft_stage, stage_rows, SftResult};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -111,141 +114,6 @@ pub fn tiny_shakespeare() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// What the speedrun's fine-tuning stage does.
-#[derive(Debug, Clone)]
-pub struct SftStage {
-    /// Optimizer steps of SFT (0 skips the stage).
-    pub steps: usize,
-    /// Training conversations per synthetic task.
-    pub train_per_task: usize,
-    /// Held-out questions per synthetic task (scored before and after SFT).
-    pub test_per_task: usize,
-    /// Chat files to fine-tune on as well.
-    pub chat_data: Vec<PathBuf>,
-    /// `--set` overrides of the SFT run.
-    pub overrides: Vec<String>,
-}
-
-impl Default for SftStage {
-    fn default() -> Self {
-        SftStage {
-            steps: 300,
-            train_per_task: 2000,
-            test_per_task: 100,
-            chat_data: vec![],
-            overrides: vec![],
-        }
-    }
-}
-
-/// The SFT config of the speedrun, before `--sft-set` overrides.
-pub const SPEEDRUN_SFT_CONFIG: &str = r#"
-[train]
-batch_size = 32
-lr = 1e-3
-min_lr_ratio = 0.0
-schedule = "cosine"
-warmup_steps = 20
-weight_decay = 0.0
-grad_clip = 1.0
-log_every = 25
-[sft]
-val_fraction = 0.02
-[eval]
-every = 100
-sample_every = 0
-sample_tokens = 24
-sample_temperature = 0.0
-sample_prompt = "Spell the word \"garden\" letter by letter."
-[checkpoint]
-every = 0
-keep = 1
-"#;
-
-/// Scores of the synthetic tasks' held-out questions, before and after SFT.
-struct SftResult {
-    summary: RunSummary,
-    scores: Vec<(String, f64, f64)>,
-    items: usize,
-    seconds: f64,
-}
-
-/// Exact-match accuracy of a model on each held-out task file.
-fn score_tasks(model_dir: &Path, tests: &[(String, Vec<Conversation>)]) -> Result<Vec<f64>> {
-    let m = crate::formats::LoadedModel::load(model_dir, &candle_core::Device::Cpu)?;
-    let tok = m.tokenizer(model_dir)?;
-    let model = m.transformer()?;
-    tests
-        .iter()
-        .map(|(_, convs)| Ok(chat_exact_match(&model, tok, convs, 24)?.exact_match))
-        .collect()
-}
-
-/// Stage 4: synthetic chat tasks (plus any chat files), scores before, SFT, scores after.
-fn sft_stage(out: &Path, base: &Path, stage: &SftStage, seed: u64) -> Result<SftResult> {
-    let t0 = Instant::now();
-    let dir = out.join("sft-data");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let counts = (stage.train_per_task, stage.test_per_task);
-    let tests: Vec<(String, Vec<Conversation>)> = save_task_files(&dir, &ALL_TASKS, counts, seed)?
-        .into_iter()
-        .map(|(t, _, te)| (t.name().to_string(), te))
-        .collect();
-    let train_file = dir.join("train.jsonl");
-    eprintln!(
-        "      scoring the base model on {} held-out questions",
-        3 * stage.test_per_task
-    );
-    let before = score_tasks(base, &tests)?;
-    let cfg_path = out.join("speedrun-sft.toml");
-    crate::fsutil::write_atomic(&cfg_path, SPEEDRUN_SFT_CONFIG.as_bytes())?;
-    let files: Vec<String> = std::iter::once(&train_file)
-        .chain(&stage.chat_data)
-        .map(|p| toml::Value::String(p.display().to_string()).to_string())
-        .collect();
-    let mut set = vec![
-        format!("model.init_from={}", base.display()),
-        format!("sft.data=[{}]", files.join(", ")),
-        format!("train.max_steps={}", stage.steps),
-    ];
-    set.extend(stage.overrides.iter().cloned());
-    let cfg = RunConfig::load(Some(&cfg_path), &set)?;
-    let summary = crate::train::sft(cfg, &out.join("sft"))?;
-    let after = score_tasks(&summary.model_dir, &tests)?;
-    let scores = tests
-        .iter()
-        .zip(before.iter().zip(&after))
-        .map(|((name, _), (&b, &a))| (name.clone(), b, a))
-        .collect();
-    record_scores(&summary, &after, &tests, stage.test_per_task)?;
-    Ok(SftResult {
-        summary,
-        scores,
-        items: stage.test_per_task,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
-}
-
-/// Adds the held-out exact-match scores to the fine-tuned model's card.
-fn record_scores(
-    summary: &RunSummary,
-    after: &[f64],
-    tests: &[(String, Vec<Conversation>)],
-    items: usize,
-) -> Result<()> {
-    let mut card = summary.card.clone();
-    for ((name, _), &score) in tests.iter().zip(after) {
-        card.results.push(crate::formats::model_card::CardResult {
-            dataset: format!("chatforge-synthetic-{name}"),
-            dataset_name: format!("{items} held-out synthetic {name} questions"),
-            metric: "exact_match".into(),
-            metric_name: format!("{name} exact match"),
-            value: score,
-        });
-    }
-    crate::formats::model_card::write_card(&summary.model_dir, &card)
-}
-
 /// Runs the pipeline into `out` and returns the path of `report.md`.
 pub fn speedrun(
     corpus: Option<&Path>,
@@ -265,7 +133,11 @@ pub fn speedrun(
         .len();
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
-    let n = if stage.steps > 0 { 4 } else { 3 };
+    let n = match (stage.steps, stage.rl_steps) {
+        (0, _) => 3,
+        (_, 0) => 4,
+        _ => 5,
+    };
     eprintln!(
         "[1/{n}] tokenizer: byte-level BPE, {vocab_size} tokens, on {}",
         corpus.display()
@@ -295,7 +167,7 @@ pub fn speedrun(
     let cfg = RunConfig::load(Some(&cfg_path), &set)?;
     let summary = crate::train::pretrain(cfg.clone(), &out.join("pretrain"))?;
     let sft = if stage.steps > 0 {
-        eprintln!("[4/4] supervised fine-tuning on the synthetic chat tasks");
+        eprintln!("[4/{n}] supervised fine-tuning on the synthetic chat tasks");
         Some(sft_stage(out, &summary.model_dir, stage, cfg.train.seed)?)
     } else {
         None
@@ -367,14 +239,7 @@ fn render_report(r: &ReportInputs) -> String {
         duration(s.seconds)
     );
     if let Some(f) = r.sft {
-        let _ = writeln!(
-            o,
-            "| supervised fine-tuning | {} steps, {} tokens, final loss {:.4} | {} |",
-            f.summary.steps,
-            human(f.summary.tokens_seen as f64),
-            f.summary.final_loss,
-            duration(f.seconds)
-        );
+        stage_rows(&mut o, f);
     }
     let _ = writeln!(o);
     if let Some(f) = r.sft {
@@ -420,22 +285,4 @@ fn render_report(r: &ReportInputs) -> String {
         );
     }
     o
-}
-
-/// The fine-tuning stage's report card: exact match per task before and after, and samples.
-fn report_card(o: &mut String, f: &SftResult) {
-    let _ = writeln!(o, "## Report card\n");
-    let _ = writeln!(
-        o,
-        "Exact match on {} held-out questions per task (greedy, chat template), before and after SFT.\n",
-        f.items
-    );
-    let _ = writeln!(o, "| task | base model | after SFT |\n| --- | --- | --- |");
-    for (task, b, a) in &f.scores {
-        let _ = writeln!(o, "| {task} | {:.1}% | {:.1}% |", 100.0 * b, 100.0 * a);
-    }
-    let _ = writeln!(o);
-    for s in &f.summary.samples {
-        let _ = writeln!(o, "After SFT:\n\n```text\n{}\n```\n", s.trim_end());
-    }
 }
