@@ -86,22 +86,17 @@ fn check_case(name: &str, case: &str) {
             );
         }
         // The loss and every trainable gradient, in HF (full) or PEFT (LoRA) names.
-        let mut sub: HashMap<String, Tensor> = exp
-            .iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix(&format!("{key}.grad."))
-                    .map(|g| (format!("grad.{g}"), v.clone()))
-            })
-            .collect();
-        sub.insert("loss".into(), exp[&format!("{key}.loss")].clone());
-        let loss_value = Tensor::new(stats.mean_loss() as f32, &Device::Cpu).unwrap();
         let grads = policy.backward(&surrogate).unwrap();
-        if case == "full" {
-            check_loss_and_gradients(name, &key, &base.cfg, &params, &sub, &loss_value, grads);
-            continue;
-        }
-        let what = format!("{name} {key}");
-        check_adapter_gradients(&what, &base, &params, &sub, stats.mean_loss(), &grads);
+        check_tuning_gradients(
+            name,
+            &key,
+            case,
+            &base,
+            &params,
+            &exp,
+            stats.mean_loss(),
+            grads,
+        );
     }
 }
 
@@ -246,15 +241,6 @@ fn pair_tokens_are_the_reply_after_the_prompt() {
         })
         .collect();
     assert_eq!(keeps[0], keeps[1], "both sides keep the same prompt");
-}
-
-fn records(run: &Path, kind: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["kind"] == kind)
-        .collect()
 }
 
 fn dpo(args: &[&str]) -> String {

@@ -100,14 +100,6 @@ fn weights(dir: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
 }
 
-fn records(run: &Path, kind: &str) -> Vec<serde_json::Value> {
-    chatforge::train::metrics::read_records(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .filter(|r| r["kind"] == kind)
-        .collect()
-}
-
 /// The largest absolute difference between two sets of weights, and whether they are bit-identical.
 fn compare(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> (f32, bool) {
     assert_eq!(a.len(), b.len());

@@ -6,14 +6,13 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use chatforge::config::{RlSection, RlTask};
 use chatforge::formats::LoadedModel;
 use chatforge::infer::{generate_groups, generate_text, GenerateOptions, SamplingParams};
 use chatforge::train::grpo::{advantages, objective, GrpoRows};
 use chatforge::train::rl_source::{reply_row, reward};
 use common::*;
-use std::collections::HashMap;
 use std::path::Path;
 
 fn check_case(name: &str, case: &str) {
@@ -102,28 +101,8 @@ fn check_case(name: &str, case: &str) {
                 scalar("kl")
             );
         }
-        let mut sub: HashMap<String, Tensor> = exp
-            .iter()
-            .filter_map(|(k, v)| {
-                k.strip_prefix(&format!("{key}.grad."))
-                    .map(|g| (format!("grad.{g}"), v.clone()))
-            })
-            .collect();
-        sub.insert("loss".into(), exp[&format!("{key}.loss")].clone());
-        let loss_value = Tensor::new(stats.loss as f32, &Device::Cpu).unwrap();
         let grads = policy.backward(&surrogate).unwrap();
-        if case == "full" {
-            check_loss_and_gradients(name, &key, &base.cfg, &params, &sub, &loss_value, grads);
-            continue;
-        }
-        check_adapter_gradients(
-            &format!("{name} {key}"),
-            &base,
-            &params,
-            &sub,
-            stats.loss,
-            &grads,
-        );
+        check_tuning_gradients(name, &key, case, &base, &params, &exp, stats.loss, grads);
     }
 }
 
@@ -193,7 +172,7 @@ fn groups_decode_together_as_one_at_a_time() {
         stop_strings: vec![],
     };
     // Greedy: every member of a group is the prompt's one-at-a-time continuation.
-    let gens = generate_groups(&model, tok, &prompts, 2, &greedy).unwrap();
+    let gens = generate_groups(&model, tok, &prompts, 2, &greedy, 1 << 20).unwrap();
     assert_eq!(gens.len(), 6);
     for (k, g) in gens.iter().enumerate() {
         let one = generate_text(&model, tok, &prompts[k / 2], &greedy, |_| Ok(())).unwrap();
@@ -208,20 +187,11 @@ fn groups_decode_together_as_one_at_a_time() {
         seed: 11,
         ..Default::default()
     };
-    let a = generate_groups(&model, tok, &prompts[..1], 4, &sampled).unwrap();
-    let b = generate_groups(&model, tok, &prompts[..1], 4, &sampled).unwrap();
+    let a = generate_groups(&model, tok, &prompts[..1], 4, &sampled, 1 << 20).unwrap();
+    let b = generate_groups(&model, tok, &prompts[..1], 4, &sampled, 1 << 20).unwrap();
     assert!(a.iter().zip(&b).all(|(x, y)| x.ids == y.ids));
     let distinct: std::collections::HashSet<&Vec<u32>> = a.iter().map(|g| &g.ids).collect();
     assert!(distinct.len() > 1, "a group's replies differ");
-}
-
-fn records(run: &Path, kind: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["kind"] == kind)
-        .collect()
 }
 
 /// `chatforge rl` on the tiny chat base, a synthetic task, small groups.
@@ -315,11 +285,11 @@ fn rl_logs_rewards_draws_its_curve_and_resumes_exactly() {
     // Paused after step 4 (where the second batch's two steps end) and resumed: the same steps.
     let paused = tmp.path().join("paused");
     rl(&rl_args(&base, &paused, &["--set", "train.stop_at_step=4"]));
-    let resumed = [
-        "rl".to_string(),
-        "--resume".into(),
-        paused.to_str().unwrap().into(),
-    ];
+    // Its batches were reused twice: resuming with another count would draw other prompts.
+    let p = paused.to_str().unwrap();
+    let (code, _, err) = run(&["rl", "--resume", p, "--iterations", "3"]);
+    assert!(code != 0 && err.contains("rl.iterations is 2"), "{err}");
+    let resumed = ["rl".to_string(), "--resume".into(), p.into()];
     rl(&resumed);
     let (a, b) = (records(&straight, "train"), records(&paused, "train"));
     assert_eq!(a.len(), b.len());
@@ -334,64 +304,45 @@ fn rl_refuses_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
     let (base, data) = chat_base_and_data(tmp.path());
     let out = tmp.path().join("run");
-    let fail = |args: &[&str], want: &str| {
-        let (code, stdout, err) = run(args);
+    let bad = tmp.path().join("gsm.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"question\": \"1+1?\", \"answer\": \"#### 2\"}\n{\"question\": \"x\", \"answer\": \"none\"}\n",
+    )
+    .unwrap();
+    let (b, o) = (base.to_str().unwrap(), out.to_str().unwrap());
+    let (d, g) = (data.to_str().unwrap(), bad.to_str().unwrap());
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["--task", "poetry"],
+            "expected gsm8k, arithmetic, spelling or count_letters",
+        ),
+        (&["--task", "gsm8k"], "needs problems: --data"),
+        (
+            &["--task", "spelling", "--data", d],
+            "generates its own problems",
+        ),
+        (
+            &["--task", "spelling", "--group", "1"],
+            "rl.group = 1 is below",
+        ),
+        (
+            &["--task", "spelling", "--clip", "1.5"],
+            "rl.clip = 1.5 is outside",
+        ),
+        (
+            &["--task", "spelling", "--set", "train.batch_tokens=16384"],
+            "drop train.batch_tokens",
+        ),
+        // GSM8K records without a final number name the file and line.
+        (&["--task", "gsm8k", "--data", g], "line 2"),
+    ];
+    for (extra, want) in cases {
+        let args = [&["rl", "--model", b, "--out", o][..], extra].concat();
+        let (code, stdout, err) = run(&args);
         assert_ne!(code, 0, "{args:?} should fail:\n{stdout}\n{err}");
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
         assert!(!out.exists(), "nothing written for {args:?}");
-    };
-    let b = base.to_str().unwrap();
-    let o = out.to_str().unwrap();
-    fail(
-        &["rl", "--model", b, "--out", o, "--task", "poetry"],
-        "expected gsm8k, arithmetic, spelling or count_letters",
-    );
-    fail(
-        &["rl", "--model", b, "--out", o, "--task", "gsm8k"],
-        "needs problems: --data",
-    );
-    fail(
-        &[
-            "rl",
-            "--model",
-            b,
-            "--out",
-            o,
-            "--task",
-            "spelling",
-            "--data",
-            data.to_str().unwrap(),
-        ],
-        "generates its own problems",
-    );
-    fail(
-        &[
-            "rl", "--model", b, "--out", o, "--task", "spelling", "--group", "1",
-        ],
-        "rl.group = 1 is below",
-    );
-    fail(
-        &[
-            "rl", "--model", b, "--out", o, "--task", "spelling", "--clip", "1.5",
-        ],
-        "rl.clip = 1.5 is outside",
-    );
-    // GSM8K records without a final number name the file and line.
-    let bad = tmp.path().join("gsm.jsonl");
-    std::fs::write(&bad, "{\"question\": \"1+1?\", \"answer\": \"#### 2\"}\n{\"question\": \"x\", \"answer\": \"none\"}\n").unwrap();
-    fail(
-        &[
-            "rl",
-            "--model",
-            b,
-            "--out",
-            o,
-            "--task",
-            "gsm8k",
-            "--data",
-            bad.to_str().unwrap(),
-        ],
-        "line 2",
-    );
+    }
 }

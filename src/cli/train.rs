@@ -253,10 +253,19 @@ pub(super) fn fine_tune(
                 r.display()
             )));
         }
+        let iterations = cfg.rl.iterations;
         cfg.sft.objective = objective;
         a.apply_flags(cfg);
         flags(cfg);
-        cfg.apply_overrides(&a.set)
+        cfg.apply_overrides(&a.set)?;
+        // A resumed RL run's position counts steps on batches reused that many times.
+        if a.resume.is_some() && cfg.rl.iterations != iterations {
+            return Err(chatforge::Error::Config(format!(
+                "rl.iterations is {iterations} in the run being resumed and cannot change; start a new run to use {}",
+                cfg.rl.iterations
+            )));
+        }
+        Ok(())
     };
     let summary = match &a.resume {
         Some(r) => chatforge::train::resume_on(r, &edit, coll)?,

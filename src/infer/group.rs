@@ -15,22 +15,24 @@ pub fn sequence_seed(seed: u64, k: usize) -> u64 {
 }
 
 /// `n` continuations of each prompt under `opts` (sequence k = prompt k / n draws with
-/// [`sequence_seed`]`(opts.sampling.seed, k)`), prompt after prompt.
+/// [`sequence_seed`]`(opts.sampling.seed, k)`), prompt after prompt, each prompt and its
+/// continuation within `context` positions (at most the model's).
 pub fn generate_groups(
     model: &Transformer,
     tok: &Tokenizer,
     prompts: &[Vec<u32>],
     n: usize,
     opts: &GenerateOptions,
+    context: usize,
 ) -> Result<Vec<Generation>> {
-    let context = model.cfg.context;
+    let context = context.min(model.cfg.context);
     let mut decoders = Vec::with_capacity(prompts.len() * n);
     let mut caches: Vec<Option<KvCache>> = Vec::with_capacity(prompts.len() * n);
     let mut rows: Vec<Vec<f32>> = Vec::with_capacity(prompts.len() * n);
     for (i, prompt) in prompts.iter().enumerate() {
         if prompt.is_empty() || prompt.len() >= context {
             return Err(Error::Mismatch(format!(
-                "prompt {i} has {} tokens; it needs at least one and fewer than the model's context of {context}",
+                "prompt {i} has {} tokens; it needs at least one and fewer than the context of {context}",
                 prompt.len()
             )));
         }

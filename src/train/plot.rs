@@ -129,6 +129,32 @@ fn nice_step(span: f64, n: f64) -> f64 {
         .unwrap_or(10.0 * p)
 }
 
+/// The axes' ranges of the curves: steps from 0 (or below), values with a margin, from 0 unless a
+/// value is negative (a GRPO loss).
+fn axis_ranges(train: &[(f64, f64)], val: &[(f64, f64)]) -> (f64, f64, f64, f64) {
+    let all = train.iter().chain(val).filter(|p| p.1.is_finite());
+    let (mut xmin, mut xmax, mut ymin, mut ymax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in all {
+        xmin = xmin.min(x);
+        xmax = xmax.max(x);
+        ymin = ymin.min(y);
+        ymax = ymax.max(y);
+    }
+    if xmin > xmax {
+        (xmin, xmax, ymin, ymax) = (0.0, 1.0, 0.0, 1.0);
+    }
+    xmin = xmin.min(0.0);
+    if xmax <= xmin {
+        xmax = xmin + 1.0;
+    }
+    let pad = ((ymax - ymin) * 0.05).max(1e-3);
+    let low = match ymin >= 0.0 {
+        true => (ymin - pad).max(0.0),
+        false => ymin - pad,
+    };
+    (xmin, xmax, low, ymax + pad)
+}
+
 /// Draws train (step, loss) as a line and validation (step, loss) as dots into a PNG at `path`.
 pub fn plot_loss(path: &Path, train: &[(f64, f64)], val: &[(f64, f64)]) -> Result<()> {
     plot_curves(path, "loss", ["train", "val"], train, val)
@@ -147,23 +173,7 @@ pub fn plot_curves(
     let mut cv = Canvas {
         px: vec![255; W * H * 3],
     };
-    let all = train.iter().chain(val).filter(|p| p.1.is_finite());
-    let (mut xmin, mut xmax, mut ymin, mut ymax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in all {
-        xmin = xmin.min(x);
-        xmax = xmax.max(x);
-        ymin = ymin.min(y);
-        ymax = ymax.max(y);
-    }
-    if xmin > xmax {
-        (xmin, xmax, ymin, ymax) = (0.0, 1.0, 0.0, 1.0);
-    }
-    xmin = xmin.min(0.0);
-    if xmax <= xmin {
-        xmax = xmin + 1.0;
-    }
-    let pad = ((ymax - ymin) * 0.05).max(1e-3);
-    let (ymin, ymax) = ((ymin - pad).max(0.0), ymax + pad);
+    let (xmin, xmax, ymin, ymax) = axis_ranges(train, val);
     let (pw, ph) = ((W - LEFT - RIGHT) as f64, (H - TOP - BOTTOM) as f64);
     let sx = |x: f64| LEFT as f64 + (x - xmin) / (xmax - xmin) * pw;
     let sy = |y: f64| TOP as f64 + (1.0 - (y - ymin) / (ymax - ymin)) * ph;

@@ -5,14 +5,14 @@
 //! held-out pass@1 (greedy) that validation reports.
 
 use super::gradients::StepGradients;
-use super::grpo::{advantages, mean_std, objective, GrpoRows, GrpoStats};
-use super::rl_source::{reply_row, reward, RolloutBatch, Rollouts};
+use super::grpo::{advantages, objective, GrpoRows, GrpoStats};
+use super::rl_source::{reply_row, reward, RolloutBatch, RolloutStats, Rollouts};
 use super::run::Run;
 use super::source::{Source, Validation};
 use crate::chat_template::Message;
 use crate::data::sft::{pad_batch, Example};
 use crate::error::{Error, Result};
-use crate::infer::{generate_groups, GenerateOptions, SamplingParams};
+use crate::infer::{generate_groups, FinishReason, GenerateOptions, SamplingParams};
 use crate::model::Transformer;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -118,11 +118,12 @@ impl Run<'_> {
             stop_ids: r.format.stop_ids.clone(),
             stop_strings: vec![],
         };
-        let gens = generate_groups(&self.policy()?, tok, &prompts, rl.group, &opts)?;
+        let context = self.cfg.train.context;
+        let gens = generate_groups(&self.policy()?, tok, &prompts, rl.group, &opts, context)?;
         let g = rl.group;
         let mut rewards = Vec::with_capacity(gens.len());
         let mut rows = Vec::with_capacity(gens.len());
-        let (mut length, mut cut) = (0usize, 0usize);
+        let mut replies = Vec::with_capacity(gens.len());
         for (k, gen) in gens.iter().enumerate() {
             let p = &r.problems[idx[k / g]];
             let v = reward(r.task, &gen.text, &p.answer);
@@ -133,25 +134,9 @@ impl Run<'_> {
                 )));
             }
             rewards.push(v);
-            length += gen.ids.len();
-            cut += usize::from(gen.finish_reason == crate::infer::FinishReason::Length);
+            replies.push((gen.ids.len(), gen.finish_reason == FinishReason::Length));
             rows.push(reply_row(&prompts[k / g], &gen.ids, gen.stop_token));
         }
-        let stds: Vec<f64> = rewards.chunks(g).map(|c| mean_std(c).1).collect();
-        let n = gens.len().max(1) as f64;
-        let mut metrics = Map::new();
-        let mut put = |k: &str, v: f64| metrics.insert(k.into(), Value::from(v));
-        put("reward", rewards.iter().sum::<f64>() / n);
-        put(
-            "reward_std",
-            stds.iter().sum::<f64>() / stds.len().max(1) as f64,
-        );
-        put(
-            "frac_reward_zero_std",
-            stds.iter().filter(|&&s| s == 0.0).count() as f64 / stds.len().max(1) as f64,
-        );
-        put("completions/mean_length", length as f64 / n);
-        put("completions/clipped_ratio", cut as f64 / n);
         let reference = match &r.reference {
             Some(m) => Some(row_logps(m, &rows, self.cfg.train.batch_size, r.pad)?),
             None => None,
@@ -161,21 +146,28 @@ impl Run<'_> {
             rows,
             old: None,
             reference,
-            metrics,
+            stats: RolloutStats::of(&rewards, g, &replies),
             uses_left: r.uses_of_new_batch(),
         })
     }
 
     /// One GRPO step's gradients: a new batch of replies (or the one being reused), its
     /// surrogate's gradient over micro-batches of `train.batch_size` rows, summed; in a
-    /// data-parallel run averaged over the ranks (each samples its own prompts).
+    /// data-parallel run averaged over the ranks (each samples its own prompts; the loss is the
+    /// mean over every rank's reply tokens, as TRL's).
     pub(super) fn rl_step_gradients(&mut self) -> Result<StepGradients> {
         let mut batch = match self.rollouts_mut()?.pending.take() {
             Some(b) => b,
             None => self.roll_out()?,
         };
         self.profile.mark("sampling")?;
-        let step_tokens = batch.rows.iter().map(|r| r.trained()).sum::<usize>() as f64;
+        let mut step_tokens = batch.rows.iter().map(|r| r.trained()).sum::<usize>() as f64;
+        if self.coll.communicates() {
+            // Each rank's share of the mean over all ranks' tokens (the gradients are averaged).
+            let mut all = [step_tokens];
+            self.coll.all_reduce_sum_f64(&mut all);
+            step_tokens = all[0] / self.coll.world() as f64;
+        }
         let (mb, pad) = (self.cfg.train.batch_size.max(1), self.rollouts()?.pad);
         let keep_old = batch.old.is_none() && batch.uses_left > 1;
         let mut old = Vec::new();
@@ -207,7 +199,7 @@ impl Run<'_> {
             self.profile.mark("backward")?;
         }
         self.model.set_training(false);
-        let mut extra = batch.metrics.clone();
+        let rollout = batch.stats;
         let with_kl = batch.reference.is_some();
         batch.uses_left -= 1;
         if keep_old {
@@ -219,6 +211,7 @@ impl Run<'_> {
             r.pending = Some(batch);
         }
         if !self.coll.communicates() {
+            let mut extra = rollout.means();
             extra.extend(stats.means(with_kl));
             return Ok(StepGradients {
                 loss: stats.loss,
@@ -231,9 +224,13 @@ impl Run<'_> {
         let world = self.coll.world() as f64;
         let mut totals = vec![stats.loss, tokens as f64];
         totals.extend(stats.to_vec());
+        totals.extend(rollout.0);
         let grads = self.average_gradients(grads, &mut totals)?;
         self.profile.mark("all-reduce")?;
-        extra.extend(GrpoStats::from_slice(&totals[2..]).means(with_kl));
+        let mut sums = [0.0; 7];
+        sums.copy_from_slice(&totals[6..13]);
+        let mut extra = RolloutStats(sums).means();
+        extra.extend(GrpoStats::from_slice(&totals[2..6]).means(with_kl));
         Ok(StepGradients {
             loss: totals[0] / world,
             grads,
@@ -265,9 +262,10 @@ impl Run<'_> {
         let all: Vec<usize> = (0..r.val.len()).collect();
         for idx in all.chunks(VAL_BATCH) {
             let prompts = self.prompts(idx, true)?;
-            for (gen, &i) in generate_groups(&policy, tok, &prompts, 1, &opts)?
-                .iter()
-                .zip(idx)
+            for (gen, &i) in
+                generate_groups(&policy, tok, &prompts, 1, &opts, self.cfg.train.context)?
+                    .iter()
+                    .zip(idx)
             {
                 hits += reward(r.task, &gen.text, &r.val[i].answer);
                 length += gen.ids.len();

@@ -99,10 +99,53 @@ pub struct RolloutBatch {
     pub old: Option<Vec<Vec<f64>>>,
     /// Per row and position, the reference's (with a KL penalty).
     pub reference: Option<Vec<Vec<f64>>>,
-    /// Reward and reply metrics under TRL's names.
-    pub metrics: Map<String, Value>,
+    /// Its reward and reply metrics.
+    pub stats: RolloutStats,
     /// Steps still to take on it.
     pub uses_left: usize,
+}
+
+/// Sums over a batch's replies for TRL's reward metrics (summed over the ranks in a data-parallel
+/// run): rewards, their groups' standard deviations, groups whose rewards are all equal, groups,
+/// reply tokens, replies the token budget cut, replies.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RolloutStats(pub [f64; 7]);
+
+impl RolloutStats {
+    /// The stats of `rewards` in groups of `group`, with each reply's length and whether the
+    /// budget cut it.
+    pub fn of(rewards: &[f64], group: usize, replies: &[(usize, bool)]) -> Self {
+        let stds: Vec<f64> = rewards
+            .chunks(group.max(1))
+            .map(|c| super::grpo::mean_std(c).1)
+            .collect();
+        RolloutStats([
+            rewards.iter().sum(),
+            stds.iter().sum(),
+            stds.iter().filter(|&&s| s == 0.0).count() as f64,
+            stds.len() as f64,
+            replies.iter().map(|r| r.0 as f64).sum(),
+            replies.iter().filter(|r| r.1).count() as f64,
+            rewards.len() as f64,
+        ])
+    }
+
+    /// TRL's `reward`, `reward_std`, `frac_reward_zero_std`, `completions/mean_length`,
+    /// `completions/clipped_ratio`.
+    pub fn means(&self) -> Map<String, Value> {
+        let [reward, std, zero, groups, length, cut, n] = self.0;
+        let (n, groups) = (n.max(1.0), groups.max(1.0));
+        [
+            ("reward", reward / n),
+            ("reward_std", std / groups),
+            ("frac_reward_zero_std", zero / groups),
+            ("completions/mean_length", length / n),
+            ("completions/clipped_ratio", cut / n),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Value::from(v)))
+        .collect()
+    }
 }
 
 /// The RL source's state.
@@ -149,6 +192,11 @@ pub(super) fn open_problems(
     if cfg.train.dtype == Precision::Bf16 {
         return Err(Error::Config(
             "rl trains in f32 for now: drop train.dtype = \"bf16\"".into(),
+        ));
+    }
+    if cfg.train.batch_tokens > 0 || cfg.train.total_tokens > 0 {
+        return Err(Error::Config(
+            "rl counts its steps in prompts (rl.prompts_per_step, train.max_steps): drop train.batch_tokens and train.total_tokens".into(),
         ));
     }
     let format = ChatFormat::new(tok, model.eos_token_id)?;

@@ -11,7 +11,7 @@ pub mod tuning;
 #[allow(unused_imports)]
 pub use corpora::{chat_base_and_data, chat_base_and_pairs, chat_base_gguf, shakespeare_shards};
 #[allow(unused_imports)]
-pub use tuning::{check_adapter_gradients, tuning_case};
+pub use tuning::{check_tuning_gradients, tuning_case};
 
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
@@ -49,6 +49,15 @@ pub fn load_expected(name: &str) -> HashMap<String, Tensor> {
         &Device::Cpu,
     )
     .expect("fixture loads")
+}
+
+/// The records of `kind` ("train", "val", "sample") in a run's metrics.jsonl.
+pub fn records(run: &Path, kind: &str) -> Vec<serde_json::Value> {
+    chatforge::train::metrics::read_records(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r["kind"] == kind)
+        .collect()
 }
 
 /// The largest |a - b|, compared on the CPU (either may be on a GPU).

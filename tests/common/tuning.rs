@@ -34,6 +34,35 @@ pub fn tuning_case(name: &str, case: &str) -> (LoadedModel, Params, Transformer,
     (base, params, policy, reference)
 }
 
+/// A fixture case's loss and gradients of `key` against the fixture's (`KEY.loss`,
+/// `KEY.grad.NAME`): every weight in HF names (full), or the adapter in PEFT's (LoRA).
+#[allow(clippy::too_many_arguments)]
+pub fn check_tuning_gradients(
+    name: &str,
+    key: &str,
+    case: &str,
+    base: &LoadedModel,
+    params: &Params,
+    exp: &HashMap<String, Tensor>,
+    loss: f64,
+    grads: candle_core::backprop::GradStore,
+) {
+    let mut sub: HashMap<String, Tensor> = exp
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix(&format!("{key}.grad."))
+                .map(|g| (format!("grad.{g}"), v.clone()))
+        })
+        .collect();
+    sub.insert("loss".into(), exp[&format!("{key}.loss")].clone());
+    if case == "full" {
+        let value = Tensor::new(loss as f32, &Device::Cpu).unwrap();
+        super::check_loss_and_gradients(name, key, &base.cfg, params, &sub, &value, grads);
+        return;
+    }
+    check_adapter_gradients(&format!("{name} {key}"), base, params, &sub, loss, &grads);
+}
+
 /// A LoRA case: the loss (1e-5) and every adapter gradient (1e-4 relative) against the fixture's
 /// `sub` ("loss", "grad.NAME" in PEFT's names); the base gets none.
 pub fn check_adapter_gradients(
