@@ -236,8 +236,30 @@ fn web_pages_cannot_reach_a_loopback_server_and_bad_numbers_are_refused() {
 fn sigterm_ends_live_streams_with_a_final_chunk() {
     let model = shared_data().join("SmolLM2-135M-Instruct.Q4_1.gguf");
     let mut s = start(&model, &["--shutdown-grace", "1"]);
-    let body =
-        r#"{"prompt": "Once upon a time", "max_tokens": 1000, "temperature": 0.9, "stream": true}"#;
+    // A short greedy chat reply ends at <|im_end|>; with ignore_eos it runs to max_tokens.
+    let finish = |extra: &str| {
+        let b = format!(
+            r#"{{"messages": [{{"role": "user", "content": "Say hi."}}], "max_tokens": 60, "temperature": 0{extra}}}"#
+        );
+        let (st, text) = http(&s.base, "POST", "/v1/chat/completions", &[JSON], &b);
+        assert_eq!(st, 200, "{text}");
+        let v: serde_json::Value =
+            serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        let reason = v["choices"][0]["finish_reason"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (reason, v["usage"]["completion_tokens"].as_u64().unwrap())
+    };
+    let (reason, n) = finish("");
+    assert_eq!(reason, "stop", "{n} tokens");
+    assert!(n < 60, "{n}");
+    assert_eq!(
+        finish(r#", "ignore_eos": true"#),
+        ("length".to_string(), 60)
+    );
+    // The streams run to SIGTERM, however early the sampled text would end.
+    let body = r#"{"prompt": "Once upon a time", "max_tokens": 1000, "temperature": 0.9, "ignore_eos": true, "stream": true}"#;
     // Streams that have received two chunks.
     let going = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let streams: Vec<_> = (0..3)

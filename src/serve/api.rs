@@ -48,6 +48,10 @@ pub struct SamplingFields {
     pub seed: Option<u64>,
     pub n: Option<usize>,
     pub stop: Option<StringOrList>,
+    /// Decode past the model's end-of-text tokens, to `max_tokens` (vLLM's and llama-server's
+    /// field); the request's `stop` strings still apply.
+    #[serde(default)]
+    pub ignore_eos: bool,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,

@@ -124,8 +124,8 @@ fn sampling(k: &SamplingFields) -> Result<SamplingParams, ApiError> {
     Ok(params)
 }
 
-/// The options a request decodes with: its sampling, the model's stop tokens and the request's
-/// stop strings; the budget is set by [`submit`].
+/// The options a request decodes with: its sampling, the model's stop tokens (none with
+/// `ignore_eos`) and the request's stop strings; the budget is set by [`submit`].
 fn generate_options(
     sampling: SamplingParams,
     stop_ids: Vec<u32>,
@@ -134,7 +134,11 @@ fn generate_options(
     GenerateOptions {
         max_new_tokens: 0,
         sampling,
-        stop_ids,
+        stop_ids: if fields.ignore_eos {
+            Vec::new()
+        } else {
+            stop_ids
+        },
         stop_strings: fields
             .stop
             .clone()
