@@ -33,6 +33,7 @@ pub mod nll;
 pub mod norm;
 pub mod parallel;
 mod pool;
+mod pool_stalls;
 pub mod rope;
 #[cfg(target_arch = "x86_64")]
 mod sgemm;

@@ -2,13 +2,19 @@
 //! cursor; workers join when they wake. The caller never waits for a worker that has not started,
 //! only for tasks already running: a worker the OS has descheduled (other programs on the cores)
 //! costs at most the task it holds, where a barrier would make every op wait for it to be
-//! scheduled again. Idle workers spin briefly (ops come back to back while a model runs), then
-//! sleep.
+//! scheduled again. When the cores are shared that held task still costs a time slice, so the
+//! caller then runs a job's first task alone and hands out the rest only when it outweighs the
+//! stall the pool has been seeing (`pool_stalls.rs`): a tiny model's microsecond ops stay on one
+//! thread, a large product is still split. Idle workers spin briefly (ops come back to back while
+//! a model runs; less while workers are being descheduled), then sleep.
 
 use std::any::Any;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Instant;
+
+use super::pool_stalls;
 
 thread_local! {
     /// Set while this thread runs a task of `parallel_for`.
@@ -55,20 +61,36 @@ unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 impl Job {
-    /// Claims and runs tasks until none is left; a panic is kept for the caller.
-    fn work(&self) {
-        loop {
-            let i = self.next.fetch_add(1, Ordering::Relaxed);
-            if i >= self.n {
-                return;
-            }
-            // SAFETY: i < n was claimed, so the caller is still waiting for it: `f` is alive.
-            let f = unsafe { &*self.f };
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(i))) {
-                let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
-                slot.get_or_insert(p);
-            }
-            self.done.fetch_add(1, Ordering::Release);
+    /// Claims and runs one task; false when none was left. A panic is kept for the caller.
+    fn work_one(&self) -> bool {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if i >= self.n {
+            return false;
+        }
+        // SAFETY: i < n was claimed, so the caller is still waiting for it: `f` is alive.
+        let f = unsafe { &*self.f };
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| f(i))) {
+            let mut slot = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+            slot.get_or_insert(p);
+        }
+        self.done.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// Claims and runs tasks until none is left; how many it ran.
+    fn work(&self) -> usize {
+        let mut ran = 0;
+        while self.work_one() {
+            ran += 1;
+        }
+        ran
+    }
+
+    /// Resumes the first task panic on the caller.
+    fn rethrow(&self) {
+        let panicked = self.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(payload) = panicked {
+            resume_unwind(payload);
         }
     }
 }
@@ -111,7 +133,12 @@ fn worker(s: &Shared) {
     let mut seen = 0u64;
     loop {
         let mut spins = 0;
-        while s.generation.load(Ordering::Acquire) == seen && spins < IDLE_SPINS {
+        let limit = if pool_stalls::POOL.expected_ns() > pool_stalls::QUIET_NS {
+            IDLE_SPINS / 16
+        } else {
+            IDLE_SPINS
+        };
+        while s.generation.load(Ordering::Acquire) == seen && spins < limit {
             std::hint::spin_loop();
             spins += 1;
         }
@@ -147,6 +174,18 @@ pub(crate) fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
         done: AtomicUsize::new(0),
         panic: Mutex::new(None),
     });
+    let _task = TaskMark::enter();
+    let start = Instant::now();
+    let mut own = 0;
+    if pool_stalls::POOL.expected_ns() > pool_stalls::QUIET_NS {
+        // Workers are being descheduled: the first task tells what the rest is worth.
+        own += usize::from(job.work_one());
+        if !pool_stalls::POOL.worth_handing_out(start.elapsed(), n - own, p.workers) {
+            job.work();
+            job.rethrow();
+            return;
+        }
+    }
     let generation = {
         let mut g = p.shared.job.lock().unwrap_or_else(|e| e.into_inner());
         g.0 += 1;
@@ -155,10 +194,8 @@ pub(crate) fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
         g.0
     };
     p.shared.wake.notify_all();
-    {
-        let _task = TaskMark::enter();
-        job.work();
-    }
+    own += job.work();
+    let own_time = start.elapsed();
     let mut spins = 0u32;
     while job.done.load(Ordering::Acquire) < n {
         if spins < 64 {
@@ -168,14 +205,13 @@ pub(crate) fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
             std::thread::yield_now();
         }
     }
+    let waited = start.elapsed() - own_time;
     // A worker that wakes later finds nothing of this call's to do.
     let mut g = p.shared.job.lock().unwrap_or_else(|e| e.into_inner());
     if g.0 == generation {
         g.1 = None;
     }
     drop(g);
-    let panicked = job.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(payload) = panicked {
-        resume_unwind(payload);
-    }
+    pool_stalls::POOL.record(waited, own_time, own);
+    job.rethrow();
 }
