@@ -11,8 +11,10 @@ pub struct EvalArgs {
     /// Model directory.
     #[arg(long)]
     pub model: PathBuf,
-    /// Task: ppl (loss and bits per byte of a text file), hellaswag, arc, lambada, gsm8k, or chat
-    /// (exact match of the last assistant reply of each conversation in a chat file).
+    /// Task: ppl (loss and bits per byte of a text file), hellaswag, arc, lambada, gsm8k, chat
+    /// (exact match of the last assistant reply of each conversation in a chat file), or
+    /// crows_pairs (bias: how often the more stereotypical sentence of a CrowS-Pairs pair is the
+    /// more likely, overall and by bias type).
     #[arg(long, default_value = "ppl")]
     pub task: EvalTask,
     /// Score only the first N items.

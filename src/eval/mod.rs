@@ -1,5 +1,6 @@
 //! Evaluation: loss and bits per byte on text, and benchmark tasks.
 
+pub mod crows_pairs;
 pub mod ppl;
 pub mod run;
 pub mod tasks;

@@ -18,16 +18,19 @@ pub enum EvalTask {
     Gsm8k,
     /// Exact match of the last assistant reply of each conversation in a chat file.
     Chat,
+    /// Bias: the CrowS-Pairs sentence pairs.
+    CrowsPairs,
 }
 
 impl EvalTask {
-    pub const ALL: [EvalTask; 6] = [
+    pub const ALL: [EvalTask; 7] = [
         EvalTask::Ppl,
         EvalTask::Hellaswag,
         EvalTask::Arc,
         EvalTask::Lambada,
         EvalTask::Gsm8k,
         EvalTask::Chat,
+        EvalTask::CrowsPairs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +41,7 @@ impl EvalTask {
             EvalTask::Lambada => "lambada",
             EvalTask::Gsm8k => "gsm8k",
             EvalTask::Chat => "chat",
+            EvalTask::CrowsPairs => "crows_pairs",
         }
     }
 }
@@ -124,6 +128,13 @@ pub fn run_task(
             let r = tasks::chat_exact_match(model, tok, &convs, o.max_tokens)?;
             let line = format!("chat ({} items): exact match {:.4}", r.items, r.exact_match);
             (to_json(&r)?, line)
+        }
+        EvalTask::CrowsPairs => {
+            let pairs = super::crows_pairs::load_crows_pairs(&o.data, o.limit)?;
+            let bar = crate::progress::steps_bar(pairs.len() as u64);
+            let r = super::crows_pairs::crows_pairs(model, tok, &pairs, |_, _, _| bar.inc(1))?;
+            bar.finish_and_clear();
+            (to_json(&r)?, r.summary())
         }
         EvalTask::Gsm8k => {
             let r = tasks::gsm8k(model, tok, &o.data, o.limit, o.max_tokens)?;

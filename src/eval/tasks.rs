@@ -134,9 +134,18 @@ pub fn score_continuations(
     context: &str,
     conts: &[String],
 ) -> Result<Vec<(f64, bool)>> {
-    let cfg = &model.cfg;
     let ctx_ids = tok.encode(context)?;
     let conts: Vec<Vec<u32>> = conts.iter().map(|c| tok.encode(c)).collect::<Result<_>>()?;
+    score_continuation_ids(model, &ctx_ids, &conts)
+}
+
+/// [`score_continuations`] on token ids.
+pub fn score_continuation_ids(
+    model: &Transformer,
+    ctx_ids: &[u32],
+    conts: &[Vec<u32>],
+) -> Result<Vec<(f64, bool)>> {
+    let cfg = &model.cfg;
     let longest = conts.iter().map(Vec::len).max().unwrap_or(0);
     if ctx_ids.is_empty() || longest == 0 {
         return Err(Error::Mismatch("empty context or continuation".into()));
@@ -155,7 +164,7 @@ pub fn score_continuations(
         (ll, crate::infer::sampler::argmax(row) == t)
     };
     let mut out = Vec::new();
-    for c in &conts {
+    for c in conts {
         // The context's last position predicts c[0]; the continuation's own positions (all but
         // its last token, run on a copy of the context's cache) predict the rest.
         let (mut sum, mut greedy) = score(&first, c[0]);
