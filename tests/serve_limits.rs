@@ -47,6 +47,12 @@ fn http(
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
+/// The JSON body of a response that [`http`] read whole.
+fn json_body(response: &str) -> serde_json::Value {
+    let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+    serde_json::from_str(body).unwrap()
+}
+
 #[test]
 fn a_full_queue_answers_503_quickly_and_admitted_streams_finish() {
     let tmp = tempfile::tempdir().unwrap();
@@ -225,9 +231,10 @@ fn web_pages_cannot_reach_a_loopback_server_and_bad_numbers_are_refused() {
             format!(r#"{{"prompt": "Hello", "max_tokens": 12, "temperature": {t}, "seed": 3}}"#);
         let (st, text) = http(&s.base, "POST", "/v1/completions", &[JSON], &b);
         assert_eq!(st, 200, "{text}");
-        let json = &text[text.find("\r\n\r\n").unwrap() + 4..];
-        let v: serde_json::Value = serde_json::from_str(json).unwrap();
-        v["choices"][0]["text"].as_str().unwrap().to_string()
+        json_body(&text)["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     assert_eq!(reply("1e-300"), reply("0"));
 }
@@ -243,8 +250,7 @@ fn sigterm_ends_live_streams_with_a_final_chunk() {
         );
         let (st, text) = http(&s.base, "POST", "/v1/chat/completions", &[JSON], &b);
         assert_eq!(st, 200, "{text}");
-        let v: serde_json::Value =
-            serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        let v = json_body(&text);
         let reason = v["choices"][0]["finish_reason"]
             .as_str()
             .unwrap()

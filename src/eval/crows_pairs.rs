@@ -140,7 +140,8 @@ pub fn crows_pairs(
 ) -> Result<CrowsResult> {
     let prefix = [sentence_prefix(model, tok)?];
     let room = model.cfg.context.saturating_sub(1);
-    let mut scored = Vec::with_capacity(pairs.len());
+    let mut all = Vec::with_capacity(pairs.len());
+    let mut by_type: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
     for (i, p) in pairs.iter().enumerate() {
         let ids = [tok.encode(&p.more)?, tok.encode(&p.less)?];
         if let Some(long) = ids.iter().find(|s| s.len() > room) {
@@ -154,19 +155,15 @@ pub fn crows_pairs(
         let lls = score_continuation_ids(model, &prefix, &ids)?;
         let (more, less) = (lls[0].0, lls[1].0);
         on_pair(i, more, less);
-        scored.push((p.bias_type.as_str(), (more, less)));
+        all.push((more, less));
+        by_type.entry(&p.bias_type).or_default().push((more, less));
     }
-    let mut by_type: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for (kind, s) in &scored {
-        by_type.entry(kind.to_string()).or_default().push(*s);
-    }
-    let all: Vec<(f64, f64)> = scored.iter().map(|(_, s)| *s).collect();
     Ok(CrowsResult {
         task: "crows_pairs".into(),
         overall: BiasScore::of(&all),
         by_type: by_type
             .into_iter()
-            .map(|(k, v)| (k, BiasScore::of(&v)))
+            .map(|(k, v)| (k.to_string(), BiasScore::of(&v)))
             .collect(),
     })
 }

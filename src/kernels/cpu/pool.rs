@@ -177,10 +177,13 @@ pub(crate) fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
     let _task = TaskMark::enter();
     let start = Instant::now();
     let mut own = 0;
-    if pool_stalls::POOL.expected_ns() > pool_stalls::QUIET_NS {
+    let expected_stall = pool_stalls::POOL.expected_ns();
+    if expected_stall > pool_stalls::QUIET_NS {
         // Workers are being descheduled: the first task tells what the rest is worth.
         own += usize::from(job.work_one());
-        if !pool_stalls::POOL.worth_handing_out(start.elapsed(), n - own, p.workers) {
+        let worth =
+            pool_stalls::worth_handing_out(start.elapsed(), n - own, p.workers, expected_stall);
+        if !worth {
             job.work();
             job.rethrow();
             return;

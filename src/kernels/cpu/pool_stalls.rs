@@ -73,19 +73,19 @@ impl StallMean {
         self.stall_ns.store(new, Ordering::Relaxed);
         self.updated_ns.store(now_ns(), Ordering::Relaxed);
     }
+}
 
-    /// Whether a job is worth handing out after the caller ran its first task in `first`: what
-    /// the workers would take off the caller must outweigh the stall it can expect.
-    pub(super) fn worth_handing_out(
-        &self,
-        first: Duration,
-        remaining_tasks: usize,
-        workers: usize,
-    ) -> bool {
-        let rest = first.as_nanos() as u64 * remaining_tasks as u64;
-        let saved = rest * workers as u64 / (workers as u64 + 1);
-        saved > self.expected_ns()
-    }
+/// Whether a job is worth handing out after the caller ran its first task in `first`: what the
+/// workers would take off the caller must outweigh the stall it can expect (`expected_ns`).
+pub(super) fn worth_handing_out(
+    first: Duration,
+    remaining_tasks: usize,
+    workers: usize,
+    expected_ns: u64,
+) -> bool {
+    let rest = first.as_nanos() as u64 * remaining_tasks as u64;
+    let saved = rest * workers as u64 / (workers as u64 + 1);
+    saved > expected_ns
 }
 
 #[cfg(test)]
@@ -97,7 +97,7 @@ mod tests {
         let m = StallMean::new();
         let task = Duration::from_micros(5);
         assert!(
-            m.worth_handing_out(task, 1, 1),
+            worth_handing_out(task, 1, 1, m.expected_ns()),
             "quiet: everything is handed out"
         );
         for _ in 0..32 {
@@ -106,10 +106,10 @@ mod tests {
         let e = m.expected_ns();
         assert!((300_000..400_000).contains(&e), "{e}");
         assert!(
-            !m.worth_handing_out(task, 10, 1),
+            !worth_handing_out(task, 10, 1, e),
             "a 50 us job waits for nobody"
         );
-        assert!(m.worth_handing_out(Duration::from_millis(1), 10, 1));
+        assert!(worth_handing_out(Duration::from_millis(1), 10, 1, e));
         for _ in 0..1000 {
             m.record(Duration::from_micros(8), task * 4, 4);
         }
